@@ -1,0 +1,4 @@
+"""Bastion: an operating system for untrusted AI agents."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -1,0 +1,74 @@
+"""Resource models and manifests (DESIGN §2). No I/O happens here."""
+
+from ._kinds import (
+    KINDS,
+    SECRET_PLACEHOLDER,
+    Agent,
+    AgentSpec,
+    MemoryScope,
+    ModelPolicy,
+    Policy,
+    Resource,
+    Secret,
+    Tool,
+    ToolGrant,
+    parse_duration,
+    resolve_kind,
+)
+from ._manifest import RawDocument, parse_yaml, validate_document, validate_documents
+from ._meta import (
+    API_VERSION,
+    DEFAULT_NAMESPACE,
+    NAME_HINT,
+    NAMESPACE_HINT,
+    Condition,
+    ObjectMeta,
+    Status,
+    check_name,
+    check_namespace,
+)
+from ._schema import field_names_at, kind_schema, schema_at
+from ._seams import Clock, IdSource, RandomIds, SystemClock
+from ._selectors import Requirement, parse_selector
+
+ROLES = ("viewer", "developer", "operator", "admin")
+"""API key roles, least to most."""
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_NAMESPACE",
+    "KINDS",
+    "NAME_HINT",
+    "NAMESPACE_HINT",
+    "ROLES",
+    "SECRET_PLACEHOLDER",
+    "Agent",
+    "AgentSpec",
+    "Clock",
+    "Condition",
+    "IdSource",
+    "MemoryScope",
+    "ModelPolicy",
+    "ObjectMeta",
+    "Policy",
+    "RandomIds",
+    "RawDocument",
+    "Requirement",
+    "Resource",
+    "Secret",
+    "Status",
+    "SystemClock",
+    "Tool",
+    "ToolGrant",
+    "check_name",
+    "check_namespace",
+    "field_names_at",
+    "kind_schema",
+    "parse_duration",
+    "parse_selector",
+    "parse_yaml",
+    "resolve_kind",
+    "schema_at",
+    "validate_document",
+    "validate_documents",
+]

@@ -1,0 +1,389 @@
+"""The resource kinds of DESIGN §2. Specs are written by clients; Bastion writes status.
+
+Fields later planes do not use yet are kept minimal, but every field validates now, so a manifest
+that applies today keeps its meaning tomorrow.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import AfterValidator, Field, model_validator
+
+from ._meta import API_VERSION, Model, Name, ObjectMeta, Status
+
+Tier = Literal["T0", "T1", "T2", "T3", "T4"]
+SandboxBackend = Literal["process", "bwrap", "gvisor"]
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration like ``90s``, ``15m``, ``1h30m`` or ``7d``."""
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        raise ValueError(f"{text!r} is not a duration: write it like '30s', '15m', '1h30m' or '7d'")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _check_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+def _check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        path = "/".join(str(p) for p in exc.path) or "(root)"
+        raise ValueError(f"not a valid JSON Schema at {path}: {exc.message}") from None
+    return schema
+
+
+Duration = Annotated[str, AfterValidator(_check_duration)]
+JsonSchema = Annotated[dict[str, Any], AfterValidator(_check_json_schema)]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+ToolName = Name
+"""Tools are referred to by their resource name, e.g. ``kb.search``."""
+
+
+class Resource(Model):
+    """The envelope shared by every kind."""
+
+    kind_name: ClassVar[str] = ""
+    plural: ClassVar[str] = ""
+    write_role: ClassVar[str] = "developer"
+    """The least role that may apply or delete this kind."""
+
+    api_version: Literal["bastion/v1"] = API_VERSION
+    metadata: ObjectMeta
+    status: Status | None = None
+
+
+# --- Agent ------------------------------------------------------------------------------------
+
+
+class AgentLimits(Model):
+    cpu_seconds: PositiveFloat = 30.0
+    """CPU time per attempt."""
+    memory_mib: PositiveInt = 512
+    """Resident memory cap of the sandbox."""
+    wall_seconds: PositiveFloat = 300.0
+    """Wall-clock time per run."""
+    tool_calls: PositiveInt | None = None
+    """Tool calls per run; unset means no cap beyond grants."""
+    tokens: PositiveInt | None = None
+    """Model tokens per run."""
+    cost_usd: PositiveFloat | None = None
+    """Model cost per run, in US dollars."""
+
+
+class ErrorBudget(Model):
+    max_errors: PositiveInt = 10
+    """Errors allowed per run before the agent is revoked."""
+    max_repeats: PositiveInt = 3
+    """Repeats of the same error allowed per run."""
+
+
+class AgentSpec(Model):
+    runtime: Literal["python", "llm"]
+    """``python``: your code in a sandbox. ``llm``: Bastion's declarative model/tool loop."""
+    entrypoint: str | None = Field(default=None, min_length=1, max_length=512)
+    """For ``python``: ``module:function`` or a script path inside the agent's image."""
+    image: str | None = Field(default=None, max_length=256)
+    """For ``python``: the agent image (packages available in the sandbox)."""
+    instructions: str | None = Field(default=None, min_length=1, max_length=100_000)
+    """For ``llm``: the system instructions."""
+    model_policy: Name | None = None
+    """The ModelPolicy every model call of this agent goes through."""
+    tools: list[ToolName] = Field(default_factory=list[str])
+    """Tools the agent may ask for (each call still needs a ToolGrant)."""
+    memory_scopes: list[Name] = Field(default_factory=list[str])
+    tier: Tier = "T0"
+    """Trust tier; tools and grants may require a minimum."""
+    max_turns: PositiveInt = 20
+    """For ``llm``: model turns before the run stops."""
+    limits: AgentLimits = Field(default_factory=AgentLimits)
+    sandbox: SandboxBackend | None = None
+    """Sandbox backend; unset means the platform default."""
+    error_budget: ErrorBudget = Field(default_factory=ErrorBudget)
+
+    @model_validator(mode="after")
+    def _runtime_fields(self) -> AgentSpec:
+        if self.runtime == "python" and self.entrypoint is None:
+            raise ValueError("runtime 'python' needs spec.entrypoint, e.g. 'agent:main'")
+        if self.runtime == "llm":
+            if self.instructions is None:
+                raise ValueError("runtime 'llm' needs spec.instructions")
+            if self.model_policy is None:
+                raise ValueError("runtime 'llm' needs spec.modelPolicy naming a ModelPolicy")
+        return self
+
+
+class Agent(Resource):
+    kind_name = "Agent"
+    plural = "agents"
+    kind: Literal["Agent"] = "Agent"
+    spec: AgentSpec
+
+
+# --- Tool -------------------------------------------------------------------------------------
+
+
+class BuiltinImpl(Model):
+    type: Literal["builtin"]
+    name: ToolName
+    """The builtin to use, e.g. ``http.fetch`` or ``fs.read``."""
+
+
+class HttpImpl(Model):
+    type: Literal["http"]
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict[str, str])
+    """Headers; ``{secret:NAME}`` placeholders are filled by the gateway after the policy check."""
+
+
+class McpImpl(Model):
+    type: Literal["mcp"]
+    server: Annotated[str, Field(min_length=1, max_length=2048)]
+    """A command line (stdio) or an ``http(s)://`` URL (streamable HTTP)."""
+    tool: str | None = None
+    """The upstream tool's name, when it differs from this Tool's."""
+
+
+class PythonImpl(Model):
+    type: Literal["python"]
+    entrypoint: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+ToolImpl = Annotated[BuiltinImpl | HttpImpl | McpImpl | PythonImpl, Field(discriminator="type")]
+
+
+class ToolSpec(Model):
+    description: Annotated[str, Field(min_length=1, max_length=4096)]
+    parameters: JsonSchema = Field(default_factory=lambda: {"type": "object"})
+    """JSON Schema of the arguments."""
+    implementation: ToolImpl
+    risk: Literal["low", "medium", "high", "critical"] = "low"
+    min_tier: Tier = "T0"
+    secrets: list[Name] = Field(default_factory=list[str])
+    """Secrets the gateway may inject into this tool's requests."""
+
+
+class Tool(Resource):
+    kind_name = "Tool"
+    plural = "tools"
+    kind: Literal["Tool"] = "Tool"
+    spec: ToolSpec
+
+
+# --- ToolGrant --------------------------------------------------------------------------------
+
+
+class Subjects(Model):
+    agents: list[Name] = Field(default_factory=list[str])
+    labels: dict[str, str] = Field(default_factory=dict[str, str])
+    """Agents whose labels include all of these."""
+    tiers: list[Tier] = Field(default_factory=list[Tier])
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Subjects:
+        if not (self.agents or self.labels or self.tiers):
+            raise ValueError("name at least one subject: agents, labels or tiers")
+        return self
+
+
+class RateLimit(Model):
+    calls: PositiveInt
+    per: Duration = "1m"
+
+
+class ToolGrantSpec(Model):
+    subjects: Subjects
+    tools: Annotated[list[ToolName], Field(min_length=1)]
+    arguments: dict[ToolName, JsonSchema] = Field(default_factory=dict[str, dict[str, Any]])
+    """Per tool, a JSON Schema the call's arguments must also satisfy."""
+    max_calls: PositiveInt | None = None
+    """Calls allowed per run; unset means no cap."""
+    rate_limit: RateLimit | None = None
+    require_approval: bool = False
+    min_tier: Tier = "T0"
+    expires_at: datetime | None = None
+    """After this instant the grant matches nothing."""
+
+
+class ToolGrant(Resource):
+    kind_name = "ToolGrant"
+    plural = "toolgrants"
+    write_role = "operator"
+    kind: Literal["ToolGrant"] = "ToolGrant"
+    spec: ToolGrantSpec
+
+
+# --- Secret -----------------------------------------------------------------------------------
+
+SECRET_PLACEHOLDER = "[REDACTED]"
+
+
+class SecretUse(Model):
+    tools: list[ToolName] = Field(default_factory=list[str])
+    providers: list[Literal["openai", "anthropic", "scripted"]] = Field(default_factory=list[str])
+
+
+class SecretSpec(Model):
+    string_data: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")], str] = Field(
+        default_factory=dict[str, str]
+    )
+    """The values. Write-only: stored encrypted and read back as ``[REDACTED]``."""
+    usable_by: SecretUse = Field(default_factory=SecretUse)
+    lease_ttl: Duration = "15m"
+
+    @model_validator(mode="after")
+    def _has_data(self) -> SecretSpec:
+        if not self.string_data:
+            raise ValueError("spec.stringData needs at least one key, e.g. {token: ...}")
+        return self
+
+
+class Secret(Resource):
+    kind_name = "Secret"
+    plural = "secrets"
+    write_role = "operator"
+    kind: Literal["Secret"] = "Secret"
+    spec: SecretSpec
+
+
+# --- ModelPolicy ------------------------------------------------------------------------------
+
+
+class ModelTarget(Model):
+    provider: Literal["openai", "anthropic", "scripted"]
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = None
+    secret: Name | None = None
+    """The Secret holding this provider's API key."""
+    timeout_seconds: PositiveFloat = 60.0
+
+
+class Budgets(Model):
+    tokens_per_run: PositiveInt | None = None
+    cost_per_run: PositiveFloat | None = None
+    tokens_per_agent_per_day: PositiveInt | None = None
+    cost_per_agent_per_day: PositiveFloat | None = None
+    cost_per_tenant_per_day: PositiveFloat | None = None
+
+
+class Price(Model):
+    input_per_mtok: Annotated[float, Field(ge=0)]
+    output_per_mtok: Annotated[float, Field(ge=0)]
+
+
+class ModelPolicySpec(Model):
+    targets: Annotated[list[ModelTarget], Field(min_length=1)]
+    """Tried in order (``priority``) or ranked by the strategy."""
+    strategy: Literal["priority", "cheapest", "fastest"] = "priority"
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    max_output_tokens: PositiveInt | None = None
+    budgets: Budgets = Field(default_factory=Budgets)
+    prices: dict[str, Price] = Field(default_factory=dict[str, Price])
+    """Per model name, USD per million tokens."""
+
+
+class ModelPolicy(Resource):
+    kind_name = "ModelPolicy"
+    plural = "modelpolicies"
+    kind: Literal["ModelPolicy"] = "ModelPolicy"
+    spec: ModelPolicySpec
+
+
+# --- MemoryScope ------------------------------------------------------------------------------
+
+
+class MemoryScopeSpec(Model):
+    type: Literal["working", "entity", "semantic"]
+    readers: list[Name] = Field(default_factory=list[str])
+    """Agents that may read; empty means none but the writers."""
+    writers: list[Name] = Field(default_factory=list[str])
+    retention: Duration | None = None
+    """How long entries live; unset keeps them until deleted."""
+
+
+class MemoryScope(Resource):
+    kind_name = "MemoryScope"
+    plural = "memoryscopes"
+    kind: Literal["MemoryScope"] = "MemoryScope"
+    spec: MemoryScopeSpec
+
+
+# --- Policy -----------------------------------------------------------------------------------
+
+
+class BlockedPattern(Model):
+    match: Literal["substring", "regex", "glob"] = "substring"
+    pattern: Annotated[str, Field(min_length=1, max_length=4096)]
+
+    @model_validator(mode="after")
+    def _compiles(self) -> BlockedPattern:
+        if self.match == "regex":
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression: {exc}") from None
+        return self
+
+
+class PolicyRule(Model):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")]
+    description: str = ""
+    tools: list[str] = Field(default_factory=list[str])
+    """Tools this rule applies to (globs); empty means all."""
+    action: Literal["deny", "redact", "require_approval"] = "deny"
+    blocked_patterns: list[BlockedPattern] = Field(default_factory=list[BlockedPattern])
+    egress_allow: list[str] = Field(default_factory=list[str])
+    """Hosts ``http.fetch`` may reach (globs)."""
+
+
+class PolicySpec(Model):
+    rules: list[PolicyRule] = Field(default_factory=list[PolicyRule])
+    rego: Annotated[str, Field(max_length=200_000)] | None = None
+    """A Rego module for what the built-in rules cannot say."""
+    pii: Literal["allow", "redact", "deny"] = "allow"
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> PolicySpec:
+        ids = [r.id for r in self.rules]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"rule ids must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class Policy(Resource):
+    kind_name = "Policy"
+    plural = "policies"
+    write_role = "operator"
+    kind: Literal["Policy"] = "Policy"
+    spec: PolicySpec
+
+
+KINDS: dict[str, type[Resource]] = {
+    cls.kind_name: cls for cls in (Agent, Tool, ToolGrant, Secret, ModelPolicy, MemoryScope, Policy)
+}
+"""Every kind by its ``kind`` name."""
+
+_ALIASES: dict[str, str] = {}
+for _kind, _cls in KINDS.items():
+    for _alias in (_kind, _cls.plural, _kind.lower()):
+        _ALIASES[_alias.lower()] = _kind
+
+
+def resolve_kind(text: str) -> type[Resource] | None:
+    """A kind by its name, plural or lowercase name, as the CLI and routes accept them."""
+    name = _ALIASES.get(text.lower())
+    return KINDS[name] if name else None

@@ -1,0 +1,71 @@
+"""JSON Schema per kind, and walking it by a field path (for ``explain`` and error hints)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from ._kinds import KINDS
+
+
+@cache
+def kind_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of one kind's manifest, camelCase, as editors and ``explain`` use it."""
+    schema = KINDS[kind].model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Follow ``$ref`` and peel single-branch wrappers (``anyOf`` with null)."""
+    while True:
+        if "$ref" in node:
+            name = str(node["$ref"]).rsplit("/", 1)[-1]
+            node = root.get("$defs", {}).get(name, {})
+            continue
+        branches = [b for b in node.get("anyOf", []) if b.get("type") != "null"]
+        if len(branches) == 1:
+            merged = {k: v for k, v in node.items() if k != "anyOf"}
+            node = {**branches[0], **merged}
+            continue
+        return node
+
+
+def schema_at(kind: str, path: list[str]) -> dict[str, Any] | None:
+    """The schema node at a field path like ``["spec", "limits"]``, or None if there is none.
+
+    List indexes and map keys in the path step into ``items`` and ``additionalProperties``.
+    """
+    root = kind_schema(kind)
+    node = _resolve(root, root)
+    for step in path:
+        props = node.get("properties", {})
+        if step in props:
+            node = _resolve(props[step], root)
+        elif step.isdigit() and "items" in node:
+            node = _resolve(node["items"], root)
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = _resolve(node["additionalProperties"], root)
+        elif "oneOf" in node or "anyOf" in node:
+            for branch in node.get("oneOf", node.get("anyOf", [])):
+                candidate = _resolve(branch, root)
+                if step in candidate.get("properties", {}):
+                    node = _resolve(candidate["properties"][step], root)
+                    break
+            else:
+                return None
+        else:
+            return None
+    return node
+
+
+def field_names_at(kind: str, path: list[str]) -> list[str]:
+    """The field names a mapping at ``path`` accepts (all branches of a union)."""
+    node = schema_at(kind, path)
+    if node is None:
+        return []
+    names = list(node.get("properties", {}))
+    root = kind_schema(kind)
+    for branch in node.get("oneOf", node.get("anyOf", [])):
+        names.extend(n for n in _resolve(branch, root).get("properties", {}) if n not in names)
+    return names

@@ -1,0 +1,274 @@
+"""``bastion``: the command line. It talks to the server only through ``bastion.client``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+
+from bastion.api import KINDS, RawDocument, kind_schema, parse_yaml, resolve_kind, schema_at
+from bastion.client import BastionClient
+from bastion.control.settings import ClientSettings
+from bastion.errors import BastionError, UserError
+
+from ._output import out, print_error, print_resources
+
+app = typer.Typer(
+    name="bastion",
+    help="Bastion: an operating system for untrusted AI agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="API keys of your tenant.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants (system-tenant admins only).", no_args_is_help=True)
+namespaces_app = typer.Typer(help="Namespaces of your tenant.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(namespaces_app, name="namespaces")
+
+T = TypeVar("T")
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL [env: BASTION_URL].", show_default=False)]
+KeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key [env: BASTION_API_KEY].", show_default=False)]
+NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
+FilesOpt = Annotated[list[Path], typer.Option("--filename", "-f", help="A manifest file or a directory of them.")]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")]
+
+
+def _client(url: str | None, api_key: str | None) -> BastionClient:
+    settings = ClientSettings(**{k: v for k, v in {"url": url, "api_key": api_key}.items() if v is not None})
+    resolved_url, key = settings.resolve()
+    if key is None:
+        raise UserError(
+            "no API key configured",
+            field="api_key",
+            hint="pass --api-key, set BASTION_API_KEY, or run `bastion up` once on this machine",
+        )
+    return BastionClient(resolved_url, key)
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run a command body; a Bastion error becomes a clear message and exit code 1."""
+    try:
+        return action()
+    except BastionError as exc:
+        print_error(exc)
+        raise typer.Exit(1) from None
+
+
+def load_manifests(paths: list[Path]) -> list[RawDocument]:
+    """Every document of every file; a directory contributes its .yaml, .yml and .json files in order."""
+    if not paths:
+        raise UserError("no manifest given", field="--filename", hint="pass -f FILE or -f DIR")
+    docs: list[RawDocument] = []
+    for path in paths:
+        if str(path) == "-":
+            docs.extend(parse_yaml(sys.stdin.read(), "<stdin>"))
+            continue
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".json"})
+            if not files:
+                raise UserError(f"{path} holds no .yaml, .yml or .json files", field="--filename", hint="point -f at manifests")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise UserError(f"{path} does not exist", field="--filename", hint="check the path")
+        for file in files:
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"cannot read {file}: {exc}", field="--filename", hint="pass a readable UTF-8 file") from None
+            docs.extend(parse_yaml(text, str(file)))
+    if not docs:
+        raise UserError("the manifests hold no documents", field="--filename", hint="add a document with apiVersion and kind")
+    return docs
+
+
+def _kind_name(kind: str) -> str:
+    cls = resolve_kind(kind)
+    if cls is None:
+        raise UserError(f"unknown kind {kind!r}", field="KIND", hint=f"use one of {', '.join(KINDS)} (or their plurals)")
+    return cls.kind_name
+
+
+@app.command()
+def apply(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Create or update resources from manifests, all or nothing."""
+
+    def body() -> None:
+        docs = load_manifests(files)
+        with _client(url, api_key) as client:
+            for item in client.apply(docs):
+                meta = item["resource"]["metadata"]
+                out.print(f"{item['resource']['kind'].lower()}/{meta['name']} {item['action']}")
+
+    _run(body)
+
+
+@app.command()
+def diff(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Show what `apply` would change, as JSON patches; exits 1 when something would change."""
+
+    def body() -> bool:
+        docs = load_manifests(files)
+        changed = False
+        with _client(url, api_key) as client:
+            for plan in client.diff(docs):
+                label = f"{plan['kind'].lower()}/{plan['name']} (namespace {plan['namespace']})"
+                if plan["action"] == "unchanged":
+                    out.print(f"{label}: unchanged")
+                    continue
+                changed = True
+                out.print(f"{label}: would {plan['action']}")
+                for op in plan["patch"]:
+                    value = f" {json.dumps(op['value'])}" if "value" in op else ""
+                    out.print(f"  {op['op']} {op['path']}{value}", markup=False)
+        return changed
+
+    if _run(body):
+        raise typer.Exit(1)
+
+
+@app.command()
+def get(
+    kind: Annotated[str, typer.Argument(help="Agent, Tool, ToolGrant, Secret, ModelPolicy, MemoryScope or Policy.")],
+    name: Annotated[str | None, typer.Argument(help="One resource; all when left out.")] = None,
+    namespace: NsOpt = "default",
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="List in every namespace.")] = False,
+    selector: Annotated[str | None, typer.Option("--selector", "-l", help="Label selector, e.g. 'app=web'.")] = None,
+    output: OutputOpt = "table",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """List resources of a kind, or show one."""
+
+    def body() -> None:
+        if output not in {"table", "yaml", "json"}:
+            raise UserError(f"unknown output format {output!r}", field="--output", hint="use table, yaml or json")
+        kind_name = _kind_name(kind)
+        with _client(url, api_key) as client:
+            if name is not None:
+                items = [client.get(kind_name, name, namespace=namespace)]
+            else:
+                items = list(client.list(kind_name, namespace=None if all_namespaces else namespace, selector=selector))
+        if not items and output == "table":
+            where = "any namespace" if all_namespaces else f"namespace {namespace!r}"
+            out.print(f"No {KINDS[kind_name].plural} found in {where}.")
+            return
+        print_resources(items, output, all_namespaces=all_namespaces)
+
+    _run(body)
+
+
+@app.command()
+def describe(kind: str, name: str, namespace: NsOpt = "default", url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Show one resource in full, with its status conditions."""
+
+    def body() -> None:
+        with _client(url, api_key) as client:
+            item = client.get(_kind_name(kind), name, namespace=namespace)
+        meta, status = item["metadata"], item.get("status") or {}
+        out.print(f"[bold]{item['kind']}[/] {meta['namespace']}/{meta['name']}")
+        for label, value in (
+            ("UID", meta.get("uid")),
+            ("Generation", meta.get("generation")),
+            ("Resource version", meta.get("resourceVersion")),
+            ("Created", meta.get("creationTimestamp")),
+            ("Labels", ", ".join(f"{k}={v}" for k, v in meta.get("labels", {}).items()) or "-"),
+        ):
+            out.print(f"  {label + ':':<18}{value}", markup=False)
+        out.print("  Spec:")
+        out.print(_indent(yaml.safe_dump(item["spec"], sort_keys=False), 4), markup=False, end="")
+        out.print(f"  Observed generation: {status.get('observedGeneration', '-')}")
+        for cond in status.get("conditions", []):
+            out.print(f"  Condition {cond['type']}={cond['status']} ({cond.get('reason', '')}): {cond.get('message', '')}", markup=False)
+
+    _run(body)
+
+
+def _indent(text: str, n: int) -> str:
+    return "".join(" " * n + line + "\n" for line in text.splitlines())
+
+
+@app.command()
+def delete(
+    kind: Annotated[str | None, typer.Argument()] = None,
+    name: Annotated[str | None, typer.Argument()] = None,
+    files: Annotated[list[Path] | None, typer.Option("--filename", "-f", help="Delete what these manifests name.")] = None,
+    namespace: NsOpt = "default",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Delete a resource by kind and name, or every resource a manifest names."""
+
+    def body() -> None:
+        targets: list[tuple[str, str, str]] = []
+        if files:
+            for doc in load_manifests(files):
+                data: dict[str, Any] = doc.body if isinstance(doc.body, dict) else {}
+                meta: dict[str, Any] = data.get("metadata") or {}
+                targets.append((_kind_name(str(data.get("kind"))), meta.get("namespace", "default"), str(meta.get("name"))))
+        elif kind and name:
+            targets.append((_kind_name(kind), namespace, name))
+        else:
+            raise UserError("say what to delete", field="KIND NAME", hint="pass KIND NAME, or -f FILE")
+        with _client(url, api_key) as client:
+            for kind_name, ns, res_name in targets:
+                client.delete(kind_name, res_name, namespace=ns)
+                out.print(f"{kind_name.lower()}/{res_name} deleted")
+
+    _run(body)
+
+
+@app.command()
+def explain(
+    path: Annotated[str, typer.Argument(help="KIND or KIND.field.path, e.g. Agent.spec.limits.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json (the JSON Schema).")] = "text",
+) -> None:
+    """Describe a kind or one of its fields, from its JSON Schema (works offline)."""
+
+    def body() -> None:
+        kind, *fields = path.split(".")
+        kind_name = _kind_name(kind)
+        node = schema_at(kind_name, fields) if fields else kind_schema(kind_name)
+        if node is None:
+            raise UserError(f"{kind_name} has no field {'.'.join(fields)!r}", field="PATH", hint=f"try `bastion explain {kind_name}`")
+        if output == "json":
+            out.print_json(json.dumps(node))
+            return
+        out.print(f"[bold]{kind_name}[/]{'.' + '.'.join(fields) if fields else ''}  ({node.get('type', 'object')})")
+        if node.get("description"):
+            out.print(f"  {node['description']}", markup=False)
+        required = set(node.get("required", []))
+        for field, sub in node.get("properties", {}).items():
+            node_sub = schema_at(kind_name, [*fields, field]) or sub
+            kind_of = node_sub.get("type") or ("one of " + ", ".join(map(str, node_sub["enum"])) if "enum" in node_sub else "object")
+            flag = " (required)" if field in required else ""
+            desc = node_sub.get("description", "")
+            out.print(f"  [cyan]{field}[/] <{kind_of}>{flag}  {desc}")
+
+    _run(body)
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8080].")] = None,
+    home: Annotated[Path | None, typer.Option(help="Data directory [env: BASTION_HOME].")] = None,
+    database_url: Annotated[str | None, typer.Option(help="Database URL [env: BASTION_DATABASE_URL].")] = None,
+) -> None:
+    """Start Bastion on the embedded default (SQLite in the data directory)."""
+    from ._up import serve
+
+    overrides = {"host": host, "port": port, "home": home, "database_url": database_url}
+    _run(lambda: serve({k: v for k, v in overrides.items() if v is not None}))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,147 @@
+"""The Python client of Bastion's API (httpx). The CLI uses exactly this; so can you.
+
+Every non-2xx answer is raised as the matching ``bastion.errors`` exception, rebuilt from the
+server's problem document, so callers catch ``NotFound`` or ``InvalidManifest`` rather than
+inspecting status codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+
+from bastion.api import RawDocument, resolve_kind
+from bastion.errors import NotFound, ServerError, UserError, error_for_problem
+
+
+def plural_of(kind: str) -> str:
+    """The URL plural of a kind given as ``Agent``, ``agents`` or ``agent``."""
+    cls = resolve_kind(kind)
+    if cls is None:
+        raise NotFound(f"unknown kind {kind!r}", field="kind", hint="see `bastion explain` for the kinds")
+    return cls.plural
+
+
+class BastionClient:
+    """A session with one Bastion server, authenticated by one API key."""
+
+    def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"User-Agent": "bastion-client/0.1"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise UserError(
+                f"cannot reach the Bastion server at {self.url}: {exc}",
+                field="url",
+                hint="start it with `bastion up`, or point BASTION_URL at it",
+            ) from None
+        if response.is_success:
+            return response.json()
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            raise error_for_problem(body, response.status_code)  # pyright: ignore[reportUnknownArgumentType]
+        if response.status_code >= 500:
+            raise ServerError(f"the server answered {response.status_code}")
+        raise UserError(f"the server answered {response.status_code}: {response.text[:200]}", status=response.status_code)
+
+    # --- resources ------------------------------------------------------------------------
+
+    @staticmethod
+    def _manifests(documents: Sequence[RawDocument]) -> dict[str, Any]:
+        return {"documents": [d.body for d in documents], "sources": [d.source or "" for d in documents]}
+
+    def apply(self, documents: Sequence[RawDocument], *, idempotency_key: str | None = None) -> list[dict[str, Any]]:
+        """Apply documents all-or-nothing; returns ``{action, resource}`` per document."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._request("POST", "/api/v1/apply", json=self._manifests(documents), headers=headers)["items"]
+
+    def diff(self, documents: Sequence[RawDocument]) -> list[dict[str, Any]]:
+        """Per document, what an apply would do and the JSON patch it would make."""
+        return self._request("POST", "/api/v1/diff", json=self._manifests(documents))["items"]
+
+    def get(self, kind: str, name: str, *, namespace: str = "default") -> dict[str, Any]:
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{plural_of(kind)}/{quote(name, safe='')}"
+        return self._request("GET", path)
+
+    def list_page(
+        self, kind: str, *, namespace: str | None = "default", selector: str | None = None, limit: int = 100, cont: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        plural = plural_of(kind)
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{plural}" if namespace else f"/api/v1/{plural}"
+        params: dict[str, Any] = {"limit": limit}
+        if selector:
+            params["labelSelector"] = selector
+        if cont:
+            params["continue"] = cont
+        page = self._request("GET", path, params=params)
+        return page["items"], page.get("continue")
+
+    def list(self, kind: str, *, namespace: str | None = "default", selector: str | None = None, page_size: int = 200) -> Iterator[dict[str, Any]]:
+        """Every matching resource, following continue tokens."""
+        cont: str | None = None
+        while True:
+            items, cont = self.list_page(kind, namespace=namespace, selector=selector, limit=page_size, cont=cont)
+            yield from items
+            if not cont:
+                return
+
+    def delete(self, kind: str, name: str, *, namespace: str = "default") -> dict[str, Any]:
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{plural_of(kind)}/{quote(name, safe='')}"
+        return self._request("DELETE", path)
+
+    def schema(self, kind: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/schemas/{quote(kind, safe='')}")
+
+    # --- tenancy and keys -----------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        return self._request("GET", "/api/v1/whoami")
+
+    def create_tenant(self, name: str) -> dict[str, Any]:
+        return self._request("POST", "/api/v1/tenants", json={"name": name})
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/api/v1/tenants")["items"]
+
+    def create_key(self, name: str, role: str, *, tenant: str | None = None) -> dict[str, Any]:
+        path = f"/api/v1/tenants/{quote(tenant, safe='')}/keys" if tenant else "/api/v1/keys"
+        return self._request("POST", path, json={"name": name, "role": role})
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/api/v1/keys")["items"]
+
+    def revoke_key(self, key_id: str) -> None:
+        self._request("DELETE", f"/api/v1/keys/{quote(key_id, safe='')}")
+
+    def create_namespace(self, name: str) -> dict[str, Any]:
+        return self._request("POST", "/api/v1/namespaces", json={"name": name})
+
+    def list_namespaces(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/api/v1/namespaces")["items"]
+
+    def delete_namespace(self, name: str) -> None:
+        self._request("DELETE", f"/api/v1/namespaces/{quote(name, safe='')}")
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/readyz")

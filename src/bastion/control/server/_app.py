@@ -1,0 +1,76 @@
+"""The API server: FastAPI routes under /api/v1, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from bastion.control._bastion import Bastion
+from bastion.errors import Unavailable
+
+from . import _routes_admin, _routes_resources
+from ._middleware import BodyLimit, Metrics
+from ._problems import ProblemResponse, install_problem_handlers, problem_response
+
+log = logging.getLogger("bastion.server")
+
+
+def create_app(bastion: Bastion) -> FastAPI:
+    """The ASGI application over an opened Bastion (store migrated, master key loaded)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(
+        title="Bastion",
+        version="0.1.0",
+        summary="Control plane of Bastion, an operating system for untrusted AI agents.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.bastion = bastion
+    registry = CollectorRegistry()
+    install_problem_handlers(app)
+    app.include_router(_routes_admin.router)
+    app.include_router(_routes_resources.router)
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    def healthz() -> dict[str, str]:  # pyright: ignore[reportUnusedFunction]
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="The database is reachable and migrated")
+    def readyz(request: Request) -> Any:  # pyright: ignore[reportUnusedFunction]
+        try:
+            current, head = bastion.store.ping()
+        except Exception as exc:  # any driver error means not ready
+            log.warning("readiness check failed: %s", exc)
+            return problem_response(Unavailable("the database is unreachable", hint="check BASTION_DATABASE_URL"), request)
+        if current != head:
+            return problem_response(
+                Unavailable(
+                    f"the database schema is at {current!r}, this server needs {head!r}",
+                    hint="restart the server (it migrates on start) or run the migrations",
+                ),
+                request,
+            )
+        return {"status": "ready", "database": bastion.store.backend, "migration": current}
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:  # pyright: ignore[reportUnusedFunction]
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, limit=bastion.settings.max_body_bytes)
+    app.add_middleware(Metrics, registry=registry)
+    return app
+
+
+__all__ = ["ProblemResponse", "create_app"]

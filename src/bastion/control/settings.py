@@ -1,0 +1,104 @@
+"""Every setting Bastion reads, from flags or ``BASTION_*`` environment variables.
+
+This is the only module that reads the environment (ruff's TID251 bans ``os.environ`` elsewhere).
+The data directory holds the SQLite database, the master key and the local CLI credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8080
+
+
+def default_home() -> Path:
+    """``$BASTION_HOME``, else ``$XDG_DATA_HOME/bastion``, else ``~/.local/share/bastion``."""
+    if home := os.environ.get("BASTION_HOME"):
+        return Path(home)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bastion"
+
+
+def in_ci() -> bool:
+    """True where ``CI=true``: a missing test backend is then a failure, not a skip."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def env(name: str) -> str | None:
+    """One ``BASTION_*`` variable, for the few callers (tests, benchmarks) that take one directly."""
+    return os.environ.get(name)
+
+
+class Settings(BaseSettings):
+    """Server settings."""
+
+    model_config = SettingsConfigDict(env_prefix="BASTION_", extra="ignore", frozen=True)
+
+    home: Path = Field(default_factory=default_home)
+    """The data directory: database, master key, CLI credentials."""
+    database_url: str | None = None
+    """``sqlite:///PATH`` or ``postgresql+psycopg://USER@HOST:PORT/DB``; default SQLite in ``home``."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    master_key: SecretStr | None = None
+    """64 hex digits; overrides the master key file."""
+    master_key_file: Path | None = None
+    """Default ``home/master.key``, created with mode 0600 on first start."""
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    """Request bodies larger than this are refused with 413."""
+    max_page_size: int = Field(default=500, gt=0)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'bastion.db'}"
+
+    @property
+    def resolved_master_key_file(self) -> Path:
+        return self.master_key_file or self.home / "master.key"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials.json"
+
+
+class ClientSettings(BaseSettings):
+    """Where the CLI finds the server and its key: flags, then ``BASTION_URL``/``BASTION_API_KEY``,
+    then the credentials ``bastion up`` wrote into the data directory."""
+
+    model_config = SettingsConfigDict(env_prefix="BASTION_", extra="ignore", frozen=True)
+
+    url: str | None = None
+    api_key: SecretStr | None = None
+    home: Path = Field(default_factory=default_home)
+
+    def resolve(self) -> tuple[str, str | None]:
+        url, key = self.url, self.api_key.get_secret_value() if self.api_key else None
+        stored = read_credentials(self.home / "credentials.json")
+        return (
+            url or stored.get("url") or f"http://127.0.0.1:{DEFAULT_PORT}",
+            key or stored.get("apiKey"),
+        )
+
+
+def read_credentials(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_credentials(path: Path, url: str, api_key: str) -> None:
+    """Save the CLI's credentials with mode 0600 (written to a temporary file, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"url": url, "apiKey": api_key}, handle)
+    tmp.replace(path)

@@ -1,0 +1,100 @@
+"""Engines for SQLite (WAL, one writer at a time) and PostgreSQL, and running the migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources as importlib_resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from bastion.errors import UserError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine for ``sqlite:///path`` or ``postgresql+psycopg://…``.
+
+    Raises:
+        UserError: the URL names another database or does not parse.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UserError(
+            f"database URL {url!r} does not parse",
+            field="database_url",
+            hint="use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB",
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _sqlite_setup(engine)
+        return engine
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    raise UserError(
+        f"database {backend!r} is not supported",
+        field="database_url",
+        hint="use sqlite:///PATH (embedded default) or postgresql+psycopg://USER@HOST:PORT/DB",
+    )
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, foreign keys, and transactions that take the write lock up front when they will write.
+
+    pysqlite's own transaction handling is switched off so that a writer says ``BEGIN IMMEDIATE``:
+    two deferred transactions that both upgrade to writing would otherwise fail with SQLITE_BUSY
+    instead of waiting their turn.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("bastion_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+@contextmanager
+def _alembic(engine: Engine) -> Iterator[tuple[Config, Connection]]:
+    location = importlib_resources.files("bastion.control.store") / "migrations"
+    config = Config()
+    config.set_main_option("script_location", str(location))
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        yield config, conn
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (idempotent)."""
+    with _alembic(engine) as (config, conn):
+        command.upgrade(config, "head")
+        conn.commit()
+
+
+def migration_state(engine: Engine) -> tuple[str | None, str | None]:
+    """The database's current revision and the newest one this code knows."""
+    with _alembic(engine) as (config, conn):
+        current = MigrationContext.configure(conn).get_current_revision()
+        head = ScriptDirectory.from_config(config).get_current_head()
+        conn.rollback()
+    return current, head

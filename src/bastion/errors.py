@@ -1,0 +1,257 @@
+"""Exceptions raised by Bastion.
+
+* BastionError
+  x UserError         -- Bastion was configured or called wrongly; the message says the fix
+    x InvalidManifest -- a manifest failed validation; carries one Problem per fault
+    x NotFound        -- no such resource (also what another tenant's resource looks like)
+    x Conflict        -- a stale resourceVersion, a name taken, an Idempotency-Key reused
+    x Unauthorized    -- no valid API key
+    x Forbidden       -- the key's role may not do this
+    x PayloadTooLarge -- a request body over the limit
+  x RunError          -- a run failed (filled in by the run engine)
+  x ServerError       -- Bastion itself failed; never carries internals to the caller
+
+Every error maps onto an RFC 9457 problem document with a stable ``type``; the server's one
+handler does that mapping and the client turns problem documents back into these classes, so
+code on both sides of the wire catches the same exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "urn:bastion:problem:"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    """One fault in a request, placed as precisely as we can."""
+
+    message: str
+    """What was wrong, in one sentence."""
+    field: str | None = None
+    """The dotted path of the offending field, e.g. ``spec.limits.cpuSeconds``."""
+    hint: str | None = None
+    """How to fix it."""
+    document: int | None = None
+    """The 0-based index of the manifest document, for multi-document requests."""
+    source: str | None = None
+    """Where the document came from (a file name and document number), when the client knows."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"message": self.message}
+        for key in ("field", "hint", "document", "source"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Problem:
+        return cls(
+            message=str(data.get("message", "")),
+            field=data.get("field"),
+            hint=data.get("hint"),
+            document=data.get("document"),
+            source=data.get("source"),
+        )
+
+    def located(self) -> str:
+        """The problem as one line: where, what, and the fix."""
+        where = []
+        if self.source is not None:
+            where.append(self.source)
+        elif self.document is not None:
+            where.append(f"document {self.document + 1}")
+        if self.field:
+            where.append(self.field)
+        text = f"{': '.join(where)}: {self.message}" if where else self.message
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+
+class BastionError(Exception):
+    """The root of every error Bastion raises on purpose."""
+
+    slug: ClassVar[str] = "error"
+    status: int = 500
+    """The HTTP status; a class default, overridable per instance."""
+    title: ClassVar[str] = "Bastion error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        field: str | None = None,
+        hint: str | None = None,
+        problems: list[Problem] | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        if status is not None:
+            self.status = status
+        self.detail = detail
+        self.field = field
+        self.hint = hint
+        self.problems: list[Problem] = problems or []
+
+    @classmethod
+    def type_uri(cls) -> str:
+        return PROBLEM_BASE + cls.slug
+
+    def to_problem(self) -> dict[str, Any]:
+        """This error as an RFC 9457 problem document (without ``instance``)."""
+        body: dict[str, Any] = {
+            "type": self.type_uri(),
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.field is not None:
+            body["field"] = self.field
+        if self.hint is not None:
+            body["hint"] = self.hint
+        if self.problems:
+            body["errors"] = [p.to_dict() for p in self.problems]
+        return body
+
+    def __str__(self) -> str:
+        lines = [self.detail]
+        lines.extend(f"  - {p.located()}" for p in self.problems)
+        if self.hint and not self.problems:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class UserError(BastionError):
+    """Bastion was configured or called wrongly; the message names the field and the fix."""
+
+    slug = "bad-request"
+    status = 400
+    title = "Bad request"
+
+
+class InvalidManifest(UserError):
+    """A manifest or request body failed validation."""
+
+    slug = "invalid-manifest"
+    status = 422
+    title = "Invalid manifest"
+
+
+class NotFound(UserError):
+    slug = "not-found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(UserError):
+    slug = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class IdempotencyKeyReused(UserError):
+    slug = "idempotency-key-reused"
+    status = 422
+    title = "Idempotency-Key reused with a different request"
+
+
+class Unauthorized(UserError):
+    slug = "unauthorized"
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(UserError):
+    slug = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class PayloadTooLarge(UserError):
+    slug = "payload-too-large"
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(UserError):
+    slug = "unsupported-media-type"
+    status = 415
+    title = "Unsupported media type"
+
+
+class RateLimited(UserError):
+    slug = "rate-limited"
+    status = 429
+    title = "Too many requests"
+
+
+class RunError(BastionError):
+    """A run failed."""
+
+    slug = "run-failed"
+    status = 500
+    title = "Run failed"
+
+
+class ServerError(BastionError):
+    """Bastion failed; the detail never carries a stack trace or internals."""
+
+    slug = "internal"
+    status = 500
+    title = "Internal server error"
+
+
+class Unavailable(ServerError):
+    slug = "unavailable"
+    status = 503
+    title = "Service unavailable"
+
+
+def _all_error_classes() -> list[type[BastionError]]:
+    seen: list[type[BastionError]] = []
+    stack: list[type[BastionError]] = [BastionError]
+    while stack:
+        cls = stack.pop()
+        seen.append(cls)
+        stack.extend(cls.__subclasses__())
+    return seen
+
+
+def error_for_problem(body: dict[str, Any], status: int) -> BastionError:
+    """Rebuild the exception a problem document stands for (used by the client)."""
+    by_uri = {cls.type_uri(): cls for cls in _all_error_classes()}
+    cls = by_uri.get(str(body.get("type", "")))
+    if cls is None:
+        cls = UserError if 400 <= status < 500 else ServerError
+    errors = body.get("errors")
+    problems = [Problem.from_dict(p) for p in errors if isinstance(p, dict)] if isinstance(errors, list) else []
+    return cls(
+        str(body.get("detail") or body.get("title") or f"HTTP {status}"),
+        field=body.get("field"),
+        hint=body.get("hint"),
+        problems=problems,
+        status=status,
+    )
+
+
+__all__ = [
+    "PROBLEM_BASE",
+    "BastionError",
+    "Conflict",
+    "Forbidden",
+    "IdempotencyKeyReused",
+    "InvalidManifest",
+    "NotFound",
+    "PayloadTooLarge",
+    "Problem",
+    "RateLimited",
+    "RunError",
+    "ServerError",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
+    "UserError",
+    "error_for_problem",
+]
