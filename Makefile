@@ -1,0 +1,45 @@
+# The two commands of the README. Both create .venv and install what they need first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+
+.PHONY: up test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+## up: install Bastion and start it on the embedded default (SQLite in ~/.local/share/bastion)
+up: $(VENV)/.installed
+	$(BIN)/bastion up --port $(PORT)
+
+## test: install the test extras, run the linters, the type checker and the whole suite
+test: $(VENV)/.installed-test
+	bash scripts/services.sh
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
+	$(BIN)/pyright
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
+	$(BIN)/pyright
+
+## bench: the API benchmark (SQLite, and PostgreSQL when it is reachable)
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/api.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
