@@ -7,7 +7,9 @@ from typing import Any
 from bastion.api import RawDocument
 
 
-def agent(name: str, *, namespace: str = "default", labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+def agent(
+    name: str, *, namespace: str = "default", labels: dict[str, str] | None = None, **spec: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {"runtime": "python", "entrypoint": "agent:main", **spec}
     meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if labels:
@@ -16,7 +18,12 @@ def agent(name: str, *, namespace: str = "default", labels: dict[str, str] | Non
 
 
 def secret(name: str, **values: str) -> dict[str, Any]:
-    return {"apiVersion": "bastion/v1", "kind": "Secret", "metadata": {"name": name}, "spec": {"stringData": values}}
+    return {
+        "apiVersion": "bastion/v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "spec": {"stringData": values},
+    }
 
 
 def grant(name: str, *tools: str) -> dict[str, Any]:

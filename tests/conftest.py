@@ -53,7 +53,12 @@ class PostgresDatabases:
     def _connect(self) -> psycopg.Connection:
         url = self.admin_url
         return psycopg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, password=url.password, dbname=url.database, autocommit=True
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
+            dbname=url.database,
+            autocommit=True,
         )
 
     def check(self) -> str | None:

@@ -43,7 +43,11 @@ def test_wrong_type_names_the_field() -> None:
 @pytest.mark.parametrize(
     ("body", "field", "hint_part"),
     [
-        ({"apiVersion": "bastion/v2", "kind": "Agent", "metadata": {"name": "a"}}, "apiVersion", "bastion/v1"),
+        (
+            {"apiVersion": "bastion/v2", "kind": "Agent", "metadata": {"name": "a"}},
+            "apiVersion",
+            "bastion/v1",
+        ),
         ({"kind": "Agent", "metadata": {"name": "a"}}, "apiVersion", "bastion/v1"),
         ({"apiVersion": "bastion/v1", "kind": "Agnet", "metadata": {"name": "a"}}, "kind", "Agent"),
         ({"apiVersion": "bastion/v1", "metadata": {"name": "a"}}, "kind", "Agent"),
@@ -59,7 +63,20 @@ def test_envelope_faults(body: Any, field: str | None, hint_part: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["Upper", "under_score", "-lead", "trail-", "a" * 64, "ａgent", "agent\u200b", "café", "a b", "", "a..b", "agent\n"],
+    [
+        "Upper",
+        "under_score",
+        "-lead",
+        "trail-",
+        "a" * 64,
+        "ａgent",
+        "agent\u200b",
+        "café",
+        "a b",
+        "",
+        "a..b",
+        "agent\n",
+    ],
 )
 def test_odd_names_are_refused(name: str) -> None:
     [(_, field, message, hint)] = faults(agent(name))
@@ -84,7 +101,12 @@ def test_duplicate_names_in_one_apply_are_refused() -> None:
 
 
 def test_same_name_in_other_namespace_or_kind_is_fine() -> None:
-    secret = {"apiVersion": "bastion/v1", "kind": "Secret", "metadata": {"name": "a"}, "spec": {"stringData": {"k": "v"}}}
+    secret = {
+        "apiVersion": "bastion/v1",
+        "kind": "Secret",
+        "metadata": {"name": "a"},
+        "spec": {"stringData": {"k": "v"}},
+    }
     assert len(validate_documents(raw(agent("a"), agent("a", namespace="other"), secret))) == 3
 
 
@@ -119,7 +141,11 @@ def test_invalid_tool_parameters_schema_is_refused() -> None:
         "apiVersion": "bastion/v1",
         "kind": "Tool",
         "metadata": {"name": "t"},
-        "spec": {"description": "d", "parameters": {"type": "no-such-type"}, "implementation": {"type": "builtin", "name": "fs.read"}},
+        "spec": {
+            "description": "d",
+            "parameters": {"type": "no-such-type"},
+            "implementation": {"type": "builtin", "name": "fs.read"},
+        },
     }
     [(_, field, message, _)] = faults(tool)
     assert field == "spec.parameters"
@@ -129,7 +155,9 @@ def test_invalid_tool_parameters_schema_is_refused() -> None:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_kind_exports_a_json_schema(kind: str) -> None:
     schema = kind_schema(kind)
-    assert schema["properties"]["kind"]["const"] == kind or schema["properties"]["kind"].get("default") == kind
+    assert (
+        schema["properties"]["kind"]["const"] == kind or schema["properties"]["kind"].get("default") == kind
+    )
     assert "spec" in schema["required"]
     assert schema_at(kind, ["metadata", "name"]) is not None
 

@@ -161,7 +161,9 @@ def test_secret_values_are_stored_sealed(bastion: Bastion, admin: Principal) -> 
     assert bastion.resources.open_secret(row) == {"password": plaintext}
 
 
-def test_a_changed_secret_value_bumps_generation_an_equal_one_does_not(bastion: Bastion, admin: Principal) -> None:
+def test_a_changed_secret_value_bumps_generation_an_equal_one_does_not(
+    bastion: Bastion, admin: Principal
+) -> None:
     apply(bastion, admin, secret("db", password="one"))
     assert apply(bastion, admin, secret("db", password="one")) == [("unchanged", 1, 1)]
     assert apply(bastion, admin, secret("db", password="two")) == [("configured", 2, 2)]
@@ -171,14 +173,20 @@ def test_a_sealed_value_moved_to_another_secret_does_not_open(bastion: Bastion, 
     apply(bastion, admin, secret("a", k="value-a"), secret("b", k="value-b"))
     with bastion.store.write() as conn:
         a = bastion.resources.get(conn, admin, "Secret", "default", "a")
-        conn.execute(update(resources).where(resources.c.name == "b", resources.c.kind == "Secret").values(sealed=a.sealed))
+        conn.execute(
+            update(resources)
+            .where(resources.c.name == "b", resources.c.kind == "Secret")
+            .values(sealed=a.sealed)
+        )
     with bastion.store.read() as conn:
         b = bastion.resources.get(conn, admin, "Secret", "default", "b")
     with pytest.raises(ServerError, match="failed authentication"):
         bastion.resources.open_secret(b)
 
 
-def test_concurrent_applies_of_one_resource_never_fail_or_lose_a_version(bastion: Bastion, admin: Principal) -> None:
+def test_concurrent_applies_of_one_resource_never_fail_or_lose_a_version(
+    bastion: Bastion, admin: Principal
+) -> None:
     def one(i: int) -> str:
         for _ in range(5):
             try:

@@ -19,7 +19,7 @@ code on both sides of the wire catches the same exceptions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 PROBLEM_BASE = "urn:bastion:problem:"
 
@@ -59,7 +59,7 @@ class Problem:
 
     def located(self) -> str:
         """The problem as one line: where, what, and the fix."""
-        where = []
+        where: list[str] = []
         if self.source is not None:
             where.append(self.source)
         elif self.document is not None:
@@ -225,8 +225,12 @@ def error_for_problem(body: dict[str, Any], status: int) -> BastionError:
     cls = by_uri.get(str(body.get("type", "")))
     if cls is None:
         cls = UserError if 400 <= status < 500 else ServerError
-    errors = body.get("errors")
-    problems = [Problem.from_dict(p) for p in errors if isinstance(p, dict)] if isinstance(errors, list) else []
+    errors: Any = body.get("errors")
+    problems = (
+        [Problem.from_dict(cast(dict[str, Any], p)) for p in cast(list[Any], errors) if isinstance(p, dict)]
+        if isinstance(errors, list)
+        else []
+    )
     return cls(
         str(body.get("detail") or body.get("title") or f"HTTP {status}"),
         field=body.get("field"),

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field, model_validator
 from ._meta import API_VERSION, Model, Name, ObjectMeta, Status
 
 Tier = Literal["T0", "T1", "T2", "T3", "T4"]
+Provider = Literal["openai", "anthropic", "scripted"]
 SandboxBackend = Literal["process", "bwrap", "gvisor"]
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
@@ -228,12 +229,12 @@ class ToolGrant(Resource):
 
 # --- Secret -----------------------------------------------------------------------------------
 
-SECRET_PLACEHOLDER = "[REDACTED]"
+SECRET_PLACEHOLDER = "[REDACTED]"  # noqa: S105 -- the mask, not a secret
 
 
 class SecretUse(Model):
     tools: list[ToolName] = Field(default_factory=list[str])
-    providers: list[Literal["openai", "anthropic", "scripted"]] = Field(default_factory=list[str])
+    providers: list[Provider] = Field(default_factory=list[Provider])
 
 
 class SecretSpec(Model):
@@ -263,7 +264,7 @@ class Secret(Resource):
 
 
 class ModelTarget(Model):
-    provider: Literal["openai", "anthropic", "scripted"]
+    provider: Provider
     model: Annotated[str, Field(min_length=1, max_length=256)]
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = None
     secret: Name | None = None
@@ -334,7 +335,9 @@ class BlockedPattern(Model):
             try:
                 re.compile(self.pattern)
             except re.error as exc:
-                raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression: {exc}") from None
+                raise ValueError(
+                    f"pattern {self.pattern!r} is not a valid regular expression: {exc}"
+                ) from None
         return self
 
 

@@ -111,7 +111,7 @@ def _error_problem(kind: str, err: ErrorDetails, index: int, source: str | None)
     elif kind_of_error == "literal_error":
         ctx = err.get("ctx") or {}
         hint = f"use one of {ctx.get('expected')}"
-    elif kind_of_error.endswith("_type") or kind_of_error.endswith("_parsing"):
+    elif kind_of_error.endswith(("_type", "_parsing")):
         hint = f"write a value of the right type ({kind_of_error.split('_')[0]})"
     elif kind_of_error in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
         hint = f"use a number {message.removeprefix('Input should be ')}"
@@ -131,7 +131,9 @@ def validate_document(body: Any, index: int = 0, source: str | None = None) -> R
 
     def fail(message: str, *, field: str | None = None, hint: str | None = None) -> InvalidManifest:
         problem = Problem(message=message, field=field, hint=hint, document=index, source=source)
-        return InvalidManifest(f"{source or f'document {index + 1}'}: {message}", field=field, hint=hint, problems=[problem])
+        return InvalidManifest(
+            f"{source or f'document {index + 1}'}: {message}", field=field, hint=hint, problems=[problem]
+        )
 
     if not isinstance(body, dict):
         raise fail(
@@ -151,7 +153,9 @@ def validate_document(body: Any, index: int = 0, source: str | None = None) -> R
         raise fail(
             f"unknown kind {kind!r}" if kind is not None else "kind is missing",
             field="kind",
-            hint=_suggest(str(kind), list(KINDS)) if isinstance(kind, str) else f"use one of {', '.join(KINDS)}",
+            hint=_suggest(str(kind), list(KINDS))
+            if isinstance(kind, str)
+            else f"use one of {', '.join(KINDS)}",
         )
     try:
         return KINDS[kind].model_validate(doc, by_alias=True)

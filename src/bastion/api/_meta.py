@@ -20,9 +20,7 @@ NAME_HINT = (
     "use 1-63 lowercase ASCII letters, digits, '-' and '.', starting and ending with a letter or digit "
     "(e.g. 'support-bot' or 'kb.search')"
 )
-NAMESPACE_HINT = (
-    "use 1-63 lowercase ASCII letters, digits and '-', starting and ending with a letter or digit (e.g. 'team-a')"
-)
+NAMESPACE_HINT = "use 1-63 lowercase ASCII letters, digits and '-', starting and ending with a letter or digit (e.g. 'team-a')"
 
 
 def check_name(value: str) -> str:

@@ -73,7 +73,9 @@ def _requirement(match: re.Match[str]) -> Requirement:
         return Requirement(check_label_key(match["nkey"]), "!exists")
     if match["skey"]:
         values = tuple(check_label_value(v.strip()) for v in match["values"].split(",") if v.strip())
-        return Requirement(check_label_key(match["skey"]), "in" if match["setop"] == "in" else "notin", values)
+        return Requirement(
+            check_label_key(match["skey"]), "in" if match["setop"] == "in" else "notin", values
+        )
     if match["ekey"]:
         op: Operator = "!=" if match["op"] == "!=" else "="
         return Requirement(check_label_key(match["ekey"]), op, (check_label_value(match["value"]),))

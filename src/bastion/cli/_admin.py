@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._app import KeyOpt, UrlOpt, _client, _run, keys_app, namespaces_app, tenants_app
+from ._app import KeyOpt, UrlOpt, client_for, keys_app, namespaces_app, run_command, tenants_app
 from ._output import age, out
 
 Role = Annotated[str, typer.Option("--role", help="viewer, developer, operator or admin.")]
@@ -29,12 +29,12 @@ def keys_create(
     """Create an API key."""
 
     def body() -> None:
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             key = client.create_key(name, role, tenant=tenant)
         out.print(f"key {key['id']} ({key['role']}) created in tenant {key['tenant']}")
         _show_token(key["token"])
 
-    _run(body)
+    run_command(body)
 
 
 @keys_app.command("list")
@@ -42,14 +42,20 @@ def keys_list(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """List your tenant's keys (never their secrets)."""
 
     def body() -> None:
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             keys = client.list_keys()
         table = Table("ID", "NAME", "ROLE", "AGE", "STATE", box=None)
         for key in keys:
-            table.add_row(key["id"], key["name"], key["role"], age(key["createdAt"]), "revoked" if key["revokedAt"] else "active")
+            table.add_row(
+                key["id"],
+                key["name"],
+                key["role"],
+                age(key["createdAt"]),
+                "revoked" if key["revokedAt"] else "active",
+            )
         out.print(table)
 
-    _run(body)
+    run_command(body)
 
 
 @keys_app.command("revoke")
@@ -57,11 +63,11 @@ def keys_revoke(key_id: str, url: UrlOpt = None, api_key: KeyOpt = None) -> None
     """Revoke a key; it stops working at once."""
 
     def body() -> None:
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             client.revoke_key(key_id)
         out.print(f"key {key_id} revoked")
 
-    _run(body)
+    run_command(body)
 
 
 @tenants_app.command("create")
@@ -69,12 +75,12 @@ def tenants_create(name: str, url: UrlOpt = None, api_key: KeyOpt = None) -> Non
     """Create a tenant and its first admin key."""
 
     def body() -> None:
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             tenant = client.create_tenant(name)
         out.print(f"tenant {tenant['name']} created; its first admin key is {tenant['adminKey']['id']}")
         _show_token(tenant["adminKey"]["token"])
 
-    _run(body)
+    run_command(body)
 
 
 @tenants_app.command("list")
@@ -82,14 +88,14 @@ def tenants_list(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """List tenants."""
 
     def body() -> None:
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             tenants = client.list_tenants()
         table = Table("NAME", "SYSTEM", "AGE", box=None)
         for tenant in tenants:
             table.add_row(tenant["name"], "yes" if tenant["system"] else "", age(tenant["createdAt"]))
         out.print(table)
 
-    _run(body)
+    run_command(body)
 
 
 @namespaces_app.command("create")
@@ -97,11 +103,11 @@ def namespaces_create(name: str, url: UrlOpt = None, api_key: KeyOpt = None) -> 
     """Create a namespace."""
 
     def body() -> None:
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             client.create_namespace(name)
         out.print(f"namespace {name} created")
 
-    _run(body)
+    run_command(body)
 
 
 @namespaces_app.command("list")
@@ -109,14 +115,14 @@ def namespaces_list(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """List namespaces with their resource counts."""
 
     def body() -> None:
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             spaces = client.list_namespaces()
         table = Table("NAME", "RESOURCES", "AGE", box=None)
         for ns in spaces:
             table.add_row(ns["name"], str(ns["resources"]), age(ns["createdAt"]))
         out.print(table)
 
-    _run(body)
+    run_command(body)
 
 
 @namespaces_app.command("delete")
@@ -124,8 +130,8 @@ def namespaces_delete(name: str, url: UrlOpt = None, api_key: KeyOpt = None) -> 
     """Delete an empty namespace."""
 
     def body() -> None:
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             client.delete_namespace(name)
         out.print(f"namespace {name} deleted")
 
-    _run(body)
+    run_command(body)

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 import yaml
@@ -34,16 +34,22 @@ app.add_typer(namespaces_app, name="namespaces")
 
 T = TypeVar("T")
 
-UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL [env: BASTION_URL].", show_default=False)]
-KeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key [env: BASTION_API_KEY].", show_default=False)]
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="Server URL [env: BASTION_URL].", show_default=False)
+]
+KeyOpt = Annotated[
+    str | None, typer.Option("--api-key", help="API key [env: BASTION_API_KEY].", show_default=False)
+]
 NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
-FilesOpt = Annotated[list[Path], typer.Option("--filename", "-f", help="A manifest file or a directory of them.")]
+FilesOpt = Annotated[
+    list[Path], typer.Option("--filename", "-f", help="A manifest file or a directory of them.")
+]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")]
 
 
-def _client(url: str | None, api_key: str | None) -> BastionClient:
-    settings = ClientSettings(**{k: v for k, v in {"url": url, "api_key": api_key}.items() if v is not None})
-    resolved_url, key = settings.resolve()
+def client_for(url: str | None, api_key: str | None) -> BastionClient:
+    """A client for the server the flags, the environment or `bastion up`'s credentials name."""
+    resolved_url, key = ClientSettings().resolve(url=url, api_key=api_key)
     if key is None:
         raise UserError(
             "no API key configured",
@@ -53,7 +59,7 @@ def _client(url: str | None, api_key: str | None) -> BastionClient:
     return BastionClient(resolved_url, key)
 
 
-def _run(action: Callable[[], T]) -> T:
+def run_command(action: Callable[[], T]) -> T:
     """Run a command body; a Bastion error becomes a clear message and exit code 1."""
     try:
         return action()
@@ -72,9 +78,15 @@ def load_manifests(paths: list[Path]) -> list[RawDocument]:
             docs.extend(parse_yaml(sys.stdin.read(), "<stdin>"))
             continue
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".json"})
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".json"}
+            )
             if not files:
-                raise UserError(f"{path} holds no .yaml, .yml or .json files", field="--filename", hint="point -f at manifests")
+                raise UserError(
+                    f"{path} holds no .yaml, .yml or .json files",
+                    field="--filename",
+                    hint="point -f at manifests",
+                )
         elif path.is_file():
             files = [path]
         else:
@@ -83,17 +95,25 @@ def load_manifests(paths: list[Path]) -> list[RawDocument]:
             try:
                 text = file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
-                raise UserError(f"cannot read {file}: {exc}", field="--filename", hint="pass a readable UTF-8 file") from None
+                raise UserError(
+                    f"cannot read {file}: {exc}", field="--filename", hint="pass a readable UTF-8 file"
+                ) from None
             docs.extend(parse_yaml(text, str(file)))
     if not docs:
-        raise UserError("the manifests hold no documents", field="--filename", hint="add a document with apiVersion and kind")
+        raise UserError(
+            "the manifests hold no documents",
+            field="--filename",
+            hint="add a document with apiVersion and kind",
+        )
     return docs
 
 
 def _kind_name(kind: str) -> str:
     cls = resolve_kind(kind)
     if cls is None:
-        raise UserError(f"unknown kind {kind!r}", field="KIND", hint=f"use one of {', '.join(KINDS)} (or their plurals)")
+        raise UserError(
+            f"unknown kind {kind!r}", field="KIND", hint=f"use one of {', '.join(KINDS)} (or their plurals)"
+        )
     return cls.kind_name
 
 
@@ -103,12 +123,12 @@ def apply(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
 
     def body() -> None:
         docs = load_manifests(files)
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             for item in client.apply(docs):
                 meta = item["resource"]["metadata"]
                 out.print(f"{item['resource']['kind'].lower()}/{meta['name']} {item['action']}")
 
-    _run(body)
+    run_command(body)
 
 
 @app.command()
@@ -118,7 +138,7 @@ def diff(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     def body() -> bool:
         docs = load_manifests(files)
         changed = False
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             for plan in client.diff(docs):
                 label = f"{plan['kind'].lower()}/{plan['name']} (namespace {plan['namespace']})"
                 if plan["action"] == "unchanged":
@@ -131,17 +151,23 @@ def diff(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
                     out.print(f"  {op['op']} {op['path']}{value}", markup=False)
         return changed
 
-    if _run(body):
+    if run_command(body):
         raise typer.Exit(1)
 
 
 @app.command()
 def get(
-    kind: Annotated[str, typer.Argument(help="Agent, Tool, ToolGrant, Secret, ModelPolicy, MemoryScope or Policy.")],
+    kind: Annotated[
+        str, typer.Argument(help="Agent, Tool, ToolGrant, Secret, ModelPolicy, MemoryScope or Policy.")
+    ],
     name: Annotated[str | None, typer.Argument(help="One resource; all when left out.")] = None,
     namespace: NsOpt = "default",
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="List in every namespace.")] = False,
-    selector: Annotated[str | None, typer.Option("--selector", "-l", help="Label selector, e.g. 'app=web'.")] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="List in every namespace.")
+    ] = False,
+    selector: Annotated[
+        str | None, typer.Option("--selector", "-l", help="Label selector, e.g. 'app=web'.")
+    ] = None,
     output: OutputOpt = "table",
     url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -150,30 +176,37 @@ def get(
 
     def body() -> None:
         if output not in {"table", "yaml", "json"}:
-            raise UserError(f"unknown output format {output!r}", field="--output", hint="use table, yaml or json")
+            raise UserError(
+                f"unknown output format {output!r}", field="--output", hint="use table, yaml or json"
+            )
         kind_name = _kind_name(kind)
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             if name is not None:
                 items = [client.get(kind_name, name, namespace=namespace)]
             else:
-                items = list(client.list(kind_name, namespace=None if all_namespaces else namespace, selector=selector))
+                items = list(
+                    client.list(kind_name, namespace=None if all_namespaces else namespace, selector=selector)
+                )
         if not items and output == "table":
             where = "any namespace" if all_namespaces else f"namespace {namespace!r}"
             out.print(f"No {KINDS[kind_name].plural} found in {where}.")
             return
         print_resources(items, output, all_namespaces=all_namespaces)
 
-    _run(body)
+    run_command(body)
 
 
 @app.command()
-def describe(kind: str, name: str, namespace: NsOpt = "default", url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+def describe(
+    kind: str, name: str, namespace: NsOpt = "default", url: UrlOpt = None, api_key: KeyOpt = None
+) -> None:
     """Show one resource in full, with its status conditions."""
 
     def body() -> None:
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             item = client.get(_kind_name(kind), name, namespace=namespace)
-        meta, status = item["metadata"], item.get("status") or {}
+        meta: dict[str, Any] = item["metadata"]
+        status: dict[str, Any] = item.get("status") or {}
         out.print(f"[bold]{item['kind']}[/] {meta['namespace']}/{meta['name']}")
         for label, value in (
             ("UID", meta.get("uid")),
@@ -186,10 +219,14 @@ def describe(kind: str, name: str, namespace: NsOpt = "default", url: UrlOpt = N
         out.print("  Spec:")
         out.print(_indent(yaml.safe_dump(item["spec"], sort_keys=False), 4), markup=False, end="")
         out.print(f"  Observed generation: {status.get('observedGeneration', '-')}")
-        for cond in status.get("conditions", []):
-            out.print(f"  Condition {cond['type']}={cond['status']} ({cond.get('reason', '')}): {cond.get('message', '')}", markup=False)
+        conditions: list[dict[str, Any]] = status.get("conditions", [])
+        for cond in conditions:
+            out.print(
+                f"  Condition {cond['type']}={cond['status']} ({cond.get('reason', '')}): {cond.get('message', '')}",
+                markup=False,
+            )
 
-    _run(body)
+    run_command(body)
 
 
 def _indent(text: str, n: int) -> str:
@@ -200,7 +237,9 @@ def _indent(text: str, n: int) -> str:
 def delete(
     kind: Annotated[str | None, typer.Argument()] = None,
     name: Annotated[str | None, typer.Argument()] = None,
-    files: Annotated[list[Path] | None, typer.Option("--filename", "-f", help="Delete what these manifests name.")] = None,
+    files: Annotated[
+        list[Path] | None, typer.Option("--filename", "-f", help="Delete what these manifests name.")
+    ] = None,
     namespace: NsOpt = "default",
     url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -211,19 +250,26 @@ def delete(
         targets: list[tuple[str, str, str]] = []
         if files:
             for doc in load_manifests(files):
-                data: dict[str, Any] = doc.body if isinstance(doc.body, dict) else {}
+                body: Any = doc.body
+                data: dict[str, Any] = cast(dict[str, Any], body) if isinstance(body, dict) else {}
                 meta: dict[str, Any] = data.get("metadata") or {}
-                targets.append((_kind_name(str(data.get("kind"))), meta.get("namespace", "default"), str(meta.get("name"))))
+                targets.append(
+                    (
+                        _kind_name(str(data.get("kind"))),
+                        meta.get("namespace", "default"),
+                        str(meta.get("name")),
+                    )
+                )
         elif kind and name:
             targets.append((_kind_name(kind), namespace, name))
         else:
             raise UserError("say what to delete", field="KIND NAME", hint="pass KIND NAME, or -f FILE")
-        with _client(url, api_key) as client:
+        with client_for(url, api_key) as client:
             for kind_name, ns, res_name in targets:
                 client.delete(kind_name, res_name, namespace=ns)
                 out.print(f"{kind_name.lower()}/{res_name} deleted")
 
-    _run(body)
+    run_command(body)
 
 
 @app.command()
@@ -238,22 +284,30 @@ def explain(
         kind_name = _kind_name(kind)
         node = schema_at(kind_name, fields) if fields else kind_schema(kind_name)
         if node is None:
-            raise UserError(f"{kind_name} has no field {'.'.join(fields)!r}", field="PATH", hint=f"try `bastion explain {kind_name}`")
+            raise UserError(
+                f"{kind_name} has no field {'.'.join(fields)!r}",
+                field="PATH",
+                hint=f"try `bastion explain {kind_name}`",
+            )
         if output == "json":
             out.print_json(json.dumps(node))
             return
-        out.print(f"[bold]{kind_name}[/]{'.' + '.'.join(fields) if fields else ''}  ({node.get('type', 'object')})")
+        out.print(
+            f"[bold]{kind_name}[/]{'.' + '.'.join(fields) if fields else ''}  ({node.get('type', 'object')})"
+        )
         if node.get("description"):
             out.print(f"  {node['description']}", markup=False)
         required = set(node.get("required", []))
         for field, sub in node.get("properties", {}).items():
             node_sub = schema_at(kind_name, [*fields, field]) or sub
-            kind_of = node_sub.get("type") or ("one of " + ", ".join(map(str, node_sub["enum"])) if "enum" in node_sub else "object")
+            kind_of = node_sub.get("type") or (
+                "one of " + ", ".join(map(str, node_sub["enum"])) if "enum" in node_sub else "object"
+            )
             flag = " (required)" if field in required else ""
             desc = node_sub.get("description", "")
             out.print(f"  [cyan]{field}[/] <{kind_of}>{flag}  {desc}")
 
-    _run(body)
+    run_command(body)
 
 
 @app.command()
@@ -261,13 +315,15 @@ def up(
     host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: 8080].")] = None,
     home: Annotated[Path | None, typer.Option(help="Data directory [env: BASTION_HOME].")] = None,
-    database_url: Annotated[str | None, typer.Option(help="Database URL [env: BASTION_DATABASE_URL].")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Database URL [env: BASTION_DATABASE_URL].")
+    ] = None,
 ) -> None:
     """Start Bastion on the embedded default (SQLite in the data directory)."""
     from ._up import serve
 
     overrides = {"host": host, "port": port, "home": home, "database_url": database_url}
-    _run(lambda: serve({k: v for k, v in overrides.items() if v is not None}))
+    run_command(lambda: serve({k: v for k, v in overrides.items() if v is not None}))
 
 
 def main() -> None:

@@ -68,7 +68,13 @@ def print_resources(items: list[dict[str, Any]], output: str, *, all_namespaces:
         table.add_column(col)
     for item in items:
         meta = item.get("metadata", {})
-        row = [meta.get("name", ""), item.get("kind", ""), _summary(item), str(meta.get("generation", "")), age(meta.get("creationTimestamp"))]
+        row = [
+            meta.get("name", ""),
+            item.get("kind", ""),
+            _summary(item),
+            str(meta.get("generation", "")),
+            age(meta.get("creationTimestamp")),
+        ]
         table.add_row(*([meta.get("namespace", "")] if all_namespaces else []), *row)
     out.print(table)
 

@@ -20,14 +20,18 @@ def serve(overrides: dict[str, Any]) -> None:
     first = bastion.bootstrap()
     if first is not None:
         write_credentials(settings.credentials_file, url, first.admin_key)
-        out.print("[bold green]Bastion is set up.[/] The first admin key of the system tenant (shown only this once):")
+        out.print(
+            "[bold green]Bastion is set up.[/] The first admin key of the system tenant (shown only this once):"
+        )
         out.print(f"\n    {first.admin_key}\n", markup=False)
         out.print(f"It is saved for this machine's CLI in {settings.credentials_file} (mode 0600).")
     out.print(f"Data directory: {settings.home}    database: {bastion.store.backend}")
     out.print(f"API: {url}/api/v1    OpenAPI: {url}/api/v1/openapi.json    stop with Ctrl-C")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        uvicorn.run(create_app(bastion), host=settings.host, port=settings.port, log_level="warning", access_log=False)
+        uvicorn.run(
+            create_app(bastion), host=settings.host, port=settings.port, log_level="warning", access_log=False
+        )
     finally:
         bastion.close()
         err.print("Bastion stopped.")

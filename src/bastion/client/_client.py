@@ -28,7 +28,14 @@ def plural_of(kind: str) -> str:
 class BastionClient:
     """A session with one Bastion server, authenticated by one API key."""
 
-    def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"User-Agent": "bastion-client/0.1"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -63,7 +70,9 @@ class BastionClient:
             raise error_for_problem(body, response.status_code)  # pyright: ignore[reportUnknownArgumentType]
         if response.status_code >= 500:
             raise ServerError(f"the server answered {response.status_code}")
-        raise UserError(f"the server answered {response.status_code}: {response.text[:200]}", status=response.status_code)
+        raise UserError(
+            f"the server answered {response.status_code}: {response.text[:200]}", status=response.status_code
+        )
 
     # --- resources ------------------------------------------------------------------------
 
@@ -71,10 +80,14 @@ class BastionClient:
     def _manifests(documents: Sequence[RawDocument]) -> dict[str, Any]:
         return {"documents": [d.body for d in documents], "sources": [d.source or "" for d in documents]}
 
-    def apply(self, documents: Sequence[RawDocument], *, idempotency_key: str | None = None) -> list[dict[str, Any]]:
+    def apply(
+        self, documents: Sequence[RawDocument], *, idempotency_key: str | None = None
+    ) -> list[dict[str, Any]]:
         """Apply documents all-or-nothing; returns ``{action, resource}`` per document."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._request("POST", "/api/v1/apply", json=self._manifests(documents), headers=headers)["items"]
+        return self._request("POST", "/api/v1/apply", json=self._manifests(documents), headers=headers)[
+            "items"
+        ]
 
     def diff(self, documents: Sequence[RawDocument]) -> list[dict[str, Any]]:
         """Per document, what an apply would do and the JSON patch it would make."""
@@ -85,10 +98,18 @@ class BastionClient:
         return self._request("GET", path)
 
     def list_page(
-        self, kind: str, *, namespace: str | None = "default", selector: str | None = None, limit: int = 100, cont: str | None = None
+        self,
+        kind: str,
+        *,
+        namespace: str | None = "default",
+        selector: str | None = None,
+        limit: int = 100,
+        cont: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         plural = plural_of(kind)
-        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{plural}" if namespace else f"/api/v1/{plural}"
+        path = (
+            f"/api/v1/namespaces/{quote(namespace, safe='')}/{plural}" if namespace else f"/api/v1/{plural}"
+        )
         params: dict[str, Any] = {"limit": limit}
         if selector:
             params["labelSelector"] = selector
@@ -97,11 +118,20 @@ class BastionClient:
         page = self._request("GET", path, params=params)
         return page["items"], page.get("continue")
 
-    def list(self, kind: str, *, namespace: str | None = "default", selector: str | None = None, page_size: int = 200) -> Iterator[dict[str, Any]]:
+    def list(
+        self,
+        kind: str,
+        *,
+        namespace: str | None = "default",
+        selector: str | None = None,
+        page_size: int = 200,
+    ) -> Iterator[dict[str, Any]]:
         """Every matching resource, following continue tokens."""
         cont: str | None = None
         while True:
-            items, cont = self.list_page(kind, namespace=namespace, selector=selector, limit=page_size, cont=cont)
+            items, cont = self.list_page(
+                kind, namespace=namespace, selector=selector, limit=page_size, cont=cont
+            )
             yield from items
             if not cont:
                 return

@@ -23,7 +23,9 @@ class Bootstrap:
 
 
 class Bastion:
-    def __init__(self, settings: Settings, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, clock: Clock | None = None, ids: IdSource | None = None
+    ) -> None:
         self.settings = settings
         clock = clock or SystemClock()
         ids = ids or RandomIds()

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import jsonpatch  # pyright: ignore[reportMissingTypeStubs]
@@ -80,7 +80,9 @@ class ResourceService:
             return spec, None
         values: dict[str, str] = dict(resource.spec.string_data)
         plaintext = json.dumps(values, sort_keys=True).encode()
-        fingerprints = {k: "sha256-hmac:" + self._sealer.fingerprint(v.encode())[:32] for k, v in values.items()}
+        fingerprints = {
+            k: "sha256-hmac:" + self._sealer.fingerprint(v.encode())[:32] for k, v in values.items()
+        }
         return {**spec, "stringData": fingerprints}, self._sealer.seal(plaintext, _aad(tenant_id, resource))
 
     def open_secret(self, row: ResourceRow) -> dict[str, str]:
@@ -98,7 +100,11 @@ class ResourceService:
                     f"role {principal.role!r} may not write {resource.kind_name} resources",
                     field="kind",
                     hint=f"use a key with role {resource.write_role!r} or higher",
-                    problems=[Problem(message=f"{resource.kind_name} needs role {resource.write_role!r}", document=index)],
+                    problems=[
+                        Problem(
+                            message=f"{resource.kind_name} needs role {resource.write_role!r}", document=index
+                        )
+                    ],
                 )
 
     def _check_namespaces(self, conn: Connection, principal: Principal, resources: list[Resource]) -> None:
@@ -109,7 +115,11 @@ class ResourceService:
                     f"namespace {ns!r} not found",
                     field="metadata.namespace",
                     hint=f"create it with `bastion namespaces create {ns}`",
-                    problems=[Problem(message=f"namespace {ns!r} not found", field="metadata.namespace", document=index)],
+                    problems=[
+                        Problem(
+                            message=f"namespace {ns!r} not found", field="metadata.namespace", document=index
+                        )
+                    ],
                 )
 
     def apply(self, conn: Connection, principal: Principal, resources: list[Resource]) -> list[Applied]:
@@ -121,22 +131,32 @@ class ResourceService:
     def _apply_one(self, conn: Connection, principal: Principal, index: int, resource: Resource) -> Applied:
         meta = resource.metadata
         now = self._clock.now()
-        existing = get_row(conn, principal.tenant_id, resource.kind_name, meta.namespace, meta.name, lock=True)
+        existing = get_row(
+            conn, principal.tenant_id, resource.kind_name, meta.namespace, meta.name, lock=True
+        )
         wanted_version = meta.resource_version
         if existing is None and wanted_version is not None:
             raise Conflict(
                 f"{resource.kind_name} {meta.name!r} does not exist, but the manifest names resourceVersion {wanted_version!r}",
                 field="metadata.resourceVersion",
                 hint="it was deleted meanwhile; remove metadata.resourceVersion to create it again",
-                problems=[Problem(message="stale resourceVersion", field="metadata.resourceVersion", document=index)],
+                problems=[
+                    Problem(message="stale resourceVersion", field="metadata.resourceVersion", document=index)
+                ],
             )
-        if existing is not None and wanted_version is not None and wanted_version != str(existing.resource_version):
+        if (
+            existing is not None
+            and wanted_version is not None
+            and wanted_version != str(existing.resource_version)
+        ):
             raise Conflict(
                 f"{resource.kind_name} {meta.name!r} was changed since resourceVersion {wanted_version!r} "
                 f"(now {existing.resource_version})",
                 field="metadata.resourceVersion",
                 hint="get the resource again, reapply your change to it, or drop metadata.resourceVersion to overwrite",
-                problems=[Problem(message="stale resourceVersion", field="metadata.resourceVersion", document=index)],
+                problems=[
+                    Problem(message="stale resourceVersion", field="metadata.resourceVersion", document=index)
+                ],
             )
         spec, sealed = self._stored_spec(principal.tenant_id, resource)
         labels, annotations = dict(meta.labels), dict(meta.annotations)
@@ -164,18 +184,16 @@ class ResourceService:
         if not spec_changed and labels == existing.labels and annotations == existing.annotations:
             return Applied(action="unchanged", row=existing)
         generation = existing.generation + (1 if spec_changed else 0)
-        row = ResourceRow(
-            **{
-                **existing.__dict__,
-                "labels": labels,
-                "annotations": annotations,
-                "spec": spec,
-                "sealed": sealed if spec_changed else existing.sealed,
-                "generation": generation,
-                "resource_version": existing.resource_version + 1,
-                "status": _status(generation, now) if spec_changed else existing.status,
-                "updated_at": now,
-            }
+        row = replace(
+            existing,
+            labels=labels,
+            annotations=annotations,
+            spec=spec,
+            sealed=sealed if spec_changed else existing.sealed,
+            generation=generation,
+            resource_version=existing.resource_version + 1,
+            status=_status(generation, now) if spec_changed else existing.status,
+            updated_at=now,
         )
         update_row(conn, row)
         return Applied(action="configured", row=row)
@@ -189,13 +207,23 @@ class ResourceService:
             new = _view(dict(meta.labels), dict(meta.annotations), public_spec(resource.kind_name, spec))
             existing = get_row(conn, principal.tenant_id, resource.kind_name, meta.namespace, meta.name)
             old: dict[str, Any] = (
-                {} if existing is None else _view(existing.labels, existing.annotations, public_spec(existing.kind, existing.spec))
+                {}
+                if existing is None
+                else _view(existing.labels, existing.annotations, public_spec(existing.kind, existing.spec))
             )
             if existing is not None and isinstance(resource, Secret):
                 old, new = self._secret_views(existing, spec, old, new)
             patch: list[dict[str, Any]] = jsonpatch.make_patch(old, new).patch  # pyright: ignore[reportUnknownMemberType]
             action = "create" if existing is None else ("update" if patch else "unchanged")
-            plans.append(Planned(kind=resource.kind_name, namespace=meta.namespace, name=meta.name, action=action, patch=patch))
+            plans.append(
+                Planned(
+                    kind=resource.kind_name,
+                    namespace=meta.namespace,
+                    name=meta.name,
+                    action=action,
+                    patch=patch,
+                )
+            )
         return plans
 
     @staticmethod
@@ -211,7 +239,9 @@ class ResourceService:
             new["spec"]["stringData"][key] = f"{SECRET_PLACEHOLDER} (new)"
         return old, new
 
-    def get(self, conn: Connection, principal: Principal, kind: str, namespace: str, name: str) -> ResourceRow:
+    def get(
+        self, conn: Connection, principal: Principal, kind: str, namespace: str, name: str
+    ) -> ResourceRow:
         row = get_row(conn, principal.tenant_id, kind, namespace, name)
         if row is None:
             raise NotFound(
@@ -234,7 +264,9 @@ class ResourceService:
     ) -> Page:
         return list_rows(conn, principal.tenant_id, kind, namespace, selector, limit=limit, cursor=cursor)
 
-    def delete(self, conn: Connection, principal: Principal, kind: str, namespace: str, name: str) -> ResourceRow:
+    def delete(
+        self, conn: Connection, principal: Principal, kind: str, namespace: str, name: str
+    ) -> ResourceRow:
         row = self.get(conn, principal, kind, namespace, name)
         delete_row(conn, row.uid)
         return row
@@ -245,6 +277,12 @@ def _status(generation: int, now: Any) -> dict[str, Any]:
     return {
         "observedGeneration": generation,
         "conditions": [
-            {"type": "Accepted", "status": "True", "reason": "Valid", "message": "spec validated and stored", "lastTransitionTime": stamp}
+            {
+                "type": "Accepted",
+                "status": "True",
+                "reason": "Valid",
+                "message": "spec validated and stored",
+                "lastTransitionTime": stamp,
+            }
         ],
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,8 +77,10 @@ class ClientSettings(BaseSettings):
     api_key: SecretStr | None = None
     home: Path = Field(default_factory=default_home)
 
-    def resolve(self) -> tuple[str, str | None]:
-        url, key = self.url, self.api_key.get_secret_value() if self.api_key else None
+    def resolve(self, *, url: str | None = None, api_key: str | None = None) -> tuple[str, str | None]:
+        """The server URL and key: the arguments (flags) first, then the environment, then the file."""
+        url = url or self.url
+        key = api_key or (self.api_key.get_secret_value() if self.api_key else None)
         stored = read_credentials(self.home / "credentials.json")
         return (
             url or stored.get("url") or f"http://127.0.0.1:{DEFAULT_PORT}",
@@ -88,10 +90,10 @@ class ClientSettings(BaseSettings):
 
 def read_credentials(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data: Any = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    return cast(dict[str, Any], data) if isinstance(data, dict) else {}
 
 
 def write_credentials(path: Path, url: str, api_key: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 
 import uvicorn
@@ -12,7 +12,9 @@ from fastapi import FastAPI
 
 
 @contextmanager
-def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", startup_timeout: float = 15.0) -> Iterator[str]:
+def serve_in_thread(
+    app: FastAPI, *, host: str = "127.0.0.1", startup_timeout: float = 15.0
+) -> Generator[str]:
     """Serve ``app`` until the block ends; yields its base URL (``http://127.0.0.1:PORT``)."""
     config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,7 +25,7 @@ def create_app(bastion: Bastion) -> FastAPI:
     """The ASGI application over an opened Bastion (store migrated, master key loaded)."""
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncGenerator[None]:
         yield
 
     app = FastAPI(
@@ -53,7 +53,9 @@ def create_app(bastion: Bastion) -> FastAPI:
             current, head = bastion.store.ping()
         except Exception as exc:  # any driver error means not ready
             log.warning("readiness check failed: %s", exc)
-            return problem_response(Unavailable("the database is unreachable", hint="check BASTION_DATABASE_URL"), request)
+            return problem_response(
+                Unavailable("the database is unreachable", hint="check BASTION_DATABASE_URL"), request
+            )
         if current != head:
             return problem_response(
                 Unavailable(

@@ -53,7 +53,9 @@ PrincipalDep = Annotated[Principal, Depends(authenticated)]
 
 def require(principal: Principal, role: str, what: str) -> None:
     if not principal.at_least(role):
-        raise Forbidden(f"role {principal.role!r} may not {what}", hint=f"use a key with role {role!r} or higher")
+        raise Forbidden(
+            f"role {principal.role!r} may not {what}", hint=f"use a key with role {role!r} or higher"
+        )
 
 
 IdempotencyKey = Annotated[
@@ -87,7 +89,11 @@ async def run_idempotent(
     body = await request.body()
     request_hash = _request_hash(request, body)
     if key is not None and not key.strip():
-        raise UserError("the Idempotency-Key header is empty", field="Idempotency-Key", hint="send a unique string, e.g. a UUID")
+        raise UserError(
+            "the Idempotency-Key header is empty",
+            field="Idempotency-Key",
+            hint="send a unique string, e.g. a UUID",
+        )
     store = bastion.store
 
     def attempt() -> JSONResponse:
@@ -102,10 +108,14 @@ async def run_idempotent(
                             field="Idempotency-Key",
                             hint="use a new key for a new request",
                         )
-                    return JSONResponse(json.loads(text), status_code=status, headers={"Idempotent-Replayed": "true"})
+                    return JSONResponse(
+                        json.loads(text), status_code=status, headers={"Idempotent-Replayed": "true"}
+                    )
             status, payload = operation(conn)
             if key is not None:
-                store.remember_response(conn, principal.tenant_id, key, request_hash, status, json.dumps(payload))
+                store.remember_response(
+                    conn, principal.tenant_id, key, request_hash, status, json.dumps(payload)
+                )
         return JSONResponse(payload, status_code=status)
 
     for tries in range(3):

@@ -20,7 +20,9 @@ class ProblemResponse(JSONResponse):
     media_type = PROBLEM_JSON
 
 
-def problem_response(error: BastionError, request: Request, headers: dict[str, str] | None = None) -> ProblemResponse:
+def problem_response(
+    error: BastionError, request: Request, headers: dict[str, str] | None = None
+) -> ProblemResponse:
     body = error.to_problem()
     body["instance"] = request.url.path
     return ProblemResponse(body, status_code=error.status, headers=headers)
@@ -93,7 +95,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RecursionError)
     async def _deep(request: Request, exc: RecursionError) -> ProblemResponse:  # pyright: ignore[reportUnusedFunction]
-        return problem_response(UserError("the request is nested too deeply", hint="flatten the document"), request)
+        return problem_response(
+            UserError("the request is nested too deeply", hint="flatten the document"), request
+        )
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> ProblemResponse:  # pyright: ignore[reportUnusedFunction]

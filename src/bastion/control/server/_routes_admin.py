@@ -60,12 +60,19 @@ def _key(record: KeyRecord, token: str | None = None) -> dict[str, Any]:
 def _system_admin(principal: Principal) -> None:
     if not (principal.system and principal.at_least("admin")):
         # Tenants are invisible to everyone else, so this route looks absent to them.
-        raise NotFound("no such endpoint for this key", hint="tenants are managed with a system-tenant admin key")
+        raise NotFound(
+            "no such endpoint for this key", hint="tenants are managed with a system-tenant admin key"
+        )
 
 
 @router.get("/whoami", tags=["keys"], summary="The calling key, its tenant and role")
 def whoami(principal: PrincipalDep) -> dict[str, Any]:
-    return {"keyId": principal.key_id, "tenant": principal.tenant, "role": principal.role, "system": principal.system}
+    return {
+        "keyId": principal.key_id,
+        "tenant": principal.tenant,
+        "role": principal.role,
+        "system": principal.system,
+    }
 
 
 @router.get("/tenants", tags=["tenants"], summary="List tenants (system admins)")
@@ -73,12 +80,18 @@ def list_tenants(bastion: BastionDep, principal: PrincipalDep) -> dict[str, Any]
     _system_admin(principal)
     with bastion.store.read() as conn:
         rows = bastion.store.list_tenants(conn)
-    return {"items": [{"name": t.name, "system": t.system, "createdAt": t.created_at.isoformat()} for t in rows]}
+    return {
+        "items": [{"name": t.name, "system": t.system, "createdAt": t.created_at.isoformat()} for t in rows]
+    }
 
 
 @router.post("/tenants", tags=["tenants"], status_code=201, summary="Create a tenant and its first admin key")
 async def create_tenant(
-    request: Request, body: TenantCreate, bastion: BastionDep, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
+    request: Request,
+    body: TenantCreate,
+    bastion: BastionDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     _system_admin(principal)
     name = _name(body.name, "name")
@@ -87,12 +100,21 @@ async def create_tenant(
     def operation(conn: Connection) -> tuple[int, dict[str, Any]]:
         tenant = bastion.store.create_tenant(conn, name)
         record, token = bastion.store.create_key(conn, tenant, key_name, "admin")
-        return 201, {"name": tenant.name, "createdAt": tenant.created_at.isoformat(), "adminKey": _key(record, token)}
+        return 201, {
+            "name": tenant.name,
+            "createdAt": tenant.created_at.isoformat(),
+            "adminKey": _key(record, token),
+        }
 
     return await run_idempotent(request, bastion, principal, idempotency_key, operation)
 
 
-@router.post("/tenants/{tenant}/keys", tags=["tenants"], status_code=201, summary="Create a key in another tenant (system admins)")
+@router.post(
+    "/tenants/{tenant}/keys",
+    tags=["tenants"],
+    status_code=201,
+    summary="Create a key in another tenant (system admins)",
+)
 async def create_tenant_key(
     request: Request,
     tenant: Annotated[str, Path(max_length=253)],
@@ -105,7 +127,9 @@ async def create_tenant_key(
     name = _name(body.name, "name")
 
     def operation(conn: Connection) -> tuple[int, dict[str, Any]]:
-        record, token = bastion.store.create_key(conn, bastion.store.tenant_by_name(conn, tenant), name, body.role)
+        record, token = bastion.store.create_key(
+            conn, bastion.store.tenant_by_name(conn, tenant), name, body.role
+        )
         return 201, _key(record, token)
 
     return await run_idempotent(request, bastion, principal, idempotency_key, operation)
@@ -118,9 +142,18 @@ def list_keys(bastion: BastionDep, principal: PrincipalDep) -> dict[str, Any]:
         return {"items": [_key(k) for k in bastion.store.list_keys(conn, principal.tenant_id)]}
 
 
-@router.post("/keys", tags=["keys"], status_code=201, summary="Create an API key; its token is shown only in this response")
+@router.post(
+    "/keys",
+    tags=["keys"],
+    status_code=201,
+    summary="Create an API key; its token is shown only in this response",
+)
 async def create_key(
-    request: Request, body: KeyCreate, bastion: BastionDep, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
+    request: Request,
+    body: KeyCreate,
+    bastion: BastionDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     require(principal, "admin", "create API keys")
     name = _name(body.name, "name")
@@ -134,7 +167,9 @@ async def create_key(
 
 
 @router.delete("/keys/{key_id}", tags=["keys"], summary="Revoke an API key")
-def revoke_key(key_id: Annotated[str, Path(max_length=64)], bastion: BastionDep, principal: PrincipalDep) -> dict[str, Any]:
+def revoke_key(
+    key_id: Annotated[str, Path(max_length=64)], bastion: BastionDep, principal: PrincipalDep
+) -> dict[str, Any]:
     require(principal, "admin", "revoke API keys")
     with bastion.store.write() as conn:
         bastion.store.revoke_key(conn, principal.tenant_id, key_id)
@@ -150,7 +185,11 @@ def list_namespaces(bastion: BastionDep, principal: PrincipalDep) -> dict[str, A
 
 @router.post("/namespaces", tags=["namespaces"], status_code=201, summary="Create a namespace")
 async def create_namespace(
-    request: Request, body: NamespaceCreate, bastion: BastionDep, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
+    request: Request,
+    body: NamespaceCreate,
+    bastion: BastionDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     require(principal, "operator", "create namespaces")
     name = _name(body.name, "name")
@@ -163,7 +202,9 @@ async def create_namespace(
 
 
 @router.delete("/namespaces/{namespace}", tags=["namespaces"], summary="Delete an empty namespace")
-def delete_namespace(namespace: Annotated[str, Path(max_length=253)], bastion: BastionDep, principal: PrincipalDep) -> dict[str, Any]:
+def delete_namespace(
+    namespace: Annotated[str, Path(max_length=253)], bastion: BastionDep, principal: PrincipalDep
+) -> dict[str, Any]:
     require(principal, "operator", "delete namespaces")
     with bastion.store.write() as conn:
         bastion.store.delete_namespace(conn, principal.tenant_id, namespace)

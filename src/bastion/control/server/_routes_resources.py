@@ -30,10 +30,13 @@ NamePath = Annotated[str, Path(description=f"The resource name: {NAME_HINT}.", m
 NamespacePath = Annotated[str, Path(description="The namespace inside the caller's tenant.", max_length=253)]
 
 Selector = Annotated[
-    str | None, Query(alias="labelSelector", max_length=4096, description="e.g. 'app=web,tier in (a,b),!legacy'")
+    str | None,
+    Query(alias="labelSelector", max_length=4096, description="e.g. 'app=web,tier in (a,b),!legacy'"),
 ]
 Limit = Annotated[int, Query(ge=1, le=10_000, description="Page size (capped by the server).")]
-Continue = Annotated[str | None, Query(alias="continue", max_length=1024, description="Token from the previous page.")]
+Continue = Annotated[
+    str | None, Query(alias="continue", max_length=1024, description="Token from the previous page.")
+]
 
 _MANIFESTS_BODY: dict[str, Any] = {
     "requestBody": {
@@ -54,7 +57,9 @@ _MANIFESTS_BODY: dict[str, Any] = {
                     "additionalProperties": False,
                 }
             },
-            "application/yaml": {"schema": {"type": "string", "description": "A multi-document YAML stream."}},
+            "application/yaml": {
+                "schema": {"type": "string", "description": "A multi-document YAML stream."}
+            },
         },
     }
 }
@@ -74,11 +79,11 @@ async def _documents(request: Request) -> list[RawDocument]:
         raise UnsupportedMediaType(
             f"content type {content_type!r} is not accepted here",
             field="Content-Type",
-            hint="send application/json ({\"documents\": [...]}) or application/yaml",
+            hint='send application/json ({"documents": [...]}) or application/yaml',
         )
     docs = parse_yaml(text, "request body") if text.strip() else []
-    payload = docs[0].body if len(docs) == 1 else None
-    if not isinstance(payload, dict) or not isinstance(payload.get("documents"), list):
+    payload: Any = docs[0].body if len(docs) == 1 else None
+    if not isinstance(payload, dict) or not isinstance(cast(dict[str, Any], payload).get("documents"), list):
         raise InvalidManifest(
             "the body must be a JSON object with a 'documents' list",
             field="documents",
@@ -101,12 +106,18 @@ async def _documents(request: Request) -> list[RawDocument]:
 
 def _resources(docs: list[RawDocument]) -> list[Resource]:
     if not docs:
-        raise InvalidManifest("the request holds no documents", field="documents", hint="send at least one manifest")
+        raise InvalidManifest(
+            "the request holds no documents", field="documents", hint="send at least one manifest"
+        )
     return validate_documents(docs)
 
 
-@router.post("/apply", tags=["resources"], summary="Apply manifests, all or nothing", openapi_extra=_MANIFESTS_BODY)
-async def apply(request: Request, bastion: BastionDep, principal: PrincipalDep, idempotency_key: IdempotencyKey = None) -> Response:
+@router.post(
+    "/apply", tags=["resources"], summary="Apply manifests, all or nothing", openapi_extra=_MANIFESTS_BODY
+)
+async def apply(
+    request: Request, bastion: BastionDep, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Create or update every document in one transaction; an invalid document applies nothing."""
     resources = _resources(await _documents(request))
     bastion.resources.check_writable(principal, resources)
@@ -162,33 +173,64 @@ def _add_kind_routes(cls: type[Resource]) -> None:
         selector = parse_selector(label_selector or "")
         limit = min(limit, bastion.settings.max_page_size)
         with bastion.store.read() as conn:
-            page = bastion.resources.list(conn, principal, kind, namespace, selector, limit=limit, cursor=cont)
+            page = bastion.resources.list(
+                conn, principal, kind, namespace, selector, limit=limit, cursor=cont
+            )
         return {"items": [public_manifest(r) for r in page.items], "continue": page.next_cursor}
 
-    @router.get(f"/namespaces/{{namespace}}/{plural}", tags=[plural], summary=f"List {kind} resources in a namespace", name=f"list_{plural}")
+    @router.get(
+        f"/namespaces/{{namespace}}/{plural}",
+        tags=[plural],
+        summary=f"List {kind} resources in a namespace",
+        name=f"list_{plural}",
+    )
     def list_in_namespace(
-        bastion: BastionDep, principal: PrincipalDep, namespace: NamespacePath, label_selector: Selector = None, limit: Limit = 100, cont: Continue = None
+        bastion: BastionDep,
+        principal: PrincipalDep,
+        namespace: NamespacePath,
+        label_selector: Selector = None,
+        limit: Limit = 100,
+        cont: Continue = None,
     ) -> dict[str, Any]:
         return list_page(bastion, principal, namespace, label_selector, limit, cont)
 
-    @router.get(f"/{plural}", tags=[plural], summary=f"List {kind} resources in every namespace", name=f"list_all_{plural}")
+    @router.get(
+        f"/{plural}",
+        tags=[plural],
+        summary=f"List {kind} resources in every namespace",
+        name=f"list_all_{plural}",
+    )
     def list_everywhere(
-        bastion: BastionDep, principal: PrincipalDep, label_selector: Selector = None, limit: Limit = 100, cont: Continue = None
+        bastion: BastionDep,
+        principal: PrincipalDep,
+        label_selector: Selector = None,
+        limit: Limit = 100,
+        cont: Continue = None,
     ) -> dict[str, Any]:
         return list_page(bastion, principal, None, label_selector, limit, cont)
 
     @router.get(item, tags=[plural], summary=f"Get one {kind}", name=f"get_{plural}")
-    def get(bastion: BastionDep, principal: PrincipalDep, namespace: NamespacePath, name: NamePath) -> dict[str, Any]:
+    def get(
+        bastion: BastionDep, principal: PrincipalDep, namespace: NamespacePath, name: NamePath
+    ) -> dict[str, Any]:
         with bastion.store.read() as conn:
             return public_manifest(bastion.resources.get(conn, principal, kind, namespace, name))
 
     @router.put(item, tags=[plural], summary=f"Create or update one {kind}", name=f"put_{plural}")
     def put(
-        bastion: BastionDep, principal: PrincipalDep, namespace: NamespacePath, name: NamePath, body: dict[str, Any]
+        bastion: BastionDep,
+        principal: PrincipalDep,
+        namespace: NamespacePath,
+        name: NamePath,
+        body: dict[str, Any],
     ) -> dict[str, Any]:
         resource = validate_document(body)
         if resource.kind_name != kind:
-            raise InvalidManifest(f"the body is a {resource.kind_name}, the path names {kind}", field="kind", hint=f"PUT it to /{resource.plural}")
+            raise InvalidManifest(
+                f"the body is a {resource.kind_name}, the path names {kind}",
+                field="kind",
+                hint=f"PUT it to /{resource.plural}",
+            )
         if (resource.metadata.namespace, resource.metadata.name) != (namespace, name):
             raise InvalidManifest(
                 "metadata.namespace and metadata.name must match the path",
@@ -200,7 +242,9 @@ def _add_kind_routes(cls: type[Resource]) -> None:
         return {"action": applied.action, "resource": public_manifest(applied.row)}
 
     @router.delete(item, tags=[plural], summary=f"Delete one {kind}", name=f"delete_{plural}")
-    def delete(bastion: BastionDep, principal: PrincipalDep, namespace: NamespacePath, name: NamePath) -> dict[str, Any]:
+    def delete(
+        bastion: BastionDep, principal: PrincipalDep, namespace: NamespacePath, name: NamePath
+    ) -> dict[str, Any]:
         require(principal, cls.write_role, f"delete {kind} resources")
         with bastion.store.write() as conn:
             row = bastion.resources.delete(conn, principal, kind, namespace, name)

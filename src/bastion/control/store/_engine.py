@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from importlib import resources as importlib_resources
 from typing import Any
@@ -36,7 +36,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(
+            parsed, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        )
         _sqlite_setup(engine)
         return engine
     if backend == "postgresql":
@@ -75,7 +77,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
 
 @contextmanager
-def _alembic(engine: Engine) -> Iterator[tuple[Config, Connection]]:
+def _alembic(engine: Engine) -> Generator[tuple[Config, Connection]]:
     location = importlib_resources.files("bastion.control.store") / "migrations"
     config = Config()
     config.set_main_option("script_location", str(location))

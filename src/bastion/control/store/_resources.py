@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Select, and_, delete, exists, insert, not_, or_, select, update
 
@@ -62,7 +62,9 @@ def _row(mapping: Any) -> ResourceRow:
     return ResourceRow(**{k: mapping[k] for k in ResourceRow.__dataclass_fields__})
 
 
-def get_row(conn: Connection, tenant_id: str, kind: str, namespace: str, name: str, *, lock: bool = False) -> ResourceRow | None:
+def get_row(
+    conn: Connection, tenant_id: str, kind: str, namespace: str, name: str, *, lock: bool = False
+) -> ResourceRow | None:
     query = select(resources).where(
         resources.c.tenant_id == tenant_id,
         resources.c.kind == kind,
@@ -81,7 +83,11 @@ def insert_row(conn: Connection, row: ResourceRow) -> None:
 
 
 def update_row(conn: Connection, row: ResourceRow) -> None:
-    values = {k: v for k, v in row.__dict__.items() if k not in {"uid", "tenant_id", "kind", "namespace", "name", "created_at"}}
+    values = {
+        k: v
+        for k, v in row.__dict__.items()
+        if k not in {"uid", "tenant_id", "kind", "namespace", "name", "created_at"}
+    }
     conn.execute(update(resources).where(resources.c.uid == row.uid).values(**values))
     conn.execute(delete(resource_labels).where(resource_labels.c.resource_uid == row.uid))
     _write_labels(conn, row.uid, row.labels)
@@ -94,7 +100,9 @@ def delete_row(conn: Connection, uid: str) -> None:
 
 def _write_labels(conn: Connection, uid: str, labels: dict[str, str]) -> None:
     if labels:
-        conn.execute(insert(resource_labels), [{"resource_uid": uid, "key": k, "value": v} for k, v in labels.items()])
+        conn.execute(
+            insert(resource_labels), [{"resource_uid": uid, "key": k, "value": v} for k, v in labels.items()]
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,12 +136,15 @@ def _decode_cursor(cursor: str, scope: str) -> tuple[str, str, str]:
         hint="pass the 'continue' value of the previous page unchanged, with the same filters",
     )
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        data: Any = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise bad from None
-    if not (isinstance(data, list) and len(data) == 4 and data[0] == scope and all(isinstance(x, str) for x in data)):
+    if not isinstance(data, list):
         raise bad
-    return data[1], data[2], data[3]
+    parts = [x for x in cast(list[Any], data) if isinstance(x, str)]
+    if len(parts) != 4 or parts[0] != scope:
+        raise bad
+    return parts[1], parts[2], parts[3]
 
 
 def list_rows(
@@ -151,7 +162,9 @@ def list_rows(
     The continue token carries the last row's key and a fingerprint of the filters, so a token
     cannot be replayed against another listing.
     """
-    scope = hashlib.sha256(json.dumps([kind, namespace, [(r.key, r.op, r.values) for r in selector]]).encode()).hexdigest()[:16]
+    scope = hashlib.sha256(
+        json.dumps([kind, namespace, [(r.key, r.op, r.values) for r in selector]]).encode()
+    ).hexdigest()[:16]
     query: Select[Any] = select(resources).where(resources.c.tenant_id == tenant_id)
     if kind is not None:
         query = query.where(resources.c.kind == kind)

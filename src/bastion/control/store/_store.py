@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, exists, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -89,12 +88,12 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
+    def read(self) -> Generator[Connection]:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self) -> Generator[Connection]:
         with self.engine.connect().execution_options(bastion_write=True) as conn, conn.begin():
             yield conn
 
@@ -110,36 +109,58 @@ class Store:
         if conn.execute(select(tenants.c.id).where(tenants.c.name == name)).first() is not None:
             raise Conflict(f"tenant {name!r} already exists", field="name", hint="choose another name")
         record = TenantRecord(id=self.ids.uid(), name=name, system=system, created_at=self.clock.now())
-        conn.execute(insert(tenants).values(id=record.id, name=name, system=system, created_at=record.created_at))
-        conn.execute(insert(namespaces).values(tenant_id=record.id, name=DEFAULT_NAMESPACE, created_at=record.created_at))
+        conn.execute(
+            insert(tenants).values(id=record.id, name=name, system=system, created_at=record.created_at)
+        )
+        conn.execute(
+            insert(namespaces).values(
+                tenant_id=record.id, name=DEFAULT_NAMESPACE, created_at=record.created_at
+            )
+        )
         return record
 
     def list_tenants(self, conn: Connection) -> list[TenantRecord]:
         rows = conn.execute(select(tenants).order_by(tenants.c.name)).mappings()
-        return [TenantRecord(id=r["id"], name=r["name"], system=r["system"], created_at=r["created_at"]) for r in rows]
+        return [
+            TenantRecord(id=r["id"], name=r["name"], system=r["system"], created_at=r["created_at"])
+            for r in rows
+        ]
 
     def tenant_by_name(self, conn: Connection, name: str) -> TenantRecord:
         row = conn.execute(select(tenants).where(tenants.c.name == name)).mappings().first()
         if row is None:
-            raise NotFound(f"tenant {name!r} not found", field="tenant", hint="list tenants with `bastion tenants list`")
-        return TenantRecord(id=row["id"], name=row["name"], system=row["system"], created_at=row["created_at"])
+            raise NotFound(
+                f"tenant {name!r} not found", field="tenant", hint="list tenants with `bastion tenants list`"
+            )
+        return TenantRecord(
+            id=row["id"], name=row["name"], system=row["system"], created_at=row["created_at"]
+        )
 
     def has_system_tenant(self, conn: Connection) -> bool:
         return bool(conn.execute(select(exists().where(tenants.c.system.is_(True)))).scalar())
 
     # --- API keys -------------------------------------------------------------------------
 
-    def create_key(self, conn: Connection, tenant: TenantRecord, name: str, role: str) -> tuple[KeyRecord, str]:
+    def create_key(
+        self, conn: Connection, tenant: TenantRecord, name: str, role: str
+    ) -> tuple[KeyRecord, str]:
         """Create a key; the returned token is the only time its secret exists outside a hash."""
         key_id = self.ids.token(12).replace("-", "x").replace("_", "y")
         secret = self.ids.token(32)
         now = self.clock.now()
         conn.execute(
             insert(api_keys).values(
-                id=key_id, tenant_id=tenant.id, name=name, role=role, secret_hash=_hash_secret(secret), created_at=now
+                id=key_id,
+                tenant_id=tenant.id,
+                name=name,
+                role=role,
+                secret_hash=_hash_secret(secret),
+                created_at=now,
             )
         )
-        record = KeyRecord(id=key_id, name=name, role=role, tenant=tenant.name, created_at=now, revoked_at=None)
+        record = KeyRecord(
+            id=key_id, name=name, role=role, tenant=tenant.name, created_at=now, revoked_at=None
+        )
         return record, f"{KEY_PREFIX}_{key_id}_{secret}"
 
     def list_keys(self, conn: Connection, tenant_id: str) -> list[KeyRecord]:
@@ -151,7 +172,12 @@ class Store:
         )
         return [
             KeyRecord(
-                id=r["id"], name=r["name"], role=r["role"], tenant=r["tenant"], created_at=r["created_at"], revoked_at=r["revoked_at"]
+                id=r["id"],
+                name=r["name"],
+                role=r["role"],
+                tenant=r["tenant"],
+                created_at=r["created_at"],
+                revoked_at=r["revoked_at"],
             )
             for r in conn.execute(query).mappings()
         ]
@@ -159,11 +185,17 @@ class Store:
     def revoke_key(self, conn: Connection, tenant_id: str, key_id: str) -> None:
         result = conn.execute(
             update(api_keys)
-            .where(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant_id, api_keys.c.revoked_at.is_(None))
+            .where(
+                api_keys.c.id == key_id, api_keys.c.tenant_id == tenant_id, api_keys.c.revoked_at.is_(None)
+            )
             .values(revoked_at=self.clock.now())
         )
         if result.rowcount == 0:
-            raise NotFound(f"API key {key_id!r} not found or already revoked", field="id", hint="list keys with `bastion keys list`")
+            raise NotFound(
+                f"API key {key_id!r} not found or already revoked",
+                field="id",
+                hint="list keys with `bastion keys list`",
+            )
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal a bearer token stands for, or None for a malformed, unknown or revoked one."""
@@ -186,7 +218,11 @@ class Store:
         if not hmac.compare_digest(row["secret_hash"], _hash_secret(secret)):
             return None
         return Principal(
-            key_id=row["id"], tenant_id=row["tenant_id"], tenant=row["tenant"], role=row["role"], system=row["system"]
+            key_id=row["id"],
+            tenant_id=row["tenant_id"],
+            tenant=row["tenant"],
+            role=row["role"],
+            system=row["system"],
         )
 
     # --- namespaces -----------------------------------------------------------------------
@@ -220,7 +256,11 @@ class Store:
 
     def delete_namespace(self, conn: Connection, tenant_id: str, name: str) -> None:
         if not self.namespace_exists(conn, tenant_id, name):
-            raise NotFound(f"namespace {name!r} not found", field="name", hint="list namespaces with `bastion namespaces list`")
+            raise NotFound(
+                f"namespace {name!r} not found",
+                field="name",
+                hint="list namespaces with `bastion namespaces list`",
+            )
         in_use = select(exists().where(resources.c.tenant_id == tenant_id, resources.c.namespace == name))
         if conn.execute(in_use).scalar():
             raise Conflict(
@@ -234,9 +274,15 @@ class Store:
 
     def idempotent_response(self, conn: Connection, tenant_id: str, key: str) -> tuple[str, int, str] | None:
         """(request hash, status, body) stored for this key, if it is fresh."""
-        row = conn.execute(
-            select(idempotency_keys).where(idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key)
-        ).mappings().first()
+        row = (
+            conn.execute(
+                select(idempotency_keys).where(
+                    idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key
+                )
+            )
+            .mappings()
+            .first()
+        )
         if row is None or row["created_at"] < self.clock.now() - IDEMPOTENCY_TTL:
             return None
         return row["request_hash"], row["status_code"], row["response_body"]
@@ -271,5 +317,3 @@ class Store:
 def is_unique_violation(exc: IntegrityError) -> bool:
     text_ = str(exc.orig).lower()
     return "unique" in text_ or "duplicate key" in text_
-
-

@@ -34,7 +34,6 @@ metadata = MetaData(
 )
 
 
-
 class Timestamp(TypeDecorator[datetime]):
     """Timezone-aware UTC on every backend (SQLite keeps no zone, so it is put back on read)."""
 
@@ -46,13 +45,16 @@ class Timestamp(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a Timestamp column")
-        return value.astimezone(UTC) if dialect.name != "sqlite" else value.astimezone(UTC).replace(tzinfo=None)
+        return (
+            value.astimezone(UTC) if dialect.name != "sqlite" else value.astimezone(UTC).replace(tzinfo=None)
+        )
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 tenants = Table(
     "tenants",

@@ -71,7 +71,9 @@ def upgrade() -> None:
             ["tenant_id"], ["tenants.id"], name="fk_resources_tenant_id_tenants", ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("uid", name="pk_resources"),
-        sa.UniqueConstraint("tenant_id", "kind", "namespace", "name", name="uq_resources_tenant_id_kind_namespace_name"),
+        sa.UniqueConstraint(
+            "tenant_id", "kind", "namespace", "name", name="uq_resources_tenant_id_kind_namespace_name"
+        ),
     )
     op.create_table(
         "resource_labels",
@@ -79,7 +81,10 @@ def upgrade() -> None:
         sa.Column("key", sa.String(317), nullable=False),
         sa.Column("value", sa.String(63), nullable=False),
         sa.ForeignKeyConstraint(
-            ["resource_uid"], ["resources.uid"], name="fk_resource_labels_resource_uid_resources", ondelete="CASCADE"
+            ["resource_uid"],
+            ["resources.uid"],
+            name="fk_resource_labels_resource_uid_resources",
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("resource_uid", "key", name="pk_resource_labels"),
     )
