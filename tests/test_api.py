@@ -224,7 +224,7 @@ def test_oversized_bodies_are_413_whether_declared_or_streamed(http: httpx.Clien
 
 def test_unknown_routes_and_methods_are_problems(http: httpx.Client) -> None:
     assert_problem(http.get("/api/v1/nothing-here"), 404, "not-found")
-    assert_problem(http.patch("/api/v1/apply"), 405, "bad-request")
+    assert_problem(http.patch("/api/v1/apply"), 405, "method-not-allowed")
 
 
 def test_idempotency_key_replays_the_first_response(tenant: Tenant, http: httpx.Client) -> None:

@@ -157,6 +157,12 @@ class IdempotencyKeyReused(UserError):
     title = "Idempotency-Key reused with a different request"
 
 
+class MethodNotAllowed(UserError):
+    slug = "method-not-allowed"
+    status = 405
+    title = "Method not allowed"
+
+
 class Unauthorized(UserError):
     slug = "unauthorized"
     status = 401
@@ -247,6 +253,7 @@ __all__ = [
     "Forbidden",
     "IdempotencyKeyReused",
     "InvalidManifest",
+    "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
     "Problem",

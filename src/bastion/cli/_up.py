@@ -3,18 +3,42 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from bastion.control import Bastion, Settings, create_app
 from bastion.control.settings import write_credentials
+from bastion.errors import UserError
 
 from ._output import err, out
 
 
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {host}:{port}: {exc.strerror}",
+                field="--port",
+                hint="stop whatever uses that port (another `bastion up`?) or pass --port",
+            ) from None
+
+
 def serve(overrides: dict[str, Any]) -> None:
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UserError(
+            f"setting {field!r}: {first['msg']}", field=field, hint="fix the flag or BASTION_* variable"
+        ) from None
+    _check_port_free(settings.host, settings.port)
     bastion = Bastion(settings)
     url = f"http://{settings.host}:{settings.port}"
     first = bastion.bootstrap()

@@ -10,7 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bastion.errors import BastionError, InvalidManifest, NotFound, Problem, ServerError, UserError
+from bastion.errors import (
+    BastionError,
+    InvalidManifest,
+    MethodNotAllowed,
+    NotFound,
+    Problem,
+    ServerError,
+    UserError,
+)
 
 log = logging.getLogger("bastion.server")
 PROBLEM_JSON = "application/problem+json"
@@ -82,10 +90,9 @@ def install_problem_handlers(app: FastAPI) -> None:
                 hint="the API lives under /api/v1; see /api/v1/openapi.json",
             )
         elif exc.status_code == 405:
-            error = UserError(
+            error = MethodNotAllowed(
                 f"method {request.method} is not allowed on {request.url.path}",
                 hint="see /api/v1/openapi.json",
-                status=405,
             )
         elif exc.status_code < 500:
             error = UserError(str(exc.detail), status=exc.status_code)

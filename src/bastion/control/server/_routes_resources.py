@@ -120,7 +120,6 @@ async def apply(
 ) -> Response:
     """Create or update every document in one transaction; an invalid document applies nothing."""
     resources = _resources(await _documents(request))
-    bastion.resources.check_writable(principal, resources)
 
     def operation(conn: Connection) -> tuple[int, dict[str, Any]]:
         applied = bastion.resources.apply(conn, principal, resources)
