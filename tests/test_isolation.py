@@ -116,3 +116,31 @@ def test_idempotency_keys_are_per_tenant(victim: Tenant, attacker: httpx.Client)
     assert response.status_code == 200
     assert response.headers.get("Idempotent-Replayed") is None
     assert response.json()["items"][0]["resource"]["metadata"]["uid"] != ""
+
+
+PUBLIC_PATHS = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/api/v1/openapi.json",
+    "/api/v1/docs",
+    "/docs/oauth2-redirect",
+}
+
+
+def test_every_route_but_health_demands_a_key(tenant: Tenant) -> None:
+    """Walks the OpenAPI document so a route added later cannot forget authentication."""
+    spec = httpx.get(f"{tenant.server.url}/api/v1/openapi.json").json()
+    probed = 0
+    for path, methods in spec["paths"].items():
+        if path in PUBLIC_PATHS:
+            continue
+        concrete = path.replace("{namespace}", "default").replace("{name}", "x").replace("{tenant}", "x")
+        concrete = concrete.replace("{kind}", "Agent").replace("{key_id}", "x")
+        for method in methods:
+            response = httpx.request(method.upper(), f"{tenant.server.url}{concrete}", json={})
+            assert response.status_code == 401, (
+                f"{method.upper()} {path} answered {response.status_code} without a key"
+            )
+            probed += 1
+    assert probed > 30
