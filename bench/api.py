@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +49,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -60,6 +61,8 @@ APPLY_POOL = 4
 GET_POOL = 64
 """Agents created before the get runs and read in turn."""
 REQUEST_TIMEOUT_S = 30.0
+GENERATOR_BOUND = 0.9
+"""A load generator busier than this (share of one core) may be what limits a cell."""
 STARTUP_TIMEOUT_S = 60.0
 
 
@@ -70,10 +73,10 @@ STARTUP_TIMEOUT_S = 60.0
 class Sample:
     """The outcome of a run: latencies of all finished requests, and what went wrong."""
 
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list[float])
     ok: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    actions: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter[str])
+    actions: Counter[str] = field(default_factory=Counter[str])
     elapsed_s: float = 0.0
     client_cpu_s: float = 0.0
     server_cpu_s: float | None = None
@@ -144,7 +147,7 @@ class RunningServer:
 
 
 @contextmanager
-def bastion_server(database_url: str | None) -> Iterator[RunningServer]:
+def bastion_server(database_url: str | None) -> Generator[RunningServer, None, None]:
     """``bastion up`` in its own process on a fresh data directory; stopped with SIGINT at the end."""
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as home:
         port = free_port()
@@ -219,17 +222,17 @@ def pg_connect(url: URL) -> psycopg.Connection[Any]:
 
 
 @contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
+def postgres_database(admin_url: str) -> Generator[str, None, None]:
     """A throwaway database on the server of ``admin_url``, dropped afterwards."""
     url = make_url(admin_url)
     name = f"bastion_bench_{secrets.token_hex(6)}"
     with pg_connect(url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         yield url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
     finally:
         with pg_connect(url) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def postgres_problem(admin_url: str) -> str | None:
@@ -238,7 +241,8 @@ def postgres_problem(admin_url: str) -> str | None:
         with pg_connect(url) as conn:
             conn.execute("SELECT 1")
     except Exception as exc:  # any driver or URL error means: skip PostgreSQL
-        return f"{type(exc).__name__}: {str(exc).strip() or 'no detail'}"
+        detail = " ".join(str(exc).split()) or "no detail"
+        return f"{type(exc).__name__}: {detail}"
     return None
 
 
@@ -315,25 +319,31 @@ async def closed_loop(server: RunningServer, op: str, clients: int, duration: fl
     """``clients`` virtual clients, each with its own connection, sending back to back."""
     tag = secrets.token_hex(3)
     sample = Sample()
+    # Clients are built before the clock starts: building one costs milliseconds of CPU.
+    pool = [new_client(server, 1) for _ in range(clients)]
     measure_from = time.perf_counter() + warmup
     stop_at = measure_from + duration
-    cpu0 = srv0 = None
+    cpu0: float | None = None
+    srv0: float | None = None
 
-    async def virtual_client(client_id: int) -> None:
+    async def virtual_client(client_id: int, client: httpx.AsyncClient) -> None:
         nonlocal cpu0, srv0
         request = make_request(op, server, tag, client_id)
-        async with new_client(server, 1) as client:
-            i = 0
-            while (started := time.perf_counter()) < stop_at:
-                measured = started >= measure_from
-                if measured and cpu0 is None:
-                    cpu0, srv0 = time.process_time(), process_cpu_s(server.pid)
-                error = await send(request, client, i, sample if measured else None)
-                if measured:
-                    sample.record((time.perf_counter() - started) * 1000, error)
-                i += 1
+        i = 0
+        while (started := time.perf_counter()) < stop_at:
+            measured = started >= measure_from
+            if measured and cpu0 is None:
+                cpu0, srv0 = time.process_time(), process_cpu_s(server.pid)
+            error = await send(request, client, i, sample if measured else None)
+            if measured:
+                sample.record((time.perf_counter() - started) * 1000, error)
+            i += 1
 
-    await asyncio.gather(*(virtual_client(c) for c in range(clients)))
+    try:
+        await asyncio.gather(*(virtual_client(c, client) for c, client in enumerate(pool)))
+    finally:
+        for client in pool:
+            await client.aclose()
     # Requests that started before the end are counted, so the window runs until the last one ends.
     sample.elapsed_s = time.perf_counter() - measure_from
     sample.client_cpu_s = time.process_time() - (cpu0 if cpu0 is not None else time.process_time())
@@ -420,16 +430,28 @@ def row(cell: Cell, baseline: float | None) -> str:
     )
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every figure here."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def print_header(args: argparse.Namespace) -> None:
     print("Bastion API benchmark (bench/api.py)")
     print(
         f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()} ({platform.python_implementation()})"
+        f"Python {platform.python_version()} ({platform.python_implementation()}); load average {load_average()}"
+    )
+    open_loop_text = (
+        f"{args.rate:g} req/s for {args.open_duration:g} s on SQLite, target p95 < {TARGET_P95_MS:g} ms"
+        if args.rate > 0
+        else "off (--rate 0)"
     )
     print(
         f"closed loop: {args.duration:g} s per cell after {args.warmup:g} s warm-up, clients "
-        f"{', '.join(map(str, CONCURRENCIES))}; open loop: {args.rate:g} req/s for {args.open_duration:g} s "
-        f"on SQLite; target p95 < {TARGET_P95_MS:g} ms"
+        f"{', '.join(map(str, CONCURRENCIES))}; open loop: {open_loop_text}"
     )
     print(
         "ok/s: 2xx responses per second; x base: ok/s as a ratio of GET /healthz (no auth, no database) "
@@ -467,6 +489,16 @@ def run_backend(backend: str, database_url: str | None, args: argparse.Namespace
         actions.update(cell.sample.actions)
     if actions:
         print(f"apply actions on {backend}: " + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())))
+    bound = [
+        f"{cell.op} x{cell.clients}"
+        for cell in cells
+        if cell.sample.elapsed_s > 0 and cell.sample.client_cpu_s / cell.sample.elapsed_s >= GENERATOR_BOUND
+    ]
+    if bound:
+        print(
+            f"note: the load generator used >= {GENERATOR_BOUND:.0%} of a core in {', '.join(bound)}; "
+            "there ok/s is a lower bound of what the server can do"
+        )
     for cell in cells:
         if cell.sample.errors:
             print(f"ERRORS {backend} {cell.op} x{cell.clients}: {cell.sample.error_text()}")
@@ -525,7 +557,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres (both)"
     )
-    parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s on SQLite (200)")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="open-loop requests/s on SQLite (200; 0 skips it)"
+    )
     parser.add_argument("--open-duration", type=float, default=12.0, help="seconds of the open-loop run (12)")
     parser.add_argument("--quick", action="store_true", help="a very short smoke run")
     args = parser.parse_args(argv)
@@ -563,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{backend} FAILED: {exc}")
             failed = True
         print()
+    print(f"load average at the end: {load_average()}")
     return 1 if failed else 0
 
 

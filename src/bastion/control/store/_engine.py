@@ -14,13 +14,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import QueuePool
 
 from bastion.errors import UserError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 20) -> Engine:
     """An engine for ``sqlite:///path`` or ``postgresql+psycopg://…``.
 
     Raises:
@@ -36,15 +37,20 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        # Enough pooled connections for the server's thread pool, so none is opened per request.
         engine = create_engine(
-            parsed, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            parsed,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            poolclass=QueuePool,
+            pool_size=40,
+            max_overflow=10,
         )
         _sqlite_setup(engine)
         return engine
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
     raise UserError(
         f"database {backend!r} is not supported",
         field="database_url",

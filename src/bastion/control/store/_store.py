@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ class Store:
 
     def __init__(self, engine: Engine, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
         self.engine = engine
+        # SQLite has one writer at a time. Queueing writers here, in order, keeps the tail short:
+        # left to SQLite's busy handler they poll with growing sleeps and newcomers overtake them.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
         self.clock: Clock = clock or SystemClock()
         self.ids: IdSource = ids or RandomIds()
 
@@ -94,7 +98,15 @@ class Store:
 
     @contextmanager
     def write(self) -> Generator[Connection]:
-        with self.engine.connect().execution_options(bastion_write=True) as conn, conn.begin():
+        if self._write_lock is None:
+            with self.engine.connect().execution_options(bastion_write=True) as conn, conn.begin():
+                yield conn
+            return
+        with (
+            self._write_lock,
+            self.engine.connect().execution_options(bastion_write=True) as conn,
+            conn.begin(),
+        ):
             yield conn
 
     def ping(self) -> tuple[str | None, str | None]:
