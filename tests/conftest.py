@@ -153,12 +153,25 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     else:
         databases: PostgresDatabases = request.getfixturevalue("postgres")
         url = databases.create()
-    bastion = Bastion(Settings(home=home, database_url=url, max_body_bytes=256 * 1024))
+    settings = Settings(
+        home=home,
+        database_url=url,
+        max_body_bytes=256 * 1024,
+        lease_seconds=2.0,
+        poll_seconds=0.05,
+        worker_concurrency=4,
+    )
+    bastion = Bastion(settings)
     first = bastion.bootstrap()
     assert first is not None
-    with serve_in_thread(create_app(bastion)) as base_url:
-        yield Server(url=base_url, admin_key=first.admin_key, bastion=bastion, backend=request.param)
-    bastion.close()
+    thread, stop = bastion.start_worker()
+    try:
+        with serve_in_thread(create_app(bastion)) as base_url:
+            yield Server(url=base_url, admin_key=first.admin_key, bastion=bastion, backend=request.param)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        bastion.close()
 
 
 @dataclass(frozen=True)

@@ -194,11 +194,75 @@ class RateLimited(UserError):
 
 
 class RunError(BastionError):
-    """A run failed."""
+    """A run failed; ``detail`` is the reason recorded on the run."""
 
     slug = "run-failed"
     status = 500
     title = "Run failed"
+
+
+class LimitExceeded(RunError):
+    """The agent hit a sandbox limit; ``limit`` names it (cpu, memory, wall_time, output, ...)."""
+
+    slug = "limit-exceeded"
+    title = "Limit exceeded"
+
+    def __init__(self, limit: str, detail: str) -> None:
+        super().__init__(f"limit exceeded: {limit}: {detail}", field=limit)
+        self.limit = limit
+
+
+class SandboxError(RunError):
+    """The sandbox failed or the agent broke the channel protocol (exited mid-call, wrote garbage)."""
+
+    slug = "sandbox-error"
+    title = "Sandbox error"
+
+
+class NonDeterministic(RunError):
+    """A resumed attempt asked for something other than what the journal recorded at ``seq``."""
+
+    slug = "non-deterministic"
+    title = "Non-deterministic agent"
+
+    def __init__(self, seq: int, detail: str) -> None:
+        super().__init__(f"non-deterministic at seq {seq}: {detail}", field="seq")
+        self.seq = seq
+
+
+class LeaseLost(RunError):
+    """This attempt no longer holds the run's lease (a zombie); it must not write or act."""
+
+    slug = "lease-lost"
+    title = "Lease lost"
+
+
+class ToolCallFailed(RunError):
+    """A tool failed; journaled, and raised again on replay with the same fields."""
+
+    slug = "tool-call-failed"
+    title = "Tool call failed"
+
+    def __init__(self, tool: str, reason: str, retryable: bool = False) -> None:
+        super().__init__(f"tool {tool!r} failed: {reason}", field="tool")
+        self.tool, self.reason, self.retryable = tool, reason, retryable
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": "tool_call_failed",
+            "tool": self.tool,
+            "reason": self.reason,
+            "retryable": self.retryable,
+        }
+
+
+class RunKilled(BaseException):
+    """An operator or a policy ended this run. Not an Exception: ``except Exception`` in a tool
+    adapter or plugin cannot swallow it. Clean up in ``finally``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ServerError(BastionError):
@@ -253,13 +317,19 @@ __all__ = [
     "Forbidden",
     "IdempotencyKeyReused",
     "InvalidManifest",
+    "LeaseLost",
+    "LimitExceeded",
     "MethodNotAllowed",
+    "NonDeterministic",
     "NotFound",
     "PayloadTooLarge",
     "Problem",
     "RateLimited",
     "RunError",
+    "RunKilled",
+    "SandboxError",
     "ServerError",
+    "ToolCallFailed",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",

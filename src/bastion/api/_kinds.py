@@ -94,8 +94,17 @@ class ErrorBudget(Model):
 class AgentSpec(Model):
     runtime: Literal["python", "llm"]
     """``python``: your code in a sandbox. ``llm``: Bastion's declarative model/tool loop."""
-    entrypoint: str | None = Field(default=None, min_length=1, max_length=512)
-    """For ``python``: ``module:function`` or a script path inside the agent's image."""
+    entrypoint: (
+        Annotated[
+            str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+        ]
+        | None
+    ) = None
+    """For ``python``: ``module:function``, called with the run's input; its return value is the result."""
+    source: Annotated[str, Field(max_length=1024 * 1024)] | None = None
+    """For ``python``: the entrypoint module's source, shipped into the run's workspace as
+    ``<module>.py``. In a manifest, ``sourceFile: path`` (relative to the manifest) is read into
+    this field by the CLI."""
     image: str | None = Field(default=None, max_length=256)
     """For ``python``: the agent image (packages available in the sandbox)."""
     instructions: str | None = Field(default=None, min_length=1, max_length=100_000)
@@ -140,6 +149,9 @@ class BuiltinImpl(Model):
     type: Literal["builtin"]
     name: ToolName
     """The builtin to use, e.g. ``http.fetch`` or ``fs.read``."""
+    headers: dict[str, str] = Field(default_factory=dict[str, str])
+    """For ``http.fetch``: headers the gateway adds after the policy check; ``{secret:NAME}`` or
+    ``{secret:NAME/KEY}`` placeholders are filled from Secrets. The agent never sees them."""
 
 
 class HttpImpl(Model):
@@ -212,6 +224,9 @@ class ToolGrantSpec(Model):
     """Per tool, a JSON Schema the call's arguments must also satisfy."""
     max_calls: PositiveInt | None = None
     """Calls allowed per run; unset means no cap."""
+    egress: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list[str])
+    """Hosts ``http.fetch`` may reach through this grant (globs like ``*.example.com``, optionally
+    with ``:port``); empty means none."""
     rate_limit: RateLimit | None = None
     require_approval: bool = False
     min_tier: Tier = "T0"

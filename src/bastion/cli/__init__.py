@@ -1,6 +1,8 @@
 """The ``bastion`` command line."""
 
 from . import _admin as _admin  # registers the keys, tenants and namespaces commands
+from . import _demo as _demo  # registers demo
+from . import _runs as _runs  # registers run, runs, logs, cancel, audit and worker
 from ._app import app, load_manifests, main
 
 __all__ = ["app", "load_manifests", "main"]

@@ -98,7 +98,7 @@ def load_manifests(paths: list[Path]) -> list[RawDocument]:
                 raise UserError(
                     f"cannot read {file}: {exc}", field="--filename", hint="pass a readable UTF-8 file"
                 ) from None
-            docs.extend(parse_yaml(text, str(file)))
+            docs.extend(_inline_sources(parse_yaml(text, str(file)), file.parent))
     if not docs:
         raise UserError(
             "the manifests hold no documents",
@@ -106,6 +106,29 @@ def load_manifests(paths: list[Path]) -> list[RawDocument]:
             hint="add a document with apiVersion and kind",
         )
     return docs
+
+
+def _inline_sources(docs: list[RawDocument], base: Path) -> list[RawDocument]:
+    """Read an Agent's ``spec.sourceFile`` (relative to its manifest) into ``spec.source``."""
+    inlined: list[RawDocument] = []
+    for doc in docs:
+        body: Any = doc.body
+        spec: Any = cast(dict[str, Any], body).get("spec") if isinstance(body, dict) else None
+        if isinstance(spec, dict) and "sourceFile" in spec:
+            spec = dict(cast(dict[str, Any], spec))
+            relative = spec.pop("sourceFile")
+            path = base / str(relative)
+            try:
+                spec["source"] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(
+                    f"{doc.source}: spec.sourceFile {relative!r} cannot be read: {exc}",
+                    field="spec.sourceFile",
+                    hint="give a path relative to the manifest file",
+                ) from None
+            body = {**cast(dict[str, Any], body), "spec": spec}
+        inlined.append(RawDocument(body=body, source=doc.source))
+    return inlined
 
 
 def _kind_name(kind: str) -> str:

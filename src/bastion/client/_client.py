@@ -7,6 +7,7 @@ inspecting status codes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any, Self
 from urllib.parse import quote
@@ -175,3 +176,82 @@ class BastionClient:
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/readyz")
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def _run_path(self, run_id: str, namespace: str, suffix: str = "") -> str:
+        return f"/api/v1/namespaces/{quote(namespace, safe='')}/runs/{quote(run_id, safe='')}{suffix}"
+
+    def create_run(
+        self, agent: str, input: Any = None, *, namespace: str = "default", idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Start a run; returns it (state Scheduled)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/runs"
+        return self._request("POST", path, json={"agent": agent, "input": input}, headers=headers)
+
+    def get_run(self, run_id: str, *, namespace: str = "default") -> dict[str, Any]:
+        return self._request("GET", self._run_path(run_id, namespace))
+
+    def list_runs(
+        self,
+        *,
+        namespace: str | None = "default",
+        agent: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/runs" if namespace else "/api/v1/runs"
+        params: dict[str, Any] = {"limit": limit}
+        if agent:
+            params["agent"] = agent
+        if state:
+            params["state"] = state
+        return self._request("GET", path, params=params)["items"]
+
+    def cancel_run(self, run_id: str, *, namespace: str = "default") -> dict[str, Any]:
+        return self._request("POST", self._run_path(run_id, namespace, "/cancel"))
+
+    def journal(self, run_id: str, *, namespace: str = "default") -> list[dict[str, Any]]:
+        return self._request("GET", self._run_path(run_id, namespace, "/journal"))["items"]
+
+    def verify_run(self, run_id: str, *, namespace: str = "default") -> dict[str, Any]:
+        return self._request("GET", self._run_path(run_id, namespace, "/verify"))
+
+    def verify_all(self) -> dict[str, Any]:
+        return self._request("GET", "/api/v1/audit/verify")
+
+    def events(
+        self, run_id: str, *, namespace: str = "default", follow: bool = True, after: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The run's events (Server-Sent Events), resuming after ``after``; ends when the run does."""
+        params: dict[str, Any] = {"follow": "true" if follow else "false"}
+        if after is not None:
+            params["after"] = after
+        try:
+            with self._http.stream(
+                "GET", self._run_path(run_id, namespace, "/events"), params=params, timeout=None
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    body: dict[str, Any] = (
+                        response.json() if response.headers.get("content-type", "").endswith("json") else {}
+                    )
+                    raise error_for_problem(body, response.status_code)
+                event_type, data = "", ""
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event_type = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data += line[5:].strip()
+                    elif not line:
+                        if event_type == "end":
+                            return
+                        if data:
+                            yield json.loads(data)
+                        event_type, data = "", ""
+        except httpx.TransportError as exc:
+            raise UserError(
+                f"lost the event stream from {self.url}: {exc}",
+                hint="retry; events resume where they stopped",
+            ) from None

@@ -286,3 +286,34 @@ def _status(generation: int, now: Any) -> dict[str, Any]:
             }
         ],
     }
+
+
+class StoreResourceReader:
+    """The gateway's view of resources (``bastion.execution.gateway.ResourceReader``)."""
+
+    def __init__(self, store: Store, service: ResourceService) -> None:
+        self._store = store
+        self._service = service
+
+    def resource(self, tenant_id: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._store.read() as conn:
+            row = get_row(conn, tenant_id, kind, namespace, name)
+        return public_manifest(row) if row is not None else None
+
+    def resources(self, tenant_id: str, kind: str, namespace: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        cursor: str | None = None
+        with self._store.read() as conn:
+            while True:
+                page = list_rows(conn, tenant_id, kind, namespace, [], limit=500, cursor=cursor)
+                found.extend(public_manifest(row) for row in page.items)
+                cursor = page.next_cursor
+                if cursor is None:
+                    return found
+
+    def secret_values(self, tenant_id: str, namespace: str, name: str) -> dict[str, str]:
+        with self._store.read() as conn:
+            row = get_row(conn, tenant_id, "Secret", namespace, name)
+        if row is None:
+            raise NotFound(f"Secret {name!r} not found in namespace {namespace!r}")
+        return self._service.open_secret(row)

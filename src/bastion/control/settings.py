@@ -53,10 +53,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     """Request bodies larger than this are refused with 413."""
     max_page_size: int = Field(default=500, gt=0)
+    workspace_dir: Path | None = None
+    """Where run workspaces live; default ``home/workspaces``. A run's last attempt's is kept."""
+    worker_concurrency: int = Field(default=4, ge=1, le=256)
+    """Runs one worker executes at once."""
+    lease_seconds: float = Field(default=5.0, gt=0.2, le=3600)
+    """A worker's lease on a run; another worker takes the run over this long after it dies."""
+    poll_seconds: float = Field(default=0.2, gt=0, le=60)
+    """How often an idle worker looks for runs to claim."""
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'bastion.db'}"
+
+    @property
+    def resolved_workspace_dir(self) -> Path:
+        return self.workspace_dir or self.home / "workspaces"
 
     @property
     def resolved_master_key_file(self) -> Path:

@@ -9,12 +9,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bastion.control._bastion import Bastion
 from bastion.errors import Unavailable
 
-from . import _routes_admin, _routes_resources
+from . import _routes_admin, _routes_resources, _routes_runs
 from ._middleware import BodyLimit, Metrics
 from ._problems import ProblemResponse, install_problem_handlers, problem_response
 
@@ -38,10 +38,11 @@ def create_app(bastion: Bastion) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.bastion = bastion
-    registry = CollectorRegistry()
+    registry = bastion.registry
     install_problem_handlers(app)
     app.include_router(_routes_admin.router)
     app.include_router(_routes_resources.router)
+    app.include_router(_routes_runs.router)
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     def healthz() -> dict[str, str]:  # pyright: ignore[reportUnusedFunction]

@@ -3,14 +3,10 @@ migrated schema and this metadata agree, so neither drifts."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -21,10 +17,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
 
-metadata = MetaData(
+from bastion.execution.runs import metadata as runs_metadata
+from bastion.observe import UtcDateTime as Timestamp
+from bastion.observe.journal import metadata as journal_metadata
+
+control_metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
         "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -34,31 +32,9 @@ metadata = MetaData(
 )
 
 
-class Timestamp(TypeDecorator[datetime]):
-    """Timezone-aware UTC on every backend (SQLite keeps no zone, so it is put back on read)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a Timestamp column")
-        return (
-            value.astimezone(UTC) if dialect.name != "sqlite" else value.astimezone(UTC).replace(tzinfo=None)
-        )
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 tenants = Table(
     "tenants",
-    metadata,
+    control_metadata,
     Column("id", String(36), primary_key=True),
     Column("name", String(63), nullable=False, unique=True),
     Column("system", Boolean, nullable=False, default=False),
@@ -67,7 +43,7 @@ tenants = Table(
 
 api_keys = Table(
     "api_keys",
-    metadata,
+    control_metadata,
     Column("id", String(32), primary_key=True),
     Column("tenant_id", String(36), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("name", String(63), nullable=False),
@@ -79,7 +55,7 @@ api_keys = Table(
 
 namespaces = Table(
     "namespaces",
-    metadata,
+    control_metadata,
     Column("tenant_id", String(36), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
     Column("name", String(63), primary_key=True),
     Column("created_at", Timestamp(), nullable=False),
@@ -87,7 +63,7 @@ namespaces = Table(
 
 resources = Table(
     "resources",
-    metadata,
+    control_metadata,
     Column("uid", String(36), primary_key=True),
     Column("tenant_id", String(36), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
     Column("namespace", String(63), nullable=False),
@@ -108,7 +84,7 @@ resources = Table(
 
 resource_labels = Table(
     "resource_labels",
-    metadata,
+    control_metadata,
     Column("resource_uid", String(36), ForeignKey("resources.uid", ondelete="CASCADE"), primary_key=True),
     Column("key", String(317), primary_key=True),
     Column("value", String(63), nullable=False),
@@ -117,7 +93,7 @@ resource_labels = Table(
 
 idempotency_keys = Table(
     "idempotency_keys",
-    metadata,
+    control_metadata,
     Column("tenant_id", String(36), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
     Column("key", String(255), primary_key=True),
     Column("request_hash", String(64), nullable=False),
@@ -125,3 +101,15 @@ idempotency_keys = Table(
     Column("response_body", Text, nullable=False),
     Column("created_at", Timestamp(), nullable=False),
 )
+
+
+def all_metadata() -> MetaData:
+    """Every plane's tables in one MetaData: what the migrations must produce."""
+    combined = MetaData()
+    for source in (control_metadata, runs_metadata, journal_metadata):
+        for table in source.tables.values():
+            table.to_metadata(combined)
+    return combined
+
+
+metadata = all_metadata()

@@ -1,0 +1,137 @@
+"""The sandbox's main program: serve the host's ``run`` requests over the channel.
+
+For ``run`` with params ``{"entrypoint": "module:function", "input": ...}`` it imports the module
+from the workspace, calls ``function(input)`` and answers with the result. Errors become JSON-RPC
+errors the host can tell apart:
+
+* ``AGENT_ERROR`` (-32000): the agent raised; ``data`` has ``type="agent_error"``, ``exception`` and
+  a ``traceback`` of the workspace's frames only, or ``type="invalid_result"`` for a result that
+  is not JSON.
+* ``LIMIT_EXCEEDED`` (-32010): the agent ran out of memory (``MemoryError``) or wrote a file past
+  its size limit (``EFBIG``); ``data`` has ``type="limit_exceeded"`` and ``limit``.
+
+The host may send ``run`` any number of times (modules imported by one run stay imported for the
+next, with their state); the runner exits when the host closes the channel.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import signal
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ._api import begin_run, end_run
+from ._channel import Channel, encode, install
+
+AGENT_ERROR = -32000
+LIMIT_EXCEEDED = -32010
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+EXIT_MEMORY = 86
+"""The exit code when even reporting a MemoryError failed; the host reads it as the memory limit."""
+TRACEBACK_FRAMES = 20
+
+
+class _Failure(Exception):
+    """A run that ends in a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.error: dict[str, Any] = {"code": code, "message": message, "data": data}
+
+
+def main() -> None:
+    """Serve the host until it closes the channel."""
+    channel = Channel.from_stdio()
+    install(channel)
+    # Ignored, a write past RLIMIT_FSIZE fails with EFBIG instead of killing the process silently,
+    # so it can be reported as the file_size limit (subprocesses inherit the ignored signal too).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    workspace = Path.cwd().resolve()
+    try:
+        while (message := channel.receive()) is not None:
+            if "id" in message:
+                channel.write(_answer(message, workspace))
+    except MemoryError:
+        os._exit(EXIT_MEMORY)
+
+
+def _answer(message: dict[str, Any], workspace: Path) -> bytes:
+    reply: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+    method, params = message.get("method"), message.get("params")
+    if method != "run":
+        reply["error"] = {"code": METHOD_NOT_FOUND, "message": f"the sandbox has no method {method!r}"}
+        return encode(reply)
+    try:
+        value = _run(params if isinstance(params, dict) else {}, workspace)  # pyright: ignore[reportUnknownArgumentType]
+    except _Failure as failure:
+        return encode({**reply, "error": failure.error})
+    try:
+        return encode({**reply, "result": value})
+    except (TypeError, ValueError, RecursionError) as exc:
+        text = f"the agent's result is not JSON-serializable: {exc}"
+        return encode(
+            {**reply, "error": {"code": AGENT_ERROR, "message": text, "data": {"type": "invalid_result"}}}
+        )
+
+
+def _run(params: dict[str, Any], workspace: Path) -> Any:
+    entrypoint = params.get("entrypoint")
+    module_name, _, function_name = str(entrypoint).partition(":")
+    if not isinstance(entrypoint, str) or not module_name or not function_name:
+        raise _Failure(INVALID_PARAMS, f"entrypoint must be 'module:function', got {entrypoint!r}", {})
+    begin_run()
+    returned: Any = None
+    limit: str | None = None
+    try:
+        target: Any = importlib.import_module(module_name)
+        for attribute in function_name.split("."):
+            target = getattr(target, attribute)
+        returned = target(params.get("input"))
+    except MemoryError:
+        # Report after the handler has dropped the exception: its traceback keeps the agent's
+        # frames, and with them the memory the report needs, alive.
+        limit = "memory"
+    except Exception as exc:
+        if _file_too_large(exc):
+            limit = "file_size"
+        else:
+            raise _agent_error(exc, workspace) from None
+    finally:
+        value = end_run(returned)
+    if limit is not None:
+        data = {"type": "limit_exceeded", "limit": limit}
+        text = "out of memory" if limit == "memory" else "a file grew past the size limit"
+        raise _Failure(LIMIT_EXCEEDED, text, data)
+    return value
+
+
+def _file_too_large(exc: BaseException | None) -> bool:
+    # The EFBIG may arrive wrapped: follow the chain the agent's own handlers made.
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _agent_error(exc: Exception, workspace: Path) -> _Failure:
+    frames = [
+        frame for frame in traceback.extract_tb(exc.__traceback__) if _inside(frame.filename, workspace)
+    ]
+    lines = traceback.format_list(frames[-TRACEBACK_FRAMES:]) + traceback.format_exception_only(exc)
+    name = type(exc).__name__
+    data = {"type": "agent_error", "exception": name, "traceback": "".join(lines).rstrip("\n")}
+    return _Failure(AGENT_ERROR, f"{name}: {exc}" if str(exc) else name, data)
+
+
+def _inside(filename: str, workspace: Path) -> bool:
+    try:
+        return Path(filename).resolve().is_relative_to(workspace)
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,241 @@
+"""``bastion run``, ``runs``, ``logs``, ``cancel``, ``audit verify`` and ``worker``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from bastion.client import BastionClient
+from bastion.errors import UserError
+
+from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, run_command
+from ._output import age, out
+
+audit_app = typer.Typer(help="Verify the tamper-evident journal.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+STATE_STYLE = {"Succeeded": "green", "Failed": "red", "Cancelled": "yellow", "Revoked": "red"}
+
+
+def show_event(event: dict[str, Any]) -> None:
+    data: dict[str, Any] = event["data"]
+    at = event["at"][11:23]
+    match event["type"]:
+        case "state":
+            style = STATE_STYLE.get(data["state"], "cyan")
+            extra = f" - {data['reason']}" if data.get("reason") else ""
+            takeover = " (took over from a dead worker)" if data.get("takeover") else ""
+            out.print(
+                f"{at} [{style}]{data['state']}[/] attempt {data.get('attempt', 0)}{takeover}{extra}",
+                highlight=False,
+            )
+        case "call":
+            what = data.get("tool") or data["kind"]
+            decision = data["decision"]
+            style = "green" if decision == "allow" else "red"
+            ms = data.get("durationUs", 0) / 1000
+            line = f"{at} #{data['seq']:<3} {data['kind']:<6} {what:<18} [{style}]{decision}[/] {ms:.1f} ms"
+            if data.get("error"):
+                line += f" - {data['error']}"
+            out.print(line, highlight=False)
+            for reason in data.get("reasons", []):
+                out.print(f"               {reason}", markup=False)
+        case "log":
+            out.print(f"{at} | {data['line']}", markup=False)
+        case _:
+            out.print(f"{at} {event['type']} {json.dumps(data)}", markup=False)
+
+
+def _parse_input(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"--input is not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            field="--input",
+            hint='quote it for the shell, e.g. --input \'{"city": "Oslo"}\'',
+        ) from None
+
+
+def _finish(client: BastionClient, run_id: str, namespace: str) -> int:
+    run = client.get_run(run_id, namespace=namespace)
+    state = run["state"]
+    if state == "Succeeded":
+        out.print("[bold green]result:[/]")
+        out.print_json(json.dumps(run["result"]))
+        return 0
+    out.print(f"[bold red]{state}:[/] {run.get('reason') or ''}", highlight=False)
+    return 1
+
+
+@app.command()
+def run(
+    agent: str,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="The run's input, as JSON.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Show progress live and wait for the end.")
+    ] = False,
+    namespace: NsOpt = "default",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Start a run of an agent; with --follow, show each state, call, decision and log line live."""
+
+    def body() -> int:
+        value = _parse_input(input)
+        with client_for(url, api_key) as client:
+            created = client.create_run(agent, value, namespace=namespace)
+            out.print(f"run {created['id']} created", highlight=False)
+            if not follow:
+                return 0
+            for event in client.events(created["id"], namespace=namespace):
+                show_event(event)
+            return _finish(client, created["id"], namespace)
+
+    code = run_command(body)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def runs(
+    namespace: NsOpt = "default",
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    agent: Annotated[str | None, typer.Option(help="Only this agent's runs.")] = None,
+    state: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """List runs, newest first."""
+
+    def body() -> None:
+        with client_for(url, api_key) as client:
+            found = client.list_runs(
+                namespace=None if all_namespaces else namespace, agent=agent, state=state, limit=limit
+            )
+        if not found:
+            out.print("No runs found.")
+            return
+        table = Table("ID", "AGENT", "STATE", "ATTEMPT", "AGE", "REASON", box=None)
+        for item in found:
+            style = STATE_STYLE.get(item["state"], "cyan")
+            table.add_row(
+                item["id"],
+                item["agent"],
+                f"[{style}]{item['state']}[/]",
+                str(item["attempt"]),
+                age(item["createdAt"]),
+                (item.get("reason") or "")[:60],
+            )
+        out.print(table)
+
+    run_command(body)
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep following until the run ends.")
+    ] = False,
+    namespace: NsOpt = "default",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Show a run's events: states, calls and the agent's log lines."""
+
+    def body() -> None:
+        with client_for(url, api_key) as client:
+            for event in client.events(run_id, namespace=namespace, follow=follow):
+                show_event(event)
+
+    run_command(body)
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    namespace: NsOpt = "default",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Cancel a run (its sandbox is stopped within a lease renewal)."""
+
+    def body() -> None:
+        with client_for(url, api_key) as client:
+            run = client.cancel_run(run_id, namespace=namespace)
+        out.print(
+            f"run {run_id}: {run['state']}{' (cancellation requested)' if run['state'] != 'Cancelled' else ''}"
+        )
+
+    run_command(body)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    run_id: Annotated[
+        str | None, typer.Argument(metavar="[RUN]", help="One run; all of the tenant's when left out.")
+    ] = None,
+    namespace: NsOpt = "default",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Recompute the hash chain of a run's journal (or every run's); name the first broken seq."""
+
+    def body() -> int:
+        with client_for(url, api_key) as client:
+            verdicts = (
+                [client.verify_run(run_id, namespace=namespace)] if run_id else client.verify_all()["items"]
+            )
+        bad = 0
+        for v in verdicts:
+            if v["ok"]:
+                out.print(
+                    f"[green]ok[/]      run {v['run']} ({v['agent']}): {v['entries']} entries, head {v['head'][:16]}",
+                    highlight=False,
+                )
+            else:
+                bad += 1
+                out.print(
+                    f"[red]BROKEN[/]  run {v['run']} ({v['agent']}): at seq {v['brokenSeq']}: {v['reason']}",
+                    highlight=False,
+                )
+        out.print(
+            f"{len(verdicts) - bad} of {len(verdicts)} journals verified" + (f", {bad} broken" if bad else "")
+        )
+        return 1 if bad else 0
+
+    code = run_command(body)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker: claim runs from the database (BASTION_DATABASE_URL) and execute them."""
+    from bastion.control import Bastion, Settings
+
+    def body() -> None:
+        bastion = Bastion(Settings())
+        stop = threading.Event()
+
+        def on_signal(_signum: int, _frame: object) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        out.print(f"worker started on {bastion.store.backend}; stop with Ctrl-C", highlight=False)
+        try:
+            bastion.worker().run_until(stop)
+        finally:
+            bastion.close()
+
+    run_command(body)

@@ -1,0 +1,299 @@
+"""Run routes: start, read, list, cancel, follow (Server-Sent Events), the journal and its verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
+
+from bastion.api import NAME_HINT, check_name
+from bastion.control._bastion import Bastion
+from bastion.control.store import Principal, get_row
+from bastion.errors import InvalidManifest, NotFound, UserError
+from bastion.execution.runs import Run, RunState
+
+from ._deps import BastionDep, IdempotencyKey, PrincipalDep, require, run_idempotent
+from ._routes_resources import NamespacePath
+
+router = APIRouter(prefix="/api/v1", tags=["runs"])
+RunIdPath = Annotated[str, Path(max_length=64, description="The run's id.")]
+SSE_POLL_SECONDS = 0.1
+SSE_KEEPALIVE_SECONDS = 15.0
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent: Annotated[str, Field(max_length=253, description=f"The Agent's name: {NAME_HINT}.")]
+    input: Any = Field(default=None, description="Any JSON value; the agent's entrypoint receives it.")
+
+
+def _get_run(bastion: Bastion, conn: Connection, principal: Principal, namespace: str, run_id: str) -> Run:
+    run = bastion.runs.get(conn, run_id, tenant_id=principal.tenant_id, namespace=namespace)
+    if run is None:
+        raise NotFound(
+            f"run {run_id!r} not found in namespace {namespace!r}",
+            field="run",
+            hint="list runs with `bastion runs`",
+        )
+    return run
+
+
+@router.post("/namespaces/{namespace}/runs", status_code=201, summary="Start a run of an agent")
+async def create_run(
+    request: Request,
+    namespace: NamespacePath,
+    body: RunCreate,
+    bastion: BastionDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    require(principal, "developer", "start runs")
+    try:
+        check_name(body.agent)
+    except ValueError as exc:
+        raise InvalidManifest(str(exc), field="agent", hint=NAME_HINT) from None
+
+    def operation(conn: Connection) -> tuple[int, dict[str, Any]]:
+        row = get_row(conn, principal.tenant_id, "Agent", namespace, body.agent)
+        if row is None:
+            raise NotFound(
+                f"agent {body.agent!r} not found in namespace {namespace!r}",
+                field="agent",
+                hint=f"apply it first, or list agents with `bastion get agents -n {namespace}`",
+            )
+        if row.spec.get("runtime") != "python":
+            raise UserError(
+                f"agent {body.agent!r} has runtime {row.spec.get('runtime')!r}; this release runs 'python' agents",
+                field="agent",
+                hint="declarative 'llm' agents arrive with the models release",
+                status=422,
+            )
+        if not row.spec.get("source"):
+            raise UserError(
+                f"agent {body.agent!r} has no source",
+                field="agent",
+                hint="set spec.source, or spec.sourceFile in the manifest (the CLI inlines it)",
+                status=422,
+            )
+        run = bastion.runs.create(
+            conn,
+            tenant_id=principal.tenant_id,
+            namespace=namespace,
+            agent=body.agent,
+            agent_spec=row.manifest(),
+            input=body.input,
+        )
+        return 201, run.public()
+
+    return await run_idempotent(request, bastion, principal, idempotency_key, operation)
+
+
+def _list(
+    bastion: Bastion,
+    principal: Principal,
+    namespace: str | None,
+    agent: str | None,
+    state: str | None,
+    limit: int,
+    cont: str | None,
+) -> dict[str, Any]:
+    if state is not None and state not in {str(s) for s in RunState}:
+        raise UserError(
+            f"unknown state {state!r}",
+            field="state",
+            hint=f"use one of {', '.join(str(s) for s in RunState)}",
+        )
+    with bastion.store.read() as conn:
+        found, cursor = bastion.runs.list(
+            conn,
+            tenant_id=principal.tenant_id,
+            namespace=namespace,
+            agent=agent,
+            state=state,
+            limit=limit,
+            cursor=cont,
+        )
+    return {"items": [r.public() for r in found], "continue": cursor}
+
+
+AgentQuery = Annotated[str | None, Query(max_length=253, description="Only runs of this agent.")]
+StateQuery = Annotated[str | None, Query(max_length=32, description="Only runs in this state.")]
+LimitQuery = Annotated[int, Query(ge=1, le=500)]
+ContinueQuery = Annotated[str | None, Query(alias="continue", max_length=1024)]
+
+
+@router.get("/namespaces/{namespace}/runs", summary="List runs in a namespace, newest first")
+def list_runs(
+    namespace: NamespacePath,
+    bastion: BastionDep,
+    principal: PrincipalDep,
+    agent: AgentQuery = None,
+    state: StateQuery = None,
+    limit: LimitQuery = 50,
+    cont: ContinueQuery = None,
+) -> dict[str, Any]:
+    return _list(bastion, principal, namespace, agent, state, limit, cont)
+
+
+@router.get("/runs", summary="List runs in every namespace, newest first")
+def list_all_runs(
+    bastion: BastionDep,
+    principal: PrincipalDep,
+    agent: AgentQuery = None,
+    state: StateQuery = None,
+    limit: LimitQuery = 50,
+    cont: ContinueQuery = None,
+) -> dict[str, Any]:
+    return _list(bastion, principal, None, agent, state, limit, cont)
+
+
+@router.get("/namespaces/{namespace}/runs/{run_id}", summary="Get a run")
+def get_run(
+    namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    with bastion.store.read() as conn:
+        return _get_run(bastion, conn, principal, namespace, run_id).public()
+
+
+@router.post("/namespaces/{namespace}/runs/{run_id}/cancel", summary="Cancel a run")
+def cancel_run(
+    namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    require(principal, "developer", "cancel runs")
+    with bastion.store.write() as conn:
+        run = _get_run(bastion, conn, principal, namespace, run_id)
+        return bastion.runs.request_cancel(conn, run).public()
+
+
+@router.get(
+    "/namespaces/{namespace}/runs/{run_id}/journal",
+    summary="The run's journal entries (its ExecutionRecord rows)",
+)
+def journal(
+    namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    with bastion.store.read() as conn:
+        _get_run(bastion, conn, principal, namespace, run_id)
+    entries = bastion.journal.entries(run_id)
+    return {
+        "items": [
+            {
+                "seq": e.seq,
+                "attempt": e.attempt,
+                "kind": e.kind,
+                "request": e.request,
+                "requestHash": e.request_hash,
+                "decision": e.decision,
+                "reasons": e.reasons,
+                "response": e.response,
+                "error": e.error,
+                "startedAt": e.started_at.isoformat(),
+                "durationUs": e.duration_us,
+                "prevHash": e.prev_hash,
+                "hash": e.hash,
+            }
+            for e in entries
+        ]
+    }
+
+
+def _verdict(bastion: Bastion, run: Run) -> dict[str, Any]:
+    verdict = bastion.journal.verify(run.id, expected_head=run.journal_head, expected_count=run.journal_count)
+    return {
+        "run": run.id,
+        "namespace": run.namespace,
+        "agent": run.agent,
+        "state": str(run.state),
+        "ok": verdict.ok,
+        "entries": verdict.entries,
+        "head": verdict.head,
+        "brokenSeq": verdict.broken_seq,
+        "reason": verdict.reason,
+    }
+
+
+@router.get("/namespaces/{namespace}/runs/{run_id}/verify", summary="Recompute the run's hash chain")
+def verify_run(
+    namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    with bastion.store.read() as conn:
+        run = _get_run(bastion, conn, principal, namespace, run_id)
+    return _verdict(bastion, run)
+
+
+@router.get("/audit/verify", tags=["audit"], summary="Verify the journal of every run of the tenant")
+def verify_all(
+    bastion: BastionDep, principal: PrincipalDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+) -> dict[str, Any]:
+    with bastion.store.read() as conn:
+        found, _ = bastion.runs.list(conn, tenant_id=principal.tenant_id, namespace=None, limit=limit)
+    verdicts = [_verdict(bastion, run) for run in found]
+    return {"ok": all(v["ok"] for v in verdicts), "items": verdicts}
+
+
+@router.get(
+    "/namespaces/{namespace}/runs/{run_id}/events",
+    summary="Follow a run: state changes, calls and logs as Server-Sent Events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    namespace: NamespacePath,
+    run_id: RunIdPath,
+    bastion: BastionDep,
+    principal: PrincipalDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, description="Resume after this event id (like Last-Event-ID).")
+    ] = None,
+    follow: Annotated[bool, Query(description="Keep the stream open until the run finishes.")] = True,
+) -> StreamingResponse:
+    def load_run() -> Run:
+        with bastion.store.read() as conn:
+            return _get_run(bastion, conn, principal, namespace, run_id)
+
+    await run_in_threadpool(load_run)
+    start = after or 0
+    if last_event_id is not None:
+        if not last_event_id.isdigit():
+            raise UserError(
+                "Last-Event-ID must be an event id",
+                field="Last-Event-ID",
+                hint="send the id of the last event you received",
+            )
+        start = int(last_event_id)
+
+    def fetch(cursor: int) -> tuple[list[dict[str, Any]], bool]:
+        with bastion.store.read() as conn:
+            found = bastion.runs.events(conn, run_id, after=cursor)
+            run = bastion.runs.get(conn, run_id)
+        return [e.public() for e in found], run is None or run.state.finished
+
+    async def stream() -> AsyncGenerator[str]:
+        cursor = start
+        idle = 0.0
+        while True:
+            found, finished = await run_in_threadpool(fetch, cursor)
+            for event in found:
+                cursor = event["id"]
+                yield f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+            if not found and (finished or not follow):
+                yield "event: end\ndata: {}\n\n"
+                return
+            if found:
+                idle = 0.0
+                continue
+            await asyncio.sleep(SSE_POLL_SECONDS)
+            idle += SSE_POLL_SECONDS
+            if idle >= SSE_KEEPALIVE_SECONDS:
+                idle = 0.0
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

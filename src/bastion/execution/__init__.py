@@ -1,0 +1,1 @@
+"""Execution: runs > gateway > tools | llm > sandbox."""

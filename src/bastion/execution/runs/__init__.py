@@ -1,0 +1,23 @@
+"""The run engine: runs, leases, attempts, events (DESIGN §3, Run engine)."""
+
+from ._states import ACTIVE, FINISHED, RunState, can_move
+from ._store import DEFAULT_MAX_ATTEMPTS, Claim, Event, Run, RunStore
+from ._tables import metadata, run_events, runs
+from ._worker import Worker, WorkerConfig
+
+__all__ = [
+    "ACTIVE",
+    "DEFAULT_MAX_ATTEMPTS",
+    "FINISHED",
+    "Claim",
+    "Event",
+    "Run",
+    "RunState",
+    "RunStore",
+    "Worker",
+    "WorkerConfig",
+    "can_move",
+    "metadata",
+    "run_events",
+    "runs",
+]

@@ -1,0 +1,376 @@
+"""Runs in the database: creation, claims with leases, fencing, transitions and events.
+
+The attempt number is the fencing token: a claim increments it, and every later write of that
+attempt (journal entries, state changes, lease renewals) is conditional on it still being the
+run's attempt and the claimant still its lease owner. A worker that lost its lease can therefore
+never write again (DESIGN, "Durable runs in detail").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, or_, select, update
+
+from bastion.api import Clock, IdSource, RandomIds, SystemClock
+from bastion.errors import LeaseLost, UserError
+from bastion.observe import Database
+
+from ._states import ACTIVE, RunState
+from ._tables import run_events, runs
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    id: str
+    tenant_id: str
+    namespace: str
+    agent: str
+    agent_spec: dict[str, Any]
+    input: Any
+    state: RunState
+    reason: str | None
+    result: Any
+    attempt: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    journal_count: int | None
+    journal_head: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    def public(self) -> dict[str, Any]:
+        """The run as the API returns it."""
+        return {
+            "id": self.id,
+            "namespace": self.namespace,
+            "agent": self.agent,
+            "agentResourceVersion": self.agent_spec.get("metadata", {}).get("resourceVersion"),
+            "input": self.input,
+            "state": str(self.state),
+            "reason": self.reason,
+            "result": self.result,
+            "attempt": self.attempt,
+            "maxAttempts": self.max_attempts,
+            "cancelRequested": self.cancel_requested,
+            "journal": {"entries": self.journal_count, "head": self.journal_head},
+            "createdAt": _stamp(self.created_at),
+            "updatedAt": _stamp(self.updated_at),
+            "finishedAt": _stamp(self.finished_at) if self.finished_at else None,
+        }
+
+
+def _stamp(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def _run(row: Any) -> Run:
+    values = {k: row[k] for k in Run.__dataclass_fields__}
+    values["state"] = RunState(values["state"])
+    return Run(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    run: Run
+    """The run as claimed: ``attempt`` is this claim's fencing token."""
+    owner: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    id: int
+    run_id: str
+    type: str
+    data: dict[str, Any]
+    at: datetime
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "data": self.data, "at": _stamp(self.at)}
+
+
+class RunStore:
+    def __init__(self, db: Database, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
+        self.db = db
+        self.clock: Clock = clock or SystemClock()
+        self.ids: IdSource = ids or RandomIds()
+        self._postgres = db.engine.dialect.name == "postgresql"
+
+    # --- creating and reading ---------------------------------------------------------
+
+    def create(
+        self,
+        conn: Connection,
+        *,
+        tenant_id: str,
+        namespace: str,
+        agent: str,
+        agent_spec: dict[str, Any],
+        input: Any,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> Run:
+        now = self.clock.now()
+        values: dict[str, Any] = {
+            "id": self.ids.uid(),
+            "tenant_id": tenant_id,
+            "namespace": namespace,
+            "agent": agent,
+            "agent_spec": agent_spec,
+            "input": input,
+            "state": str(RunState.SCHEDULED),
+            "reason": None,
+            "result": None,
+            "attempt": 0,
+            "max_attempts": max_attempts,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "cancel_requested": False,
+            "journal_count": None,
+            "journal_head": None,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None,
+        }
+        conn.execute(insert(runs).values(**values))
+        self.add_event(conn, values["id"], "state", {"state": str(RunState.PENDING), "attempt": 0})
+        self.add_event(conn, values["id"], "state", {"state": str(RunState.SCHEDULED), "attempt": 0})
+        return _run(values)
+
+    def get(
+        self, conn: Connection, run_id: str, *, tenant_id: str | None = None, namespace: str | None = None
+    ) -> Run | None:
+        query = select(runs).where(runs.c.id == run_id)
+        if tenant_id is not None:
+            query = query.where(runs.c.tenant_id == tenant_id)
+        if namespace is not None:
+            query = query.where(runs.c.namespace == namespace)
+        row = conn.execute(query).mappings().first()
+        return _run(row) if row is not None else None
+
+    def list(
+        self,
+        conn: Connection,
+        *,
+        tenant_id: str,
+        namespace: str | None,
+        agent: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[Run], str | None]:
+        """Newest first; the cursor is the last run's (created_at, id)."""
+        query = select(runs).where(runs.c.tenant_id == tenant_id)
+        if namespace is not None:
+            query = query.where(runs.c.namespace == namespace)
+        if agent is not None:
+            query = query.where(runs.c.agent == agent)
+        if state is not None:
+            query = query.where(runs.c.state == state)
+        if cursor:
+            at, run_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(runs.c.created_at < at, and_(runs.c.created_at == at, runs.c.id < run_id))
+            )
+        rows = (
+            conn.execute(query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1))
+            .mappings()
+            .all()
+        )
+        found = [_run(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return found, (_encode_cursor(found[-1]) if more and found else None)
+
+    # --- events -----------------------------------------------------------------------
+
+    def add_event(self, conn: Connection, run_id: str, type_: str, data: dict[str, Any]) -> None:
+        conn.execute(insert(run_events).values(run_id=run_id, type=type_, data=data, at=self.clock.now()))
+
+    def add_events(self, conn: Connection, run_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+        if events:
+            now = self.clock.now()
+            conn.execute(
+                insert(run_events), [{"run_id": run_id, "type": t, "data": d, "at": now} for t, d in events]
+            )
+
+    def events(self, conn: Connection, run_id: str, *, after: int = 0, limit: int = 500) -> list[Event]:
+        query = (
+            select(run_events)
+            .where(run_events.c.run_id == run_id, run_events.c.id > after)
+            .order_by(run_events.c.id)
+            .limit(limit)
+        )
+        return [
+            Event(id=r["id"], run_id=r["run_id"], type=r["type"], data=r["data"], at=r["at"])
+            for r in conn.execute(query).mappings()
+        ]
+
+    # --- claims, leases, fencing ------------------------------------------------------
+
+    def claim(self, owner: str, lease_seconds: float) -> Claim | None:
+        """Take the oldest claimable run: Scheduled, or active with an expired lease (a dead worker's).
+
+        A run past its attempt budget is failed as a poison run instead, and the next is tried.
+        """
+        while True:
+            with self.db.write() as conn:
+                now = self.clock.now()
+                query = (
+                    select(runs)
+                    .where(
+                        or_(
+                            runs.c.state == str(RunState.SCHEDULED),
+                            and_(runs.c.state.in_([str(s) for s in ACTIVE]), runs.c.lease_expires_at < now),
+                        )
+                    )
+                    .order_by(runs.c.created_at)
+                    .limit(1)
+                )
+                if self._postgres:
+                    query = query.with_for_update(skip_locked=True)
+                row = conn.execute(query).mappings().first()
+                if row is None:
+                    return None
+                run = _run(row)
+                attempt = run.attempt + 1
+                if attempt > run.max_attempts:
+                    reason = f"poison run: {run.max_attempts} attempts ended without finishing (workers died)"
+                    self._set(
+                        conn, run.id, state=RunState.FAILED, reason=reason, finished_at=now, lease_owner=None
+                    )
+                    self.add_event(
+                        conn,
+                        run.id,
+                        "state",
+                        {"state": str(RunState.FAILED), "attempt": run.attempt, "reason": reason},
+                    )
+                    continue
+                expires = now + timedelta(seconds=lease_seconds)
+                self._set(
+                    conn,
+                    run.id,
+                    state=RunState.STARTING,
+                    attempt=attempt,
+                    lease_owner=owner,
+                    lease_expires_at=expires,
+                )
+                event: dict[str, Any] = {"state": str(RunState.STARTING), "attempt": attempt, "worker": owner}
+                if run.attempt > 0:
+                    event["takeover"] = {
+                        "from": run.lease_owner,
+                        "leaseExpiredAt": _stamp(run.lease_expires_at) if run.lease_expires_at else None,
+                    }
+                self.add_event(conn, run.id, "state", event)
+                claimed = replace(
+                    run, state=RunState.STARTING, attempt=attempt, lease_owner=owner, lease_expires_at=expires
+                )
+                return Claim(run=claimed, owner=owner)
+
+    def fence(self, conn: Connection, run_id: str, attempt: int, owner: str) -> None:
+        """Raise LeaseLost unless this attempt still holds the run (inside the caller's write transaction)."""
+        query = select(runs.c.attempt, runs.c.lease_owner, runs.c.state).where(runs.c.id == run_id)
+        if self._postgres:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None or row[0] != attempt or row[1] != owner or RunState(row[2]).finished:
+            raise LeaseLost(f"attempt {attempt} of run {run_id} no longer holds its lease")
+
+    def renew(self, run_id: str, attempt: int, owner: str, lease_seconds: float) -> bool | None:
+        """Extend the lease. Returns whether cancellation was requested, or None if the lease is lost."""
+        with self.db.write() as conn:
+            expires = self.clock.now() + timedelta(seconds=lease_seconds)
+            result = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.attempt == attempt, runs.c.lease_owner == owner)
+                .where(runs.c.state.in_([str(s) for s in ACTIVE]))
+                .values(lease_expires_at=expires)
+            )
+            if result.rowcount == 0:
+                return None
+            return bool(conn.execute(select(runs.c.cancel_requested).where(runs.c.id == run_id)).scalar())
+
+    def transition(
+        self,
+        conn: Connection,
+        run: Run,
+        owner: str,
+        state: RunState,
+        *,
+        reason: str | None = None,
+        result: Any = None,
+        journal: tuple[int, str] | None = None,
+    ) -> None:
+        """Move the claimed run to ``state`` (fenced); finishing releases the lease."""
+        self.fence(conn, run.id, run.attempt, owner)
+        values: dict[str, Any] = {"state": state, "reason": reason}
+        if state.finished:
+            values.update(
+                result=result, finished_at=self.clock.now(), lease_owner=None, lease_expires_at=None
+            )
+            if journal is not None:
+                values.update(journal_count=journal[0], journal_head=journal[1])
+        self._set(conn, run.id, **values)
+        event: dict[str, Any] = {"state": str(state), "attempt": run.attempt}
+        if reason:
+            event["reason"] = reason
+        self.add_event(conn, run.id, "state", event)
+
+    def request_cancel(self, conn: Connection, run: Run) -> Run:
+        """Cancel a run: at once if no worker holds it, else by flag for its worker to act on."""
+        if run.state.finished:
+            raise UserError(
+                f"run {run.id} already finished ({run.state})",
+                field="state",
+                hint="only unfinished runs can be cancelled",
+                status=409,
+            )
+        if run.state in {RunState.PENDING, RunState.SCHEDULED, RunState.WAITING_APPROVAL, RunState.SUSPENDED}:
+            now = self.clock.now()
+            self._set(
+                conn,
+                run.id,
+                state=RunState.CANCELLED,
+                reason="cancelled by request",
+                cancel_requested=True,
+                finished_at=now,
+            )
+            self.add_event(
+                conn,
+                run.id,
+                "state",
+                {"state": str(RunState.CANCELLED), "attempt": run.attempt, "reason": "cancelled by request"},
+            )
+        else:
+            self._set(conn, run.id, cancel_requested=True)
+        found = self.get(conn, run.id)
+        assert found is not None
+        return found
+
+    def _set(self, conn: Connection, run_id: str, **values: Any) -> None:
+        if "state" in values:
+            values["state"] = str(values["state"])
+        conn.execute(update(runs).where(runs.c.id == run_id).values(updated_at=self.clock.now(), **values))
+
+
+def _encode_cursor(run: Run) -> str:
+    raw = json.dumps([run.created_at.isoformat(), run.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(str(at)), str(run_id)
+    except (binascii.Error, ValueError, TypeError):
+        raise UserError(
+            "the continue token is invalid", field="continue", hint="pass the previous page's token unchanged"
+        ) from None

@@ -1,0 +1,48 @@
+"""Runs and their event stream. Created by the control plane's migrations (revision 0002)."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, Index, Integer, MetaData, String, Table, Text
+
+from bastion.observe import UtcDateTime
+
+metadata = MetaData(
+    naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s", "pk": "pk_%(table_name)s"}
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(36), nullable=False),
+    Column("namespace", String(63), nullable=False),
+    Column("agent", String(63), nullable=False),
+    Column("agent_spec", JSON, nullable=False),
+    Column("input", JSON, nullable=True),
+    Column("state", String(24), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("lease_owner", String(128), nullable=True),
+    Column("lease_expires_at", UtcDateTime(), nullable=True),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("journal_count", Integer, nullable=True),
+    Column("journal_head", String(64), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime(), nullable=True),
+    Index(None, "state", "lease_expires_at"),
+    Index(None, "tenant_id", "namespace", "created_at"),
+)
+
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Index(None, "run_id", "id"),
+)

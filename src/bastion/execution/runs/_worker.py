@@ -1,0 +1,280 @@
+"""Workers: claim runs, execute one attempt each in a sandbox, keep the lease alive, finish.
+
+A worker that dies loses its lease; another claims the run (attempt + 1) and the new attempt
+replays the journal up to where the dead one stopped. A worker that only *paused* past its lease
+(a zombie) finds every later write refused by the fence and abandons its attempt silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+
+from bastion.errors import LeaseLost, LimitExceeded, NonDeterministic, RunError, SandboxError
+from bastion.execution.gateway import Attempt, Gateway, GatewaySession
+from bastion.execution.sandbox import CallError, SandboxBackend, SandboxLimits, SandboxSpec
+
+from ._states import RunState
+from ._store import Claim, RunStore
+
+log = logging.getLogger("bastion.worker")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    owner: str
+    """This worker's name in leases (host:pid:random)."""
+    workspace_root: Path
+    """Each run's workspace lives in ``workspace_root/<run id>``; the last attempt's is kept."""
+    lease_seconds: float = 5.0
+    poll_seconds: float = 0.2
+    concurrency: int = 4
+    log_flush_seconds: float = 0.25
+    sandbox_defaults: SandboxLimits = field(default_factory=SandboxLimits)
+
+
+class _Outcome(Exception):
+    """How an attempt ended, when it did not end with a result."""
+
+    def __init__(self, state: RunState | None, reason: str) -> None:
+        super().__init__(reason)
+        self.state, self.reason = state, reason
+
+
+class Worker:
+    def __init__(
+        self, runs: RunStore, gateway: Gateway, backend: SandboxBackend, config: WorkerConfig
+    ) -> None:
+        self.runs, self.gateway, self.backend, self.config = runs, gateway, backend, config
+        self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bastion-attempt")
+        self._active: set[Future[None]] = set()
+        self._lock = threading.Lock()
+
+    def run_until(self, stop: threading.Event) -> None:
+        """Claim and execute runs until ``stop`` is set; then wait for the attempts in flight."""
+        try:
+            while not stop.is_set():
+                claimed = self.claim_into_pool()
+                if not claimed:
+                    stop.wait(self.config.poll_seconds)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def claim_into_pool(self) -> bool:
+        with self._lock:
+            self._active = {f for f in self._active if not f.done()}
+            if len(self._active) >= self.config.concurrency:
+                return False
+        try:
+            claim = self.runs.claim(self.config.owner, self.config.lease_seconds)
+        except Exception:
+            log.exception("claiming a run failed")
+            return False
+        if claim is None:
+            return False
+        future = self._pool.submit(self.execute, claim)
+        with self._lock:
+            self._active.add(future)
+        return True
+
+    def execute(self, claim: Claim) -> None:
+        """Run one attempt of a claimed run to its end (or until the lease is lost)."""
+        try:
+            _AttemptRunner(self, claim).run()
+        except Exception:
+            log.exception("attempt %s of run %s crashed the worker thread", claim.run.attempt, claim.run.id)
+
+
+class _AttemptRunner:
+    def __init__(self, worker: Worker, claim: Claim) -> None:
+        self.w = worker
+        self.claim = claim
+        self.run_ = claim.run
+        self.stopping = threading.Event()
+        self.lost = threading.Event()
+        self.cancelled = threading.Event()
+        self.sandbox: Any = None
+        self.pending_logs: list[str] = []
+        self.log_lock = threading.Lock()
+        self.session: GatewaySession | None = None
+
+    # --- fencing and events, handed to the gateway ------------------------------------
+
+    def fence(self, conn: Connection) -> None:
+        self.w.runs.fence(conn, self.run_.id, self.run_.attempt, self.claim.owner)
+
+    def emit(self, conn: Connection, events: list[tuple[str, dict[str, Any]]]) -> None:
+        self.w.runs.add_events(conn, self.run_.id, self._drain_logs() + events)
+
+    def _drain_logs(self) -> list[tuple[str, dict[str, Any]]]:
+        with self.log_lock:
+            lines, self.pending_logs = self.pending_logs, []
+        scrub: Callable[[str], str] = (
+            self.session.redactor.scrub_text if self.session else (lambda text: text)
+        )
+        return [("log", {"line": scrub(line)}) for line in lines]
+
+    def on_log(self, line: str) -> None:
+        with self.log_lock:
+            self.pending_logs.append(line)
+
+    # --- the attempt ------------------------------------------------------------------
+
+    def run(self) -> None:
+        run = self.run_
+        workspace = self._fresh_workspace()
+        attempt = Attempt(
+            run_id=run.id,
+            attempt=run.attempt,
+            tenant_id=run.tenant_id,
+            namespace=run.namespace,
+            agent=run.agent,
+            agent_spec=run.agent_spec,
+            workspace=workspace,
+            fence=self.fence,
+            emit=self.emit,
+        )
+        heartbeat = threading.Thread(target=self._heartbeat, name=f"bastion-lease-{run.id[:8]}", daemon=True)
+        try:
+            self.session = self.w.gateway.session(attempt)
+            with self.w.runs.db.write() as conn:
+                self.w.runs.transition(conn, run, self.claim.owner, RunState.RUNNING)
+            heartbeat.start()
+            result = self._call_agent(workspace)
+        except LeaseLost:
+            log.warning("attempt %s of run %s lost its lease; abandoning it", run.attempt, run.id)
+            return
+        except _Outcome as outcome:
+            if outcome.state is not None:
+                self._finish(outcome.state, reason=outcome.reason)
+            return
+        except RunError as exc:
+            self._finish(RunState.FAILED, reason=exc.detail)
+            return
+        finally:
+            self.stopping.set()
+            if heartbeat.is_alive():
+                heartbeat.join(timeout=5)
+        self._finish(RunState.SUCCEEDED, result=result)
+
+    def _fresh_workspace(self) -> Path:
+        """Every attempt starts from the run's initial workspace: the agent's source, nothing else.
+
+        Each attempt gets its own directory (a zombie of an earlier attempt cannot touch this one's
+        files); earlier attempts' directories are removed, the last one is kept for inspection.
+        """
+        run_dir = self.w.config.workspace_root / self.run_.id
+        if run_dir.exists():
+            for old in run_dir.iterdir():
+                shutil.rmtree(old, ignore_errors=True)
+        root = run_dir / f"attempt-{self.run_.attempt}"
+        root.mkdir(parents=True, mode=0o700)
+        spec: dict[str, Any] = self.run_.agent_spec["spec"]
+        module = str(spec.get("entrypoint", "agent:main")).split(":")[0]
+        source = spec.get("source")
+        if isinstance(source, str):
+            path = root / (module.replace(".", "/") + ".py")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(source, encoding="utf-8")
+        return root
+
+    def _limits(self) -> SandboxLimits:
+        limits: dict[str, Any] = self.run_.agent_spec["spec"].get("limits", {})
+        base = self.w.config.sandbox_defaults
+        return SandboxLimits(
+            cpu_seconds=float(limits.get("cpuSeconds", base.cpu_seconds)),
+            memory_mib=int(limits.get("memoryMib", base.memory_mib)),
+            wall_seconds=float(limits.get("wallSeconds", base.wall_seconds)),
+            open_files=base.open_files,
+            processes=base.processes,
+            log_bytes=base.log_bytes,
+            message_bytes=base.message_bytes,
+            file_bytes=base.file_bytes,
+        )
+
+    def _call_agent(self, workspace: Path) -> Any:
+        spec: dict[str, Any] = self.run_.agent_spec["spec"]
+        session = self.session
+        assert session is not None
+        try:
+            self.sandbox = self.w.backend.start(
+                SandboxSpec(workspace=workspace, limits=self._limits()), on_log=self.on_log
+            )
+        except SandboxError as exc:
+            raise _Outcome(RunState.FAILED, f"the sandbox did not start: {exc.detail}") from None
+        try:
+            value = self.sandbox.call(
+                "run",
+                {"entrypoint": spec.get("entrypoint"), "input": self.run_.input},
+                handler=session.handle,
+                notify=session.notify,
+            )
+            return session.redactor.scrub(value)
+        except (LeaseLost, NonDeterministic):
+            raise
+        except CallError as exc:
+            raise _Outcome(
+                RunState.FAILED, f"the agent raised {session.redactor.scrub_text(exc.message)}"
+            ) from None
+        except (LimitExceeded, SandboxError) as exc:
+            if self.lost.is_set():
+                raise LeaseLost("the lease was lost while the agent ran") from None
+            if self.cancelled.is_set():
+                raise _Outcome(RunState.CANCELLED, "cancelled by request") from None
+            raise _Outcome(RunState.FAILED, session.redactor.scrub_text(exc.detail)) from None
+        finally:
+            self.sandbox.stop()
+
+    def _heartbeat(self) -> None:
+        interval = self.w.config.lease_seconds / 3
+        while not self.stopping.wait(interval):
+            try:
+                cancel = self.w.runs.renew(
+                    self.run_.id, self.run_.attempt, self.claim.owner, self.w.config.lease_seconds
+                )
+            except Exception:
+                log.exception("renewing the lease of run %s failed", self.run_.id)
+                continue
+            if cancel is None:
+                self.lost.set()
+            elif cancel:
+                self.cancelled.set()
+            if (self.lost.is_set() or self.cancelled.is_set()) and self.sandbox is not None:
+                self.sandbox.stop()
+                return
+            self._flush_logs()
+
+    def _flush_logs(self) -> None:
+        events = self._drain_logs()
+        if not events:
+            return
+        try:
+            with self.w.runs.db.write() as conn:
+                self.fence(conn)
+                self.w.runs.add_events(conn, self.run_.id, events)
+        except LeaseLost:
+            self.lost.set()
+
+    def _finish(self, state: RunState, *, reason: str | None = None, result: Any = None) -> None:
+        journal = self.session.journal_head if self.session else None
+        try:
+            with self.w.runs.db.write() as conn:
+                self.w.runs.add_events(conn, self.run_.id, self._drain_logs())
+                self.w.runs.transition(
+                    conn, self.run_, self.claim.owner, state, reason=reason, result=result, journal=journal
+                )
+        except LeaseLost:
+            log.warning(
+                "run %s finished as %s, but attempt %s had lost its lease",
+                self.run_.id,
+                state,
+                self.run_.attempt,
+            )

@@ -1,0 +1,419 @@
+"""``http.fetch`` and HTTP tools: one request out, ``{status, headers, body}`` back.
+
+Choices that keep a request inside its grant:
+
+* **Egress.** ``http.fetch`` may reach a host only if a pattern in ``ctx.egress`` names it:
+  ``example.com`` (that host), ``*.example.com`` (its subdomains at any depth, not the apex), with
+  an optional ``:port``. A pattern without a port allows only the scheme's default port (80 or
+  443): reaching ``localhost:5432`` needs ``localhost:5432`` in the grant. Any other glob matches
+  nothing. Hosts compare as lowercase ASCII (IDNA) without a trailing dot; IPs in canonical form.
+* **Redirects are returned, not followed.** A 3xx comes back as data with its ``location``; if the
+  agent follows it, that is a new call, checked against the allowlist and journaled like any other.
+* **Credentials never travel in URLs**: ``user:pass@host`` is refused; the gateway injects headers.
+* **Bounded.** ``timeout_seconds`` covers the whole call (a timer shuts the socket down, since
+  httpx's timeouts bound each read separately); bodies are read in chunks and the call fails as
+  soon as the decoded body passes ``max_response_bytes``. Bodies are decoded here (gzip, deflate),
+  with a bound, so compressed echoes of a secret still reach the redactor; other encodings fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ipaddress
+import json
+import re
+import socket
+import ssl
+import threading
+import urllib.parse
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httpx
+
+from bastion.errors import ToolCallFailed, UserError
+
+from ._base import ToolContext
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+"""Headers that frame the request; http.fetch sets them itself."""
+_MAX_URL = 8192
+_MAX_HEADERS = 100
+_MAX_HEADER_VALUE = 8192
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+_TEXTUAL = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded")
+_FETCH_ARGS = frozenset({"url", "method", "headers", "body", "json"})
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: str
+    scheme: str
+    host: str
+    """Lowercase ASCII name without trailing dot, or a canonical IP (IPv6 without brackets)."""
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
+
+def _canonical_host(host: str) -> str | None:
+    """``host`` in the one form we compare, or None if it is not a plain name or IP."""
+    host = host.lower().removesuffix(".")
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host).compressed  # a zone id ("%eth0") fails here
+        except ValueError:
+            return None
+    labels = host.split(".")
+    if labels[-1].isdigit() or labels[-1].startswith("0x"):
+        # A host ending in a number is an IPv4 address to resolvers, which also read "127.1"
+        # or "0x7f.1" as 127.0.0.1; only the dotted-decimal form can be matched reliably.
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            return None
+    return host if all(_LABEL.fullmatch(label) for label in labels) else None
+
+
+def _parse_url(tool: str, url: Any) -> _Target:
+    if not isinstance(url, str) or not url:
+        raise ToolCallFailed(tool, "argument 'url' must be a non-empty string")
+    if len(url) > _MAX_URL:
+        raise ToolCallFailed(tool, f"argument 'url' is longer than {_MAX_URL} characters")
+    if any(c <= " " or c in "\x7f\\" for c in url):
+        raise ToolCallFailed(tool, "argument 'url' contains whitespace, a control character or a backslash")
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ToolCallFailed(tool, f"argument 'url' must use http or https, not {scheme or 'no scheme'!r}")
+    if "@" in parts.netloc:
+        raise ToolCallFailed(
+            tool, "argument 'url' must not carry credentials (user:password@host); the gateway injects them"
+        )
+    try:
+        parsed = httpx.URL(url)
+        port = parts.port
+    except (httpx.InvalidURL, ValueError):
+        raise ToolCallFailed(tool, "argument 'url' is not a valid URL") from None
+    default = _DEFAULT_PORTS[scheme]
+    host = _canonical_host(parsed.raw_host.decode("ascii", "replace"))
+    # Both parsers must agree, or the check and the connection could see two different hosts.
+    seen = _canonical_host(_idna(parts.hostname or ""))
+    if host is None or host != seen or (port or default) != (parsed.port or default) or port == 0:
+        raise ToolCallFailed(tool, "argument 'url' has a host or port in a non-standard form")
+    return _Target(url=url, scheme=scheme, host=host, port=port or default)
+
+
+def _idna(host: str) -> str:
+    try:
+        return host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return ""
+
+
+def _allows(pattern: str, target: _Target) -> bool:
+    pattern = pattern.strip().lower()
+    host, port = pattern, ""
+    if pattern.startswith("["):
+        host, _, rest = pattern[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return False
+        port = rest[1:]
+    elif pattern.count(":") == 1:
+        host, _, port = pattern.partition(":")
+    if port:
+        if not port.isdigit() or int(port) != target.port:
+            return False
+    elif target.port != _DEFAULT_PORTS[target.scheme]:
+        return False
+    if host.startswith("*."):
+        suffix = _canonical_host(_idna(host[2:]))
+        return suffix is not None and target.host.endswith("." + suffix)
+    return "*" not in host and _canonical_host(_idna(host)) == target.host
+
+
+def _check_egress(tool: str, egress: Iterable[str], target: _Target) -> None:
+    if not any(_allows(pattern, target) for pattern in egress):
+        raise ToolCallFailed(tool, f"host {str(target)!r} is not in this grant's egress allowlist")
+
+
+def _header_items(tool: str, source: str, headers: Mapping[Any, Any]) -> list[tuple[str, str]]:
+    """Validated headers; reasons name the header, never its value (it may be a secret)."""
+    if len(headers) > _MAX_HEADERS:
+        raise ToolCallFailed(tool, f"{source} has more than {_MAX_HEADERS} headers")
+    items: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ToolCallFailed(tool, f"{source}: {name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise ToolCallFailed(tool, f"{source}: {name!r} is set by {tool} itself and may not be given")
+        if not isinstance(value, str) or len(value) > _MAX_HEADER_VALUE:
+            raise ToolCallFailed(
+                tool,
+                f"{source}: the value of {name!r} must be a string of at most {_MAX_HEADER_VALUE} characters",
+            )
+        if not value.isascii() or any(c in value for c in "\r\n\0"):
+            raise ToolCallFailed(tool, f"{source}: the value of {name!r} must be ASCII without line breaks")
+        items.append((name, value))
+    return items
+
+
+def _merge_headers(tool: str, ctx: ToolContext, *layers: tuple[str, Mapping[Any, Any]]) -> dict[str, str]:
+    """Later layers win, names compared case-insensitively; the gateway's headers and the
+    idempotency key come last, so an agent cannot replace an injected credential."""
+    merged: dict[str, tuple[str, str]] = {"accept-encoding": ("Accept-Encoding", "gzip, deflate")}
+    for source, headers in (*layers, ("gateway headers", ctx.headers)):
+        for name, value in _header_items(tool, source, headers):
+            merged[name.lower()] = (name, value)
+    merged["idempotency-key"] = ("Idempotency-Key", ctx.idempotency_key)
+    return dict(merged.values())
+
+
+class _Deadline:
+    """Shuts the request's socket down when the call's time is up, whatever phase it is in."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's ``trace`` extension: remember each socket as it connects."""
+        if event == "connection.connect_tcp.complete":
+            sock: socket.socket = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                self._sockets.append(sock)
+                if self.expired:
+                    _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by httpx
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv, unlike close()
+
+
+def _decoder(tool: str, coding: str) -> Any:
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if coding == "deflate":
+        return zlib.decompressobj()
+    raise ToolCallFailed(
+        tool,
+        f"the response uses content-encoding {coding!r}, which {tool} cannot decode; ask for gzip or identity",
+    )
+
+
+def _read_body(tool: str, response: httpx.Response, limit: int) -> bytes:
+    coding = response.headers.get("content-encoding", "").strip().lower()
+    decoder = _decoder(tool, coding)
+    declared = response.headers.get("content-length", "")
+    too_big = f"the response body is larger than the limit of {limit} bytes"
+    if decoder is None and declared.isdigit() and int(declared) > limit:
+        raise ToolCallFailed(tool, too_big)
+    chunks: list[bytes] = []
+    size = 0
+    first = True
+    for raw in response.iter_raw():
+        try:
+            # max_length caps what one small compressed chunk may expand to.
+            data = raw if decoder is None else decoder.decompress(raw, limit + 1 - size)
+        except zlib.error:
+            if coding != "deflate" or not first:
+                raise ToolCallFailed(tool, f"the response body is not valid {coding}") from None
+            decoder = zlib.decompressobj(-zlib.MAX_WBITS)  # servers often send raw deflate
+            data = decoder.decompress(raw, limit + 1)
+        first = first and not raw
+        size += len(data)
+        if size > limit:
+            raise ToolCallFailed(tool, too_big)
+        chunks.append(data)
+    if decoder is not None:
+        chunks.append(decoder.flush())
+        if size + len(chunks[-1]) > limit:
+            raise ToolCallFailed(tool, too_big)
+    return b"".join(chunks)
+
+
+def _result(response: httpx.Response, body: bytes) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    for name, value in response.headers.multi_items():
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    result: dict[str, Any] = {"status": response.status_code, "headers": headers}
+    try:
+        result["body"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        content_type = headers.get("content-type", "").lower()
+        if any(kind in content_type for kind in _TEXTUAL):
+            result["body"] = body.decode("utf-8", errors="replace")
+        else:
+            result["body_base64"] = base64.b64encode(body).decode("ascii")
+    return result
+
+
+def _failure(exc: BaseException) -> str:
+    """A fixed phrase for a transport error: exception texts may quote URLs or header values."""
+    connecting = isinstance(exc, httpx.ConnectError)
+    cause = exc
+    while cause is not None:  # httpx -> httpcore -> the socket's own error
+        exc, cause = cause, cause.__cause__ or cause.__context__
+    if not connecting:
+        return "the connection failed during the request"
+    if isinstance(exc, socket.gaierror):
+        return "could not resolve the host"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS certificate verification failed"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS handshake failed"
+    return "could not connect"
+
+
+def _send(
+    tool: str, method: str, target: _Target, headers: dict[str, str], body: bytes | None, ctx: ToolContext
+) -> dict[str, Any]:
+    limits = ctx.limits
+    if body is not None and len(body) > limits.max_request_bytes:
+        raise ToolCallFailed(
+            tool, f"the request body is {len(body)} bytes, over the limit of {limits.max_request_bytes}"
+        )
+    with _Deadline(limits.timeout_seconds) as deadline:
+        try:
+            with (
+                httpx.Client(
+                    trust_env=False, follow_redirects=False, timeout=limits.timeout_seconds
+                ) as client,
+                client.stream(
+                    method, target.url, headers=headers, content=body, extensions={"trace": deadline.trace}
+                ) as response,
+            ):
+                return _result(response, _read_body(tool, response, limits.max_response_bytes))
+        except (httpx.HTTPError, httpx.StreamError, OSError) as exc:
+            if deadline.expired or isinstance(exc, httpx.TimeoutException):
+                reason = f"request to {target} timed out after {limits.timeout_seconds:g}s"
+            else:
+                reason = f"request to {target} failed: {_failure(exc)}"
+            raise ToolCallFailed(tool, reason, retryable=True) from None
+
+
+def _encode_json(tool: str, value: Any, argument: str) -> bytes:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError):
+        raise ToolCallFailed(tool, f"{argument} is not JSON (NaN and Infinity are not allowed)") from None
+
+
+class HttpFetch:
+    """``http.fetch``: any request to a host in the grant's egress allowlist.
+
+    Arguments: ``url``; ``method`` (one of ``METHODS``, default GET); ``headers`` (an object of
+    strings); ``body`` (a string, sent as UTF-8) or ``json`` (any JSON value), not both.
+    Returns ``{"status", "headers", "body"}``, or ``body_base64`` instead of ``body`` for a body
+    that is neither UTF-8 nor declared textual. 4xx and 5xx are answers, not failures.
+    """
+
+    name = "http.fetch"
+    workspace_only = False
+
+    def invoke(self, args: dict[str, Any], ctx: ToolContext) -> Any:
+        unknown = sorted(set(args) - _FETCH_ARGS)
+        if unknown:
+            raise ToolCallFailed(
+                self.name, f"unknown argument {unknown[0]!r}; expected {sorted(_FETCH_ARGS)}"
+            )
+        method = args.get("method", "GET")
+        if method not in METHODS:
+            raise ToolCallFailed(self.name, f"argument 'method' must be one of {', '.join(METHODS)}")
+        headers: Any = args.get("headers", {})
+        if not isinstance(headers, dict):
+            raise ToolCallFailed(self.name, "argument 'headers' must be an object of strings")
+        headers = cast(dict[Any, Any], headers)
+        if "body" in args and "json" in args:
+            raise ToolCallFailed(self.name, "give argument 'body' or 'json', not both")
+        content: bytes | None = None
+        extra: dict[str, str] = {}
+        if "body" in args:
+            if not isinstance(args["body"], str):
+                raise ToolCallFailed(
+                    self.name, "argument 'body' must be a string (use 'json' for structured data)"
+                )
+            content = args["body"].encode()
+        elif "json" in args:
+            content = _encode_json(self.name, args["json"], "argument 'json'")
+            extra["Content-Type"] = "application/json"
+        target = _parse_url(self.name, args.get("url"))
+        _check_egress(self.name, ctx.egress, target)
+        merged = _merge_headers(self.name, ctx, ("gateway defaults", extra), ("argument 'headers'", headers))
+        return _send(self.name, method, target, merged, content, ctx)
+
+
+class HttpTool:
+    """A ``Tool`` resource with an ``http`` implementation: a fixed URL and method.
+
+    The arguments are the JSON body for POST, PUT and PATCH, or query parameters for GET and
+    DELETE (strings, numbers, booleans, or lists of them). The URL comes from an operator-written
+    resource, not from the agent, so it is not checked against the grant's egress allowlist.
+    ``headers`` are the resource's plain headers; secret-bearing ones arrive resolved in
+    ``ctx.headers`` and win. Returns what ``http.fetch`` returns.
+    """
+
+    workspace_only = False
+
+    def __init__(
+        self, name: str, url: str, method: str = "POST", headers: Mapping[str, str] | None = None
+    ) -> None:
+        if method not in METHODS:
+            raise UserError(f"tool {name!r}: method must be one of {', '.join(METHODS)}", field="method")
+        try:
+            self._target = _parse_url(name, url)
+            _header_items(name, "headers", headers or {})
+        except ToolCallFailed as exc:
+            raise UserError(f"tool {name!r}: {exc.reason}", field="implementation") from None
+        self.name = name
+        self.method = method
+        self.headers = dict(headers or {})
+
+    def invoke(self, args: dict[str, Any], ctx: ToolContext) -> Any:
+        content: bytes | None = None
+        target = self._target
+        extra: dict[str, str] = {}
+        if self.method in ("GET", "DELETE", "HEAD"):
+            for key, value in args.items():
+                values: list[Any] = value if isinstance(value, list) else [value]  # pyright: ignore[reportUnknownVariableType]
+                if not all(v is None or isinstance(v, str | int | float) for v in values):
+                    raise ToolCallFailed(
+                        self.name, f"argument {key!r} must be a string, number, boolean or a list of them"
+                    )
+            url = httpx.URL(target.url).copy_merge_params(args)
+            target = _Target(url=str(url), scheme=target.scheme, host=target.host, port=target.port)
+        else:
+            content = _encode_json(self.name, args, "the arguments")
+            extra["Content-Type"] = "application/json"
+        merged = _merge_headers(self.name, ctx, ("gateway defaults", extra), ("tool headers", self.headers))
+        return _send(self.name, self.method, target, merged, content, ctx)

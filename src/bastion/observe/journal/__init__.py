@@ -1,0 +1,19 @@
+"""The journal (ExecutionRecord rows), hash-chained per run."""
+
+from ._canonical import GENESIS, canonical, digest
+from ._journal import BLOB_THRESHOLD, Entry, Journal, Verdict, entry_hash
+from ._tables import blobs, journal_entries, metadata
+
+__all__ = [
+    "BLOB_THRESHOLD",
+    "GENESIS",
+    "Entry",
+    "Journal",
+    "Verdict",
+    "blobs",
+    "canonical",
+    "digest",
+    "entry_hash",
+    "journal_entries",
+    "metadata",
+]
