@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 
-.PHONY: up test lint bench clean
+.PHONY: demo up test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
+
+## demo: install Bastion and run the demo end to end on the embedded default (no network, no keys)
+demo: $(VENV)/.installed
+	$(BIN)/bastion demo
 
 ## up: install Bastion and start it on the embedded default (SQLite in ~/.local/share/bastion)
 up: $(VENV)/.installed
@@ -37,9 +41,15 @@ lint: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/pyright
 
-## bench: the API benchmark (SQLite, and PostgreSQL when it is reachable)
-bench: $(VENV)/.installed-test
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+## bench: the benchmarks (SQLite, and PostgreSQL when it is reachable); `make bench` runs them all
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/journal.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

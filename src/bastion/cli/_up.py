@@ -1,4 +1,4 @@
-"""``bastion up``: the server and (in later releases) a worker, on the embedded default."""
+"""``bastion up``: the API server and one worker, in one process, on the embedded default."""
 
 from __future__ import annotations
 
@@ -52,10 +52,16 @@ def serve(overrides: dict[str, Any]) -> None:
     out.print(f"Data directory: {settings.home}    database: {bastion.store.backend}")
     out.print(f"API: {url}/api/v1    OpenAPI: {url}/api/v1/openapi.json    stop with Ctrl-C")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker, stop = bastion.start_worker()
+    out.print(
+        f"Worker: in-process, {settings.worker_concurrency} runs at a time; workspaces in {settings.resolved_workspace_dir}"
+    )
     try:
         uvicorn.run(
             create_app(bastion), host=settings.host, port=settings.port, log_level="warning", access_log=False
         )
     finally:
+        stop.set()
+        worker.join(timeout=30)
         bastion.close()
         err.print("Bastion stopped.")

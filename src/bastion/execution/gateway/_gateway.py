@@ -37,7 +37,8 @@ KINDS = {"tool.call": "tool", "time.now": "time", "random.random": "random", "ra
 Fence = Callable[[Connection], None]
 """Raises LeaseLost unless the attempt still holds its run (inside the given transaction)."""
 Emit = Callable[[Connection, list[tuple[str, dict[str, Any]]]], None]
-"""Adds run events (type, data) inside the given transaction."""
+"""Adds run events (type, data) inside the given transaction; the engine puts the agent's pending
+log lines before them, so the event stream keeps the order things happened in."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +80,7 @@ class Gateway:
 
 
 class GatewaySession:
-    """Serves one attempt's sandbox: ``handle`` answers requests, ``notify`` takes logs."""
+    """Serves one attempt's sandbox: ``handle`` answers its requests."""
 
     def __init__(self, gateway: Gateway, attempt: Attempt) -> None:
         self.g = gateway
@@ -104,7 +105,6 @@ class GatewaySession:
             for m in gateway.resources.resources(self.tenant_id, "Tool", self.namespace)
         }
         self.secrets.preload([m for name, m in self.tool_manifests.items() if name in self.subject.tools])
-        self.logs: list[str] = []
         self._grants_cache: tuple[float, list[Grant]] | None = None
 
     @property
@@ -112,10 +112,6 @@ class GatewaySession:
         return self.seq, self.head
 
     # --- the sandbox's handler and notifier ------------------------------------------
-
-    def notify(self, method: str, params: dict[str, Any]) -> None:
-        if method == "log":
-            self.logs.append(self.redactor.scrub_text(str(params.get("message", ""))[:16_384]))
 
     def handle(self, method: str, params: dict[str, Any]) -> Any:
         started = time.perf_counter()
@@ -217,8 +213,7 @@ class GatewaySession:
                 event["error"] = error.get("reason") or error.get("message")
             if decision.effect != "allow":
                 event["reasons"] = [r["text"] for r in reasons]
-            pending_logs, self.logs = self.logs, []
-            attempt.emit(conn, [("log", {"line": line}) for line in pending_logs] + [("call", event)])
+            attempt.emit(conn, [("call", event)])
         self.seq, self.head = seq, entry.hash
         self.g.metrics.calls.labels(kind, decision.effect).inc()
         return self._answer(value, error)

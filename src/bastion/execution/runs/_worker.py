@@ -126,6 +126,11 @@ class _AttemptRunner:
         with self.log_lock:
             self.pending_logs.append(line)
 
+    def on_notify(self, method: str, params: dict[str, Any]) -> None:
+        """``log(...)`` from the SDK: joins the stderr lines, in order, scrubbed when written."""
+        if method == "log":
+            self.on_log(str(params.get("message", ""))[:16_384])
+
     # --- the attempt ------------------------------------------------------------------
 
     def run(self) -> None:
@@ -215,7 +220,7 @@ class _AttemptRunner:
                 "run",
                 {"entrypoint": spec.get("entrypoint"), "input": self.run_.input},
                 handler=session.handle,
-                notify=session.notify,
+                notify=self.on_notify,
             )
             return session.redactor.scrub(value)
         except (LeaseLost, NonDeterministic):
