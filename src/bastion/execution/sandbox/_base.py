@@ -124,3 +124,7 @@ class SandboxBackend(Protocol):
             SandboxError: it could not be started.
         """
         ...
+
+    def close(self) -> None:
+        """Release what the backend itself holds (its SDK copy, pools); sandboxes must be stopped first."""
+        ...
