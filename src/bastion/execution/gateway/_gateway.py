@@ -22,7 +22,7 @@ from bastion.errors import NonDeterministic, ToolCallFailed
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
 from bastion.observe import Database
-from bastion.observe.journal import GENESIS, Entry, Journal, canonical, digest
+from bastion.observe.journal import GENESIS, Entry, Journal, Prepared, canonical, digest
 from bastion.policy import Decision, Grant, Subject, decide_tool_call
 
 from ._metrics import GatewayMetrics
@@ -36,9 +36,10 @@ KINDS = {"tool.call": "tool", "time.now": "time", "random.random": "random", "ra
 
 Fence = Callable[[Connection], None]
 """Raises LeaseLost unless the attempt still holds its run (inside the given transaction)."""
-Emit = Callable[[Connection, list[tuple[str, dict[str, Any]]]], None]
-"""Adds run events (type, data) inside the given transaction; the engine puts the agent's pending
-log lines before them, so the event stream keeps the order things happened in."""
+Commit = Callable[[Prepared, list[tuple[str, dict[str, Any]]]], None]
+"""Writes a journal entry and run events (type, data) in one fenced transaction, raising LeaseLost
+if the attempt no longer holds its run; the engine puts the agent's pending log lines before the
+events, so the event stream keeps the order things happened in."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +55,7 @@ class Attempt:
     """The Agent manifest as it was when the run was created."""
     workspace: Path
     fence: Fence
-    emit: Emit
+    commit: Commit
 
 
 class Gateway:
@@ -109,6 +110,14 @@ class GatewaySession:
 
     @property
     def journal_head(self) -> tuple[int, str]:
+        """The journal's (entries, head hash) as this attempt leaves it.
+
+        An attempt that ended during replay (a non-deterministic agent, a failure) leaves the
+        earlier attempts' entries past its own position: the journal ends at the last of those.
+        """
+        end = max(self.recorded, default=0)
+        if end > self.seq:
+            return end, self.recorded[end].hash
         return self.seq, self.head
 
     # --- the sandbox's handler and notifier ------------------------------------------
@@ -183,38 +192,35 @@ class GatewaySession:
             for rule, text in zip(decision.rule_ids, decision.reasons, strict=False)
         ]
         attempt = self.attempt
-        with self.g.db.write() as conn:
-            attempt.fence(conn)
-            entry = self.g.journal.append(
-                conn,
-                run_id=attempt.run_id,
-                seq=seq,
-                attempt=attempt.attempt,
-                kind=kind,
-                request=request,
-                request_hash=request_hash,
-                decision=decision.effect,
-                reasons=reasons,
-                response=value,
-                error=error,
-                started_at=started_at,
-                duration_us=duration_us,
-                prev_hash=self.head,
-            )
-            event: dict[str, Any] = {
-                "seq": seq,
-                "kind": kind,
-                "decision": decision.effect,
-                "durationUs": duration_us,
-            }
-            if kind == "tool":
-                event["tool"] = request["params"].get("name")
-            if error is not None:
-                event["error"] = error.get("reason") or error.get("message")
-            if decision.effect != "allow":
-                event["reasons"] = [r["text"] for r in reasons]
-            attempt.emit(conn, [("call", event)])
-        self.seq, self.head = seq, entry.hash
+        prepared = self.g.journal.prepare(
+            run_id=attempt.run_id,
+            seq=seq,
+            attempt=attempt.attempt,
+            kind=kind,
+            request=request,
+            request_hash=request_hash,
+            decision=decision.effect,
+            reasons=reasons,
+            response=value,
+            error=error,
+            started_at=started_at,
+            duration_us=duration_us,
+            prev_hash=self.head,
+        )
+        event: dict[str, Any] = {
+            "seq": seq,
+            "kind": kind,
+            "decision": decision.effect,
+            "durationUs": duration_us,
+        }
+        if kind == "tool":
+            event["tool"] = request["params"].get("name")
+        if error is not None:
+            event["error"] = error.get("reason") or error.get("message")
+        if decision.effect != "allow":
+            event["reasons"] = [r["text"] for r in reasons]
+        attempt.commit(prepared, [("call", event)])
+        self.seq, self.head = seq, prepared.entry.hash
         self.g.metrics.calls.labels(kind, decision.effect).inc()
         return self._answer(value, error)
 

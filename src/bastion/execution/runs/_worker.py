@@ -21,8 +21,10 @@ from sqlalchemy import Connection
 from bastion.errors import LeaseLost, LimitExceeded, NonDeterministic, RunError, SandboxError
 from bastion.execution.gateway import Attempt, Gateway, GatewaySession
 from bastion.execution.sandbox import CallError, SandboxBackend, SandboxLimits, SandboxSpec
+from bastion.observe.journal import Prepared
 
 from ._states import RunState
+from ._step import StepWriter
 from ._store import Claim, RunStore
 
 log = logging.getLogger("bastion.worker")
@@ -54,6 +56,7 @@ class Worker:
         self, runs: RunStore, gateway: Gateway, backend: SandboxBackend, config: WorkerConfig
     ) -> None:
         self.runs, self.gateway, self.backend, self.config = runs, gateway, backend, config
+        self.steps = StepWriter(runs.db)
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bastion-attempt")
         self._active: set[Future[None]] = set()
         self._lock = threading.Lock()
@@ -111,8 +114,15 @@ class _AttemptRunner:
     def fence(self, conn: Connection) -> None:
         self.w.runs.fence(conn, self.run_.id, self.run_.attempt, self.claim.owner)
 
-    def emit(self, conn: Connection, events: list[tuple[str, dict[str, Any]]]) -> None:
-        self.w.runs.add_events(conn, self.run_.id, self._drain_logs() + events)
+    def commit(self, prepared: Prepared, events: list[tuple[str, dict[str, Any]]]) -> None:
+        self.w.steps.commit(
+            run_id=self.run_.id,
+            attempt=self.run_.attempt,
+            owner=self.claim.owner,
+            prepared=prepared,
+            events=self._drain_logs() + events,
+            at=self.w.runs.clock.now(),
+        )
 
     def _drain_logs(self) -> list[tuple[str, dict[str, Any]]]:
         with self.log_lock:
@@ -145,14 +155,15 @@ class _AttemptRunner:
             agent_spec=run.agent_spec,
             workspace=workspace,
             fence=self.fence,
-            emit=self.emit,
+            commit=self.commit,
         )
+        # The lease clock started at the claim: renew from now on, through setup as well.
         heartbeat = threading.Thread(target=self._heartbeat, name=f"bastion-lease-{run.id[:8]}", daemon=True)
+        heartbeat.start()
         try:
             self.session = self.w.gateway.session(attempt)
             with self.w.runs.db.write() as conn:
                 self.w.runs.transition(conn, run, self.claim.owner, RunState.RUNNING)
-            heartbeat.start()
             result = self._call_agent(workspace)
         except LeaseLost:
             log.warning("attempt %s of run %s lost its lease; abandoning it", run.attempt, run.id)

@@ -1,7 +1,7 @@
 """The journal (ExecutionRecord rows), hash-chained per run."""
 
 from ._canonical import GENESIS, canonical, digest
-from ._journal import BLOB_THRESHOLD, Entry, Journal, Verdict, entry_hash
+from ._journal import BLOB_THRESHOLD, Entry, Journal, Prepared, Verdict, entry_hash
 from ._tables import blobs, journal_entries, metadata
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "GENESIS",
     "Entry",
     "Journal",
+    "Prepared",
     "Verdict",
     "blobs",
     "canonical",

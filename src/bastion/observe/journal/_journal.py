@@ -70,6 +70,19 @@ def entry_hash(prev_hash: str, fields: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """An entry ready to be written: hashed, its payloads JSON-encoded once, large ones as blobs."""
+
+    entry: Entry
+    request_json: str
+    reasons_json: str
+    response_json: str | None
+    error_json: str | None
+    blobs: list[tuple[str, bytes]]
+    """(digest, canonical JSON bytes) of payloads moved out of the row."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Verdict:
     run_id: str
     ok: bool
@@ -88,6 +101,67 @@ class Journal:
             sqlite.insert(blobs).on_conflict_do_nothing()
             if dialect == "sqlite"
             else postgresql.insert(blobs).on_conflict_do_nothing()
+        )
+
+    @staticmethod
+    def prepare(
+        *,
+        run_id: str,
+        seq: int,
+        attempt: int,
+        kind: str,
+        request: Any,
+        request_hash: str,
+        decision: str,
+        reasons: list[dict[str, str]],
+        response: Any,
+        error: dict[str, Any] | None,
+        started_at: datetime,
+        duration_us: int,
+        prev_hash: str,
+    ) -> Prepared:
+        """Hash an entry and encode its payloads, touching no database (the gateway's hot path)."""
+        found: list[tuple[str, bytes]] = []
+
+        def stored(value: Any) -> tuple[Any, str | None]:
+            if value is None:
+                return None, None
+            data = canonical(value)
+            if len(data) <= BLOB_THRESHOLD:
+                return value, data.decode()
+            key = digest(data)
+            found.append((key, data))
+            ref = {"$blob": key, "size": len(data)}
+            return ref, canonical(ref).decode()
+
+        request_value, request_json = stored(request)
+        response_value, response_json = stored(response)
+        error_json = canonical(error).decode() if error is not None else None
+        entry = Entry(
+            run_id=run_id,
+            seq=seq,
+            attempt=attempt,
+            kind=kind,
+            request=request_value,
+            request_hash=request_hash,
+            decision=decision,
+            reasons=reasons,
+            response=response_value,
+            error=error,
+            started_at=started_at,
+            duration_us=duration_us,
+            prev_hash=prev_hash,
+            hash="",
+        )
+        entry = replace(entry, hash=entry_hash(prev_hash, entry.hashed_fields()))
+        assert request_json is not None
+        return Prepared(
+            entry=entry,
+            request_json=request_json,
+            reasons_json=canonical(reasons).decode(),
+            response_json=response_json,
+            error_json=error_json,
+            blobs=found,
         )
 
     def _store_payload(self, conn: Connection, value: Any) -> Any:

@@ -1,0 +1,97 @@
+"""One gateway step in one transaction: fence, blobs, the journal entry and the run's events.
+
+This is on the path of every call an agent makes, so it runs prebuilt SQL on the DBAPI cursor of
+the store's write transaction: measured with bench/journal.py, SQLAlchemy's per-statement building
+cost several times the database work itself. The semantics are ``RunStore.fence`` followed by
+``Journal.append`` and ``RunStore.add_events``, which stay the readable reference.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from bastion.errors import LeaseLost
+from bastion.observe import Database
+from bastion.observe.journal import Prepared
+
+from ._states import FINISHED
+
+_FENCE = "SELECT attempt, lease_owner, state FROM runs WHERE id = ?"
+_BLOB = "INSERT INTO blobs (digest, size, data, created_at, media_type) VALUES (?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
+_ENTRY = (
+    "INSERT INTO journal_entries (run_id, seq, attempt, kind, request, request_hash, decision, reasons, "
+    "response, error, started_at, duration_us, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_EVENT = "INSERT INTO run_events (run_id, type, data, at) VALUES (?, ?, ?, ?)"
+_FINISHED_STATES = frozenset(str(s) for s in FINISHED)
+
+
+class StepWriter:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._postgres = db.engine.dialect.name == "postgresql"
+        # psycopg takes %s and passes JSON text as an untyped value the json columns accept.
+        mark = "%s" if self._postgres else "?"
+        self._fence = _FENCE.replace("?", mark) + (" FOR UPDATE" if self._postgres else "")
+        self._blob = _BLOB.replace("?", mark)
+        self._entry = _ENTRY.replace("?", mark)
+        self._event = _EVENT.replace("?", mark)
+
+    def _stamp(self, at: datetime) -> Any:
+        # SQLAlchemy's SQLite DateTime format, so rows read back exactly as Core-written ones.
+        return at if self._postgres else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    def commit(
+        self,
+        *,
+        run_id: str,
+        attempt: int,
+        owner: str,
+        prepared: Prepared | None,
+        events: list[tuple[str, dict[str, Any]]],
+        at: datetime,
+    ) -> None:
+        """Write the step, or raise LeaseLost (and write nothing) if this attempt no longer holds the run."""
+        stamp = self._stamp(at)
+        with self._db.write() as conn:
+            cursor: Any = conn.connection.cursor()
+            try:
+                cursor.execute(self._fence, (run_id,))
+                row = cursor.fetchone()
+                if row is None or row[0] != attempt or row[1] != owner or row[2] in _FINISHED_STATES:
+                    raise LeaseLost(f"attempt {attempt} of run {run_id} no longer holds its lease")
+                if prepared is not None:
+                    for key, data in prepared.blobs:
+                        cursor.execute(self._blob, (key, len(data), data, stamp, "application/json"))
+                    entry = prepared.entry
+                    cursor.execute(
+                        self._entry,
+                        (
+                            entry.run_id,
+                            entry.seq,
+                            entry.attempt,
+                            entry.kind,
+                            prepared.request_json,
+                            entry.request_hash,
+                            entry.decision,
+                            prepared.reasons_json,
+                            prepared.response_json,
+                            prepared.error_json,
+                            self._stamp(entry.started_at),
+                            entry.duration_us,
+                            entry.prev_hash,
+                            entry.hash,
+                        ),
+                    )
+                if events:
+                    cursor.executemany(
+                        self._event,
+                        [
+                            (run_id, kind, json.dumps(data, separators=(",", ":")), stamp)
+                            for kind, data in events
+                        ],
+                    )
+            finally:
+                cursor.close()
