@@ -15,6 +15,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from typing import Any, TypeVar, cast
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from bastion.api import RawDocument
 from bastion.client import BastionClient
@@ -242,6 +244,43 @@ class Cluster:
         worker = WorkerProcess(process, log)
         self.workers.append(worker)
         return worker
+
+    def freeze(self, worker: WorkerProcess, run_id: str) -> None:
+        """SIGSTOP the worker at a moment it holds no lock on the run's row (or SQLite's write lock).
+
+        A process frozen inside its lease-renewal transaction keeps the row locked: claims skip
+        locked rows, so nobody could take the run over until it wakes up, which is right in
+        production and makes the scenario under test impossible. Such a stop is undone and retried.
+        """
+        for _ in range(100):
+            worker.process.send_signal(signal.SIGSTOP)
+            time.sleep(0.01)
+            if self._run_row_free(run_id):
+                return
+            worker.process.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+        raise AssertionError("could not freeze the worker outside a transaction on the run")
+
+    def _run_row_free(self, run_id: str) -> bool:
+        engine = self.bastion.store.engine
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                try:
+                    conn.exec_driver_sql("SELECT 1 FROM runs WHERE id = %s FOR UPDATE NOWAIT", (run_id,))
+                except OperationalError:
+                    return False
+                finally:
+                    conn.rollback()
+            return True
+        probe = sqlite3.connect(self.database_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            probe.close()
+        return True
 
     def kill(self, worker: WorkerProcess) -> None:
         worker.process.send_signal(signal.SIGKILL)
@@ -524,12 +563,12 @@ def test_a_paused_worker_cannot_append_or_act_once_its_run_is_taken_over(
         a_call = cluster.tool.hold(key, 1)
         b_call = cluster.tool.hold(key, 2)
         a_call.wait_arrived("A's call 4")
-        a.process.send_signal(signal.SIGSTOP)
+        cluster.freeze(a, run_id)
         a_call.released.set()
     else:
         b_call = cluster.tool.hold(key, 1)
         wait_until("A's agent to pause between calls", marker.exists, 30, cluster.outputs)
-        a.process.send_signal(signal.SIGSTOP)
+        cluster.freeze(a, run_id)
     before = cluster.entries(run_id)
     assert [(e.seq, e.attempt) for e in before] == [(seq, 1) for seq in range(1, pause_at)]
 

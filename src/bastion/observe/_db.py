@@ -26,6 +26,15 @@ class Database(Protocol):
         """A connection in a write transaction (on SQLite, holding the single write lock)."""
         ...
 
+    def raw_connection(self) -> Any:
+        """A DBAPI connection of the pool, for a writer that holds one (close it to give it back)."""
+        ...
+
+    def raw_write(self, raw: Any) -> AbstractContextManager[Any]:
+        """A DBAPI cursor on ``raw`` inside a write transaction, committed at the end of the block
+        (rolled back on an exception); on SQLite it holds the single write lock, like ``write``."""
+        ...
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC on every backend (SQLite keeps no zone, so it is put back on read)."""

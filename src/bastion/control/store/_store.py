@@ -9,6 +9,7 @@ from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, exists, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -108,6 +109,28 @@ class Store:
             conn.begin(),
         ):
             yield conn
+
+    def raw_connection(self) -> Any:
+        return self.engine.raw_connection()
+
+    @contextmanager
+    def raw_write(self, raw: Any) -> Generator[Any]:
+        cursor = raw.cursor()
+        sqlite = self._write_lock is not None
+        if self._write_lock is not None:
+            self._write_lock.acquire()
+        try:
+            if sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield cursor
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            cursor.close()
+            if self._write_lock is not None:
+                self._write_lock.release()
 
     def ping(self) -> tuple[str | None, str | None]:
         """Raises if the database is unreachable; returns (current, newest) migration revisions."""

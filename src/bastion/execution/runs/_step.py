@@ -1,14 +1,18 @@
 """One gateway step in one transaction: fence, blobs, the journal entry and the run's events.
 
-This is on the path of every call an agent makes, so it runs prebuilt SQL on the DBAPI cursor of
-the store's write transaction: measured with bench/journal.py, SQLAlchemy's per-statement building
-cost several times the database work itself. The semantics are ``RunStore.fence`` followed by
-``Journal.append`` and ``RunStore.add_events``, which stay the readable reference.
+This is on the path of every call an agent makes, so it runs prebuilt SQL on a DBAPI cursor:
+measured with bench/journal.py, SQLAlchemy's per-statement building cost several times the
+database work itself, and a pool checkout per call (with PostgreSQL's pre-ping round trip) cost
+as much again, so an attempt holds one connection for its calls. The semantics are those of
+``RunStore.fence`` followed by ``Journal.append`` and ``RunStore.add_events``, which stay the
+readable reference.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +23,10 @@ from bastion.observe.journal import Prepared
 from ._states import FINISHED
 
 _FENCE = "SELECT attempt, lease_owner, state FROM runs WHERE id = ?"
-_BLOB = "INSERT INTO blobs (digest, size, data, created_at, media_type) VALUES (?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
+_BLOB = (
+    "INSERT INTO blobs (digest, size, data, created_at, media_type) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (digest) DO NOTHING"
+)
 _ENTRY = (
     "INSERT INTO journal_entries (run_id, seq, attempt, kind, request, request_hash, decision, reasons, "
     "response, error, started_at, duration_us, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -27,10 +34,12 @@ _ENTRY = (
 _EVENT = "INSERT INTO run_events (run_id, type, data, at) VALUES (?, ?, ?, ?)"
 _FINISHED_STATES = frozenset(str(s) for s in FINISHED)
 
+Events = list[tuple[str, dict[str, Any]]]
+
 
 class StepWriter:
     def __init__(self, db: Database) -> None:
-        self._db = db
+        self.db = db
         self._postgres = db.engine.dialect.name == "postgresql"
         # psycopg takes %s and passes JSON text as an untyped value the json columns accept.
         mark = "%s" if self._postgres else "?"
@@ -43,6 +52,15 @@ class StepWriter:
         # SQLAlchemy's SQLite DateTime format, so rows read back exactly as Core-written ones.
         return at if self._postgres else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
+    @contextmanager
+    def held(self) -> Generator[HeldStepWriter]:
+        """A writer on one DBAPI connection held for an attempt (one thread uses it)."""
+        raw = self.db.raw_connection()
+        try:
+            yield HeldStepWriter(self, raw)
+        finally:
+            raw.close()
+
     def commit(
         self,
         *,
@@ -50,48 +68,91 @@ class StepWriter:
         attempt: int,
         owner: str,
         prepared: Prepared | None,
-        events: list[tuple[str, dict[str, Any]]],
+        events: Events,
         at: datetime,
     ) -> None:
-        """Write the step, or raise LeaseLost (and write nothing) if this attempt no longer holds the run."""
-        stamp = self._stamp(at)
-        with self._db.write() as conn:
+        """Write the step in its own transaction, or raise LeaseLost (writing nothing) if this
+        attempt no longer holds the run."""
+        with self.db.write() as conn:
             cursor: Any = conn.connection.cursor()
             try:
-                cursor.execute(self._fence, (run_id,))
-                row = cursor.fetchone()
-                if row is None or row[0] != attempt or row[1] != owner or row[2] in _FINISHED_STATES:
-                    raise LeaseLost(f"attempt {attempt} of run {run_id} no longer holds its lease")
-                if prepared is not None:
-                    for key, data in prepared.blobs:
-                        cursor.execute(self._blob, (key, len(data), data, stamp, "application/json"))
-                    entry = prepared.entry
-                    cursor.execute(
-                        self._entry,
-                        (
-                            entry.run_id,
-                            entry.seq,
-                            entry.attempt,
-                            entry.kind,
-                            prepared.request_json,
-                            entry.request_hash,
-                            entry.decision,
-                            prepared.reasons_json,
-                            prepared.response_json,
-                            prepared.error_json,
-                            self._stamp(entry.started_at),
-                            entry.duration_us,
-                            entry.prev_hash,
-                            entry.hash,
-                        ),
-                    )
-                if events:
-                    cursor.executemany(
-                        self._event,
-                        [
-                            (run_id, kind, json.dumps(data, separators=(",", ":")), stamp)
-                            for kind, data in events
-                        ],
-                    )
+                self.write_on(
+                    cursor,
+                    run_id=run_id,
+                    attempt=attempt,
+                    owner=owner,
+                    prepared=prepared,
+                    events=events,
+                    at=at,
+                )
             finally:
                 cursor.close()
+
+    def write_on(
+        self,
+        cursor: Any,
+        *,
+        run_id: str,
+        attempt: int,
+        owner: str,
+        prepared: Prepared | None,
+        events: Events,
+        at: datetime,
+    ) -> None:
+        """The step's statements on ``cursor``, inside the caller's write transaction."""
+        stamp = self._stamp(at)
+        cursor.execute(self._fence, (run_id,))
+        row = cursor.fetchone()
+        if row is None or row[0] != attempt or row[1] != owner or row[2] in _FINISHED_STATES:
+            raise LeaseLost(f"attempt {attempt} of run {run_id} no longer holds its lease")
+        if prepared is not None:
+            for key, data in prepared.blobs:
+                cursor.execute(self._blob, (key, len(data), data, stamp, "application/json"))
+            entry = prepared.entry
+            cursor.execute(
+                self._entry,
+                (
+                    entry.run_id,
+                    entry.seq,
+                    entry.attempt,
+                    entry.kind,
+                    prepared.request_json,
+                    entry.request_hash,
+                    entry.decision,
+                    prepared.reasons_json,
+                    prepared.response_json,
+                    prepared.error_json,
+                    self._stamp(entry.started_at),
+                    entry.duration_us,
+                    entry.prev_hash,
+                    entry.hash,
+                ),
+            )
+        rows = [(run_id, kind, json.dumps(data, separators=(",", ":")), stamp) for kind, data in events]
+        if len(rows) == 1:
+            cursor.execute(self._event, rows[0])  # psycopg's executemany costs a pipeline round trip more
+        elif rows:
+            cursor.executemany(self._event, rows)
+
+
+class HeldStepWriter:
+    """``StepWriter.commit`` on a connection held for one attempt."""
+
+    def __init__(self, writer: StepWriter, raw: Any) -> None:
+        self._writer = writer
+        self._raw = raw
+
+    def commit(
+        self,
+        *,
+        run_id: str,
+        attempt: int,
+        owner: str,
+        prepared: Prepared | None,
+        events: Events,
+        at: datetime,
+    ) -> None:
+        with self._writer.db.raw_write(self._raw) as cursor:
+            self._writer.write_on(
+                cursor, run_id=run_id, attempt=attempt, owner=owner, prepared=prepared, events=events, at=at
+            )

@@ -24,7 +24,7 @@ from bastion.execution.sandbox import CallError, SandboxBackend, SandboxLimits, 
 from bastion.observe.journal import Prepared
 
 from ._states import RunState
-from ._step import StepWriter
+from ._step import HeldStepWriter, StepWriter
 from ._store import Claim, RunStore
 
 log = logging.getLogger("bastion.worker")
@@ -108,6 +108,7 @@ class _AttemptRunner:
         self.pending_logs: list[str] = []
         self.log_lock = threading.Lock()
         self.session: GatewaySession | None = None
+        self.writer: HeldStepWriter | None = None
 
     # --- fencing and events, handed to the gateway ------------------------------------
 
@@ -115,7 +116,8 @@ class _AttemptRunner:
         self.w.runs.fence(conn, self.run_.id, self.run_.attempt, self.claim.owner)
 
     def commit(self, prepared: Prepared, events: list[tuple[str, dict[str, Any]]]) -> None:
-        self.w.steps.commit(
+        assert self.writer is not None
+        self.writer.commit(
             run_id=self.run_.id,
             attempt=self.run_.attempt,
             owner=self.claim.owner,
@@ -161,10 +163,9 @@ class _AttemptRunner:
         heartbeat = threading.Thread(target=self._heartbeat, name=f"bastion-lease-{run.id[:8]}", daemon=True)
         heartbeat.start()
         try:
-            self.session = self.w.gateway.session(attempt)
-            with self.w.runs.db.write() as conn:
-                self.w.runs.transition(conn, run, self.claim.owner, RunState.RUNNING)
-            result = self._call_agent(workspace)
+            with self.w.steps.held() as writer:
+                self.writer = writer
+                result = self._attempt(attempt, workspace)
         except LeaseLost:
             log.warning("attempt %s of run %s lost its lease; abandoning it", run.attempt, run.id)
             return
@@ -180,6 +181,12 @@ class _AttemptRunner:
             if heartbeat.is_alive():
                 heartbeat.join(timeout=5)
         self._finish(RunState.SUCCEEDED, result=result)
+
+    def _attempt(self, attempt: Attempt, workspace: Path) -> Any:
+        self.session = self.w.gateway.session(attempt)
+        with self.w.runs.db.write() as conn:
+            self.w.runs.transition(conn, self.run_, self.claim.owner, RunState.RUNNING)
+        return self._call_agent(workspace)
 
     def _fresh_workspace(self) -> Path:
         """Every attempt starts from the run's initial workspace: the agent's source, nothing else.
