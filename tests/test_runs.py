@@ -213,3 +213,21 @@ def test_other_tenants_cannot_see_runs(tenant: Tenant, other_tenant: Tenant) -> 
             list(other.events(run["id"]))
         assert other.list_runs(namespace=None) == []
         assert json.dumps(other.verify_all()).find(run["id"]) == -1
+
+
+def test_large_payloads_are_journaled_as_blobs(tools_applied: Tenant) -> None:
+    source = "from bastion import agent\n\ndef main(input):\n    agent.tools.call('fs.write', path='big.txt', content='y' * 50_000)\n    return len(agent.tools.call('fs.read', path='big.txt')['content'])\n"
+    with tools_applied.client() as client:
+        client.apply(
+            raw(
+                code_agent("big", source, tools=["fs.write", "fs.read"]),
+                grant_for("big", "fs.write", "fs.read"),
+            )
+        )
+        run = wait_finished(client, client.create_run("big")["id"])
+        assert run["state"] == "Succeeded", run
+        assert run["result"] == 50_000
+        entries = client.journal(run["id"])
+        assert set(entries[0]["request"]) == {"$blob", "size"}
+        assert set(entries[1]["response"]) == {"$blob", "size"}
+        assert client.verify_run(run["id"])["ok"]

@@ -34,6 +34,36 @@ _ENTRY = (
 _EVENT = "INSERT INTO run_events (run_id, type, data, at) VALUES (?, ?, ?, ?)"
 _FINISHED_STATES = frozenset(str(s) for s in FINISHED)
 
+# PostgreSQL: the whole step as one statement, one round trip, on a held connection in autocommit.
+# Every insert hangs off the fence row, so a lost lease writes nothing and returns 0 entries.
+_PG_STEP = """
+WITH fence AS (
+    SELECT id FROM runs
+    WHERE id = %(run)s AND attempt = %(attempt)s AND lease_owner = %(owner)s AND state <> ALL(%(finished)s)
+    FOR UPDATE
+), blob AS (
+    INSERT INTO blobs (digest, size, data, created_at, media_type)
+    SELECT b.digest, b.size, b.data, %(at)s, 'application/json'
+    FROM unnest(%(blob_digests)s::text[], %(blob_sizes)s::int[], %(blob_data)s::bytea[]) AS b(digest, size, data)
+    WHERE EXISTS (SELECT 1 FROM fence)
+    ON CONFLICT (digest) DO NOTHING
+), entry AS (
+    INSERT INTO journal_entries (run_id, seq, attempt, kind, request, request_hash, decision, reasons,
+                                 response, error, started_at, duration_us, prev_hash, hash)
+    SELECT id, %(seq)s, %(attempt)s, %(kind)s, %(request)s::json, %(request_hash)s, %(decision)s,
+           %(reasons)s::json, %(response)s::json, %(error)s::json, %(started_at)s, %(duration_us)s,
+           %(prev_hash)s, %(hash)s
+    FROM fence
+    RETURNING run_id
+), event AS (
+    INSERT INTO run_events (run_id, type, data, at)
+    SELECT entry.run_id, e.type, e.data::json, %(at)s
+    FROM entry, unnest(%(event_types)s::text[], %(event_data)s::text[]) WITH ORDINALITY AS e(type, data, n)
+    ORDER BY e.n
+)
+SELECT count(*) FROM entry
+"""
+
 Events = list[tuple[str, dict[str, Any]]]
 
 
@@ -59,7 +89,55 @@ class StepWriter:
         try:
             yield HeldStepWriter(self, raw)
         finally:
+            if self._postgres:
+                raw.driver_connection.autocommit = False  # as the pool expects it back
             raw.close()
+
+    def pg_step(
+        self,
+        raw: Any,
+        *,
+        run_id: str,
+        attempt: int,
+        owner: str,
+        prepared: Prepared,
+        events: Events,
+        at: datetime,
+    ) -> None:
+        """PostgreSQL: the step as one statement on ``raw`` (autocommit): one round trip."""
+        entry = prepared.entry
+        params = {
+            "run": run_id,
+            "attempt": attempt,
+            "owner": owner,
+            "finished": sorted(_FINISHED_STATES),
+            "at": at,
+            "blob_digests": [key for key, _ in prepared.blobs],
+            "blob_sizes": [len(data) for _, data in prepared.blobs],
+            "blob_data": [data for _, data in prepared.blobs],
+            "seq": entry.seq,
+            "kind": entry.kind,
+            "request": prepared.request_json,
+            "request_hash": entry.request_hash,
+            "decision": entry.decision,
+            "reasons": prepared.reasons_json,
+            "response": prepared.response_json,
+            "error": prepared.error_json,
+            "started_at": entry.started_at,
+            "duration_us": entry.duration_us,
+            "prev_hash": entry.prev_hash,
+            "hash": entry.hash,
+            "event_types": [kind for kind, _ in events],
+            "event_data": [json.dumps(data, separators=(",", ":")) for _, data in events],
+        }
+        cursor = raw.cursor()
+        try:
+            cursor.execute(_PG_STEP, params)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        if row is None or row[0] != 1:
+            raise LeaseLost(f"attempt {attempt} of run {run_id} no longer holds its lease")
 
     def commit(
         self,
@@ -141,6 +219,9 @@ class HeldStepWriter:
     def __init__(self, writer: StepWriter, raw: Any) -> None:
         self._writer = writer
         self._raw = raw
+        self._one_statement = writer.db.engine.dialect.name == "postgresql"
+        if self._one_statement:
+            raw.driver_connection.autocommit = True
 
     def commit(
         self,
@@ -148,10 +229,21 @@ class HeldStepWriter:
         run_id: str,
         attempt: int,
         owner: str,
-        prepared: Prepared | None,
+        prepared: Prepared,
         events: Events,
         at: datetime,
     ) -> None:
+        if self._one_statement:
+            self._writer.pg_step(
+                self._raw,
+                run_id=run_id,
+                attempt=attempt,
+                owner=owner,
+                prepared=prepared,
+                events=events,
+                at=at,
+            )
+            return
         with self._writer.db.raw_write(self._raw) as cursor:
             self._writer.write_on(
                 cursor, run_id=run_id, attempt=attempt, owner=owner, prepared=prepared, events=events, at=at
