@@ -164,25 +164,6 @@ class Journal:
             blobs=found,
         )
 
-    def _store_payload(self, conn: Connection, value: Any) -> Any:
-        """The value itself, or a blob reference when its canonical form is large."""
-        if value is None:
-            return None
-        data = canonical(value)
-        if len(data) <= BLOB_THRESHOLD:
-            return value
-        key = digest(data)
-        conn.execute(
-            self._insert_blob.values(
-                digest=key,
-                size=len(data),
-                data=data,
-                created_at=self._clock.now(),
-                media_type="application/json",
-            )
-        )
-        return {"$blob": key, "size": len(data)}
-
     def append(
         self,
         conn: Connection,
@@ -201,26 +182,35 @@ class Journal:
         duration_us: int,
         prev_hash: str,
     ) -> Entry:
-        """Add one entry inside the caller's write transaction (which has already checked the fence)."""
-        entry = Entry(
+        """Add one entry inside the caller's write transaction (which has already checked the fence).
+
+        The readable reference of the write; the gateway's hot path writes the same rows from
+        ``prepare``'s output with prebuilt SQL (``bastion.execution.runs.StepWriter``).
+        """
+        prepared = self.prepare(
             run_id=run_id,
             seq=seq,
             attempt=attempt,
             kind=kind,
-            request=self._store_payload(conn, request),
+            request=request,
             request_hash=request_hash,
             decision=decision,
             reasons=reasons,
-            response=self._store_payload(conn, response),
+            response=response,
             error=error,
             started_at=started_at,
             duration_us=duration_us,
             prev_hash=prev_hash,
-            hash="",
         )
-        entry = replace(entry, hash=entry_hash(prev_hash, entry.hashed_fields()))
-        conn.execute(insert(journal_entries).values(**entry.__dict__))
-        return entry
+        now = self._clock.now()
+        for key, data in prepared.blobs:
+            conn.execute(
+                self._insert_blob.values(
+                    digest=key, size=len(data), data=data, created_at=now, media_type="application/json"
+                )
+            )
+        conn.execute(insert(journal_entries).values(**prepared.entry.__dict__))
+        return prepared.entry
 
     def entries(self, run_id: str, *, conn: Connection | None = None) -> list[Entry]:
         """Every entry of a run in seq order, as stored (blob references not resolved)."""
