@@ -359,3 +359,13 @@ def test_the_sdk_copy_is_read_only_and_removed_on_close(tmp_path: Path) -> None:
     assert not copy.exists()
     with pytest.raises(SandboxError, match="closed"):
         backend.start(SandboxSpec(workspace=tmp_path), on_log=print)
+
+
+def test_a_shared_sdk_cache_is_made_once_and_outlives_its_backends(tmp_path: Path) -> None:
+    cache = tmp_path / "sdk"
+    with ProcessBackend(sdk_cache=cache), ProcessBackend(sdk_cache=cache):
+        pass
+    versions = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert len(versions) == 1
+    assert (versions[0] / "bastion" / "agent" / "_runner.py").exists()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".staging-")]

@@ -65,7 +65,7 @@ class Bastion:
     def worker(self, *, owner: str | None = None) -> Worker:
         """A worker over this Bastion's store, with the configured sandbox backend."""
         if self._backend is None:
-            self._backend = ProcessBackend()
+            self._backend = ProcessBackend(sdk_cache=self.settings.home / "sdk")
         config = WorkerConfig(
             owner=owner or f"{socket.gethostname()}:{os.getpid()}:{self.ids.token(4)}",
             workspace_root=self.settings.resolved_workspace_dir,

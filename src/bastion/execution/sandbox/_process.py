@@ -10,6 +10,7 @@ network; RLIMIT_NPROC counts every process of that user and is not enforced for 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -83,7 +84,16 @@ class ProcessBackend:
 
     name = "process"
 
-    def __init__(self) -> None:
+    def __init__(self, *, sdk_cache: Path | None = None) -> None:
+        """Args:
+        sdk_cache: a directory where read-only SDK copies are kept, one per SDK version, and shared
+            by every backend and process that names it (a worker killed with SIGKILL leaves nothing
+            behind). Without it, the backend makes a private copy and removes it on ``close``.
+        """
+        if sdk_cache is not None:
+            self._sdk = _shared_sdk(sdk_cache)
+            self._cleanup = weakref.finalize(self, lambda: None)
+            return
         self._sdk = Path(tempfile.mkdtemp(prefix="bastion-sdk-"))
         self._cleanup = weakref.finalize(self, _remove_tree, self._sdk)
         _copy_sdk(self._sdk)
@@ -422,6 +432,27 @@ def _copy_sdk(root: Path) -> None:
         path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
     for path in (target / "agent", target, root):
         path.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+
+
+def _sdk_sources() -> list[Path]:
+    source = Path(__file__).resolve().parents[2]
+    return [source / "__init__.py", *sorted((source / "agent").glob("*.py"))]
+
+
+def _shared_sdk(cache: Path) -> Path:
+    """The cache's copy of this SDK version, made once (built aside, then renamed into place)."""
+    version = hashlib.sha256(b"".join(p.read_bytes() for p in _sdk_sources())).hexdigest()[:16]
+    target = cache / version
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache))
+    _copy_sdk(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process put the same version in place first
+        _remove_tree(staging)
+    return target
 
 
 def _remove_tree(root: Path) -> None:
