@@ -218,6 +218,14 @@ class BastionClient:
     def verify_run(self, run_id: str, *, namespace: str = "default") -> dict[str, Any]:
         return self._request("GET", self._run_path(run_id, namespace, "/verify"))
 
+    def export_record(self, run_id: str, *, namespace: str = "default") -> dict[str, Any]:
+        """The run's signed ExecutionRecord (verify it offline with ``bastion.observe.record``)."""
+        return self._request("GET", self._run_path(run_id, namespace, "/record"))
+
+    def record_key(self) -> dict[str, Any]:
+        """The tenant's record-signing public key: ``{alg, keyId, publicKey}``."""
+        return self._request("GET", "/api/v1/record-key")
+
     def verify_all(self) -> dict[str, Any]:
         return self._request("GET", "/api/v1/audit/verify")
 

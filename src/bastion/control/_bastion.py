@@ -17,6 +17,7 @@ from bastion.execution.tools import builtin_tools
 from bastion.observe.journal import Journal
 from bastion.secrets import LocalKeyProvider, Sealer, load_or_create_master_key, parse_master_key
 
+from ._records import RecordService
 from ._resources import ResourceService, StoreResourceReader
 from .settings import Settings
 from .store import Store
@@ -60,6 +61,7 @@ class Bastion:
             ids=ids,
             metrics=GatewayMetrics(self.registry),
         )
+        self.records = RecordService(self.store, self.sealer, self.journal)
         self._backend: ProcessBackend | None = None
 
     def worker(self, *, owner: str | None = None) -> Worker:

@@ -228,6 +228,20 @@ def verify_run(
     return _verdict(bastion, run)
 
 
+@router.get("/namespaces/{namespace}/runs/{run_id}/record", summary="Export the run's signed ExecutionRecord")
+def record(
+    namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    with bastion.store.read() as conn:
+        run = _get_run(bastion, conn, principal, namespace, run_id)
+    return bastion.records.export(run)
+
+
+@router.get("/record-key", tags=["audit"], summary="The tenant's public key for verifying records offline")
+def record_key(bastion: BastionDep, principal: PrincipalDep) -> dict[str, Any]:
+    return bastion.records.public_key(principal.tenant_id)
+
+
 @router.get("/audit/verify", tags=["audit"], summary="Verify the journal of every run of the tenant")
 def verify_all(
     bastion: BastionDep, principal: PrincipalDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000

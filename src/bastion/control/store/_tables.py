@@ -91,6 +91,15 @@ resource_labels = Table(
     Index(None, "key", "value"),
 )
 
+record_keys = Table(
+    "record_keys",
+    control_metadata,
+    Column("tenant_id", String(36), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("sealed_private_key", LargeBinary, nullable=False),
+    Column("created_at", Timestamp(), nullable=False),
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     control_metadata,

@@ -1,0 +1,116 @@
+"""``bastion record export|verify|key``: the signed ExecutionRecord of a run."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import typer
+
+from bastion.errors import UserError
+from bastion.observe.record import verify_record
+
+from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, run_command
+from ._output import out
+
+record_app = typer.Typer(
+    help="Export and verify ExecutionRecords (signed, verifiable offline).", no_args_is_help=True
+)
+app.add_typer(record_app, name="record")
+
+
+@record_app.command("export")
+def export(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    namespace: NsOpt = "default",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Print (or write) the run's ExecutionRecord: spec, input, every journal entry, blobs, result, signature."""
+
+    def body() -> None:
+        with client_for(url, api_key) as client:
+            record = client.export_record(run_id, namespace=namespace)
+        text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text, encoding="utf-8")
+            out.print(
+                f"record of run {run_id} written to {output} ({len(record['entries'])} entries)",
+                highlight=False,
+            )
+
+    run_command(body)
+
+
+@record_app.command("key")
+def key(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Print the tenant's record public key (pin it with `record verify --public-key`)."""
+
+    def body() -> None:
+        with client_for(url, api_key) as client:
+            found = client.record_key()
+        out.print(f"{found['alg']} key {found['keyId']}: {found['publicKey']}", highlight=False)
+
+    run_command(body)
+
+
+@record_app.command("verify")
+def verify(
+    path: Annotated[Path, typer.Argument(metavar="RECORD.json", help="An exported record; '-' for stdin.")],
+    public_key: Annotated[
+        str | None,
+        typer.Option("--public-key", help="The tenant's key (base64), to refuse re-signed records."),
+    ] = None,
+) -> None:
+    """Check a record offline, with no server: hash chain, blobs, head, signature."""
+
+    def body() -> int:
+        try:
+            text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+            record: Any = json.loads(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(
+                f"cannot read {path}: {exc}",
+                field="RECORD.json",
+                hint="pass a file written by `bastion record export`",
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path} is not JSON: {exc.msg} at line {exc.lineno}",
+                field="RECORD.json",
+                hint="pass a file written by `bastion record export`",
+            ) from None
+        pinned: bytes | None = None
+        if public_key is not None:
+            try:
+                pinned = base64.b64decode(public_key, validate=True)
+            except binascii.Error:
+                raise UserError(
+                    "--public-key is not base64",
+                    field="--public-key",
+                    hint="copy it from `bastion record key`",
+                ) from None
+        document: dict[str, Any] = cast(dict[str, Any], record) if isinstance(record, dict) else {}
+        verdict = verify_record(document, public_key=pinned)
+        if verdict.ok:
+            out.print(
+                f"[green]ok[/]: {verdict.entries} entries, head {verdict.head[:16]}, signed by key {verdict.key_id}",
+                highlight=False,
+            )
+            return 0
+        where = f" at seq {verdict.broken_seq}" if verdict.broken_seq is not None else ""
+        out.print(f"[red]BROKEN[/]{where}: {verdict.reason}", highlight=False)
+        return 1
+
+    code = run_command(body)
+    if code:
+        raise typer.Exit(code)
