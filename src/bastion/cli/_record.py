@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -110,6 +111,75 @@ def verify(
         where = f" at seq {verdict.broken_seq}" if verdict.broken_seq is not None else ""
         out.print(f"[red]BROKEN[/]{where}: {verdict.reason}", highlight=False)
         return 1
+
+    code = run_command(body)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def replay(
+    target: Annotated[
+        str, typer.Argument(metavar="RUN|RECORD.json", help="A run id, or an exported record file.")
+    ],
+    until: Annotated[int | None, typer.Option("--until", min=1, help="Stop after this seq.")] = None,
+    namespace: NsOpt = "default",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Re-execute the agent offline against its record; every request must match byte for byte."""
+    from bastion.execution.runs import Replayer
+    from bastion.execution.sandbox import ProcessBackend
+    from bastion.execution.tools import builtin_tools
+
+    def body() -> int:
+        path = Path(target)
+        if path.suffix == ".json" or path.exists():
+            try:
+                document: Any = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise UserError(
+                    f"cannot read the record {target}: {exc}",
+                    field="RUN|RECORD.json",
+                    hint="pass a file from `bastion record export`",
+                ) from None
+        else:
+            with client_for(url, api_key) as client:
+                document = client.export_record(target, namespace=namespace)
+        record: dict[str, Any] = cast(dict[str, Any], document) if isinstance(document, dict) else {}
+        if "entries" not in record or "agent" not in record:
+            raise UserError(
+                f"{target} is not an ExecutionRecord",
+                field="RUN|RECORD.json",
+                hint="pass a file from `bastion record export`",
+            )
+        with tempfile.TemporaryDirectory(prefix="bastion-replay-") as scratch, ProcessBackend() as backend:
+            report = Replayer(record, backend, builtin_tools()).run(
+                Path(scratch),
+                until=until,
+                on_step=lambda seq, what: out.print(
+                    f"#{seq:<4} {what:<20} [green]matches[/]", highlight=False
+                ),
+            )
+        if report.divergence is not None:
+            out.print(f"[red]diverged at seq {report.divergence}[/]: {report.reason}", highlight=False)
+            if report.diff:
+                out.print(report.diff, markup=False)
+            return 1
+        if report.stopped_at is not None:
+            out.print(
+                f"[green]ok[/]: replayed to seq {report.stopped_at}, every request matched", highlight=False
+            )
+            return 0
+        if report.result_matches is False:
+            out.print(f"[red]the result differs[/]: {report.reason}", highlight=False)
+            out.print(report.diff, markup=False)
+            return 1
+        out.print(
+            f"[green]ok[/]: {len(report.verified)} calls replayed, every request and the result matched",
+            highlight=False,
+        )
+        return 0
 
     code = run_command(body)
     if code:

@@ -61,7 +61,9 @@ class Bastion:
             ids=ids,
             metrics=GatewayMetrics(self.registry),
         )
-        self.records = RecordService(self.store, self.sealer, self.journal)
+        self.records = RecordService(
+            self.store, self.sealer, self.journal, StoreResourceReader(self.store, self.resources)
+        )
         self._backend: ProcessBackend | None = None
 
     def worker(self, *, owner: str | None = None) -> Worker:

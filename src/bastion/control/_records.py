@@ -14,12 +14,14 @@ from bastion.observe.journal import Journal, blobs
 from bastion.observe.record import build_record, key_id
 from bastion.secrets import Sealer
 
+from ._resources import StoreResourceReader
 from .store import Store
 from .store._tables import record_keys
 
 
 class RecordService:
-    def __init__(self, store: Store, sealer: Sealer, journal: Journal) -> None:
+    def __init__(self, store: Store, sealer: Sealer, journal: Journal, reader: StoreResourceReader) -> None:
+        self._reader = reader
         self._store = store
         self._sealer = sealer
         self._journal = journal
@@ -76,10 +78,15 @@ class RecordService:
                     found[row[0]] = bytes(row[1])
         summary = {k: v for k, v in run.public().items() if k not in {"journal"}}
         summary["tenantId"] = run.tenant_id
-        return build_record(
+        record = build_record(
             run=summary,
             agent=run.agent_spec,
             entries=entries,
             blobs=found,
             signing_key=self.signing_key(run.tenant_id),
         )
+        # The agent's tools as they are now (not signed): replay uses them to re-create workspace effects.
+        listed = set(run.agent_spec.get("spec", {}).get("tools", []))
+        tools = self._reader.resources(run.tenant_id, "Tool", run.namespace)
+        record["tools"] = {m["metadata"]["name"]: m for m in tools if m["metadata"]["name"] in listed}
+        return record

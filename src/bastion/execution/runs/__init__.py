@@ -1,5 +1,6 @@
 """The run engine: runs, leases, attempts, events (DESIGN §3, Run engine)."""
 
+from ._replay import Replayer, ReplayReport
 from ._states import ACTIVE, FINISHED, RunState, can_move
 from ._store import DEFAULT_MAX_ATTEMPTS, Claim, Event, Run, RunStore
 from ._tables import metadata, run_events, runs
@@ -11,6 +12,8 @@ __all__ = [
     "FINISHED",
     "Claim",
     "Event",
+    "ReplayReport",
+    "Replayer",
     "Run",
     "RunState",
     "RunStore",

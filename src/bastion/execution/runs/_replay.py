@@ -1,0 +1,171 @@
+"""Replay: re-execute an agent offline against its ExecutionRecord (DESIGN §3, Observe).
+
+The agent runs afresh in a sandbox; every call it makes is answered from the record, after
+checking that the request is byte for byte the recorded one (canonical JSON). Calls to
+workspace-only tools are also re-executed in the replay's own workspace, so an agent that reads
+back its files from disk sees them as it did. The first divergence stops the replay and names the
+seq with a readable diff; ``until`` stops it after that seq.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from bastion.errors import LimitExceeded, RunKilled, SandboxError
+from bastion.execution.sandbox import (
+    DENIED,
+    INVALID,
+    TOOL_FAILED,
+    CallError,
+    SandboxBackend,
+    SandboxLimits,
+    SandboxSpec,
+)
+from bastion.execution.tools import Tool, ToolContext
+from bastion.observe.journal import canonical
+
+_KINDS = {"tool.call", "time.now", "random.random", "random.uuid"}
+
+
+@dataclass(kw_only=True)
+class ReplayReport:
+    verified: list[int] = field(default_factory=list[int])
+    """Seqs whose request matched the record."""
+    divergence: int | None = None
+    """The seq where the agent asked for something else (or more, or less)."""
+    diff: str = ""
+    reason: str = ""
+    result: Any = None
+    result_matches: bool | None = None
+    stopped_at: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.divergence is None and self.result_matches is not False
+
+
+class _Stop(RunKilled):
+    """Ends the agent: a divergence was found, or ``until`` was reached."""
+
+
+def _pretty(value: Any) -> list[str]:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+
+
+class Replayer:
+    def __init__(self, record: dict[str, Any], backend: SandboxBackend, tools: dict[str, Tool]) -> None:
+        self.record = record
+        self.backend = backend
+        self.tools = tools
+        self.entries = cast(list[dict[str, Any]], record["entries"])
+        self.blobs = {k: base64.b64decode(v) for k, v in cast(dict[str, str], record["blobs"]).items()}
+        self.tool_manifests = cast(dict[str, dict[str, Any]], record.get("tools", {}))
+
+    def _resolve(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        ref = cast(dict[str, Any], value)
+        return json.loads(self.blobs[str(ref["$blob"])]) if "$blob" in ref else ref
+
+    def run(
+        self, workspace: Path, *, until: int | None = None, on_step: Callable[[int, str], None] | None = None
+    ) -> ReplayReport:
+        spec: dict[str, Any] = self.record["agent"]["spec"]
+        module = str(spec["entrypoint"]).split(":")[0]
+        (workspace / (module.replace(".", "/") + ".py")).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / (module.replace(".", "/") + ".py")).write_text(spec.get("source", ""), encoding="utf-8")
+        report = ReplayReport()
+        seq = 0
+
+        def handle(method: str, params: dict[str, Any]) -> Any:
+            nonlocal seq
+            if method not in _KINDS:
+                raise CallError(INVALID, f"unknown method {method!r}")
+            seq += 1
+            request = {"method": method, "params": params}
+            if seq > len(self.entries):
+                report.divergence, report.reason = seq, "the agent made a call the record does not have"
+                report.diff = "\n".join(_pretty(request))
+                raise _Stop(report.reason)
+            entry = self.entries[seq - 1]
+            recorded = self._resolve(entry["request"])
+            if canonical(request) != canonical(recorded):
+                report.divergence, report.reason = seq, "the request differs from the recorded one"
+                report.diff = "\n".join(
+                    difflib.unified_diff(
+                        _pretty(recorded), _pretty(request), "recorded", "replayed", lineterm=""
+                    )
+                )
+                raise _Stop(report.reason)
+            report.verified.append(seq)
+            if on_step is not None:
+                on_step(seq, str(params.get("name") or method))
+            self._redo_workspace_effect(entry, params, workspace, seq)
+            if until is not None and seq >= until:
+                report.stopped_at = seq
+                raise _Stop(f"stopped after seq {seq}")
+            error = cast(dict[str, Any] | None, entry["error"])
+            if error is not None:
+                code = {"policy_denied": DENIED, "invalid_request": INVALID}.get(
+                    str(error.get("type")), TOOL_FAILED
+                )
+                raise CallError(
+                    code, str(error.get("reason") or "; ".join(error.get("reasons", [])) or "failed"), error
+                )
+            return self._resolve(entry["response"])
+
+        sandbox = self.backend.start(
+            SandboxSpec(workspace=workspace, limits=SandboxLimits(wall_seconds=300)), on_log=lambda _: None
+        )
+        try:
+            report.result = sandbox.call(
+                "run",
+                {"entrypoint": spec["entrypoint"], "input": self.record["run"].get("input")},
+                handler=handle,
+            )
+        except _Stop:
+            return report
+        except CallError as exc:
+            report.result = {"error": exc.message}
+        except (LimitExceeded, SandboxError) as exc:
+            report.reason = exc.detail
+        finally:
+            sandbox.stop()
+        if report.divergence is None and len(report.verified) < len(self.entries):
+            report.divergence = len(report.verified) + 1
+            report.reason = (
+                f"the agent finished after {len(report.verified)} calls; the record has {len(self.entries)}"
+            )
+        recorded_result = self.record["run"].get("result")
+        report.result_matches = canonical(report.result) == canonical(recorded_result)
+        if not report.result_matches and report.divergence is None:
+            report.reason = "the result differs from the recorded one"
+            report.diff = "\n".join(
+                difflib.unified_diff(
+                    _pretty(recorded_result), _pretty(report.result), "recorded", "replayed", lineterm=""
+                )
+            )
+        return report
+
+    def _redo_workspace_effect(
+        self, entry: dict[str, Any], params: dict[str, Any], workspace: Path, seq: int
+    ) -> None:
+        if entry["kind"] != "tool" or entry["decision"] != "allow":
+            return
+        manifest = self.tool_manifests.get(str(params.get("name")))
+        impl: dict[str, Any] = (manifest or {}).get("spec", {}).get("implementation", {})
+        tool = self.tools.get(str(impl.get("name"))) if impl.get("type") == "builtin" else None
+        if tool is not None and tool.workspace_only:
+            try:
+                tool.invoke(
+                    dict(params.get("args", {})),
+                    ToolContext(run_id=str(self.record["run"]["id"]), seq=seq, workspace=workspace),
+                )
+            except Exception:  # the recorded answer is what the agent gets either way
+                return
