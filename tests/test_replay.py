@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -108,3 +109,51 @@ def test_cli_replays_a_run_and_a_file(tenant: Tenant, record: dict[str, Any], tm
         app, ["replay", str(path), "--until", "1"], env={"BASTION_URL": "http://127.0.0.1:9"}
     )
     assert result.exit_code == 0 and "replayed to seq 1" in result.output
+
+
+FORKED = """
+from bastion import agent
+
+def main(input):
+    first = agent.uuid()
+    agent.tools.call("fs.write", path="a.txt", content=first)
+    second = agent.uuid()
+    return {"first": first, "second": second, "file": open("a.txt").read()}
+"""
+
+
+def test_fork_at_replays_to_the_seq_and_goes_live(tenant: Tenant, tmp_path: Path) -> None:
+    with tenant.client() as client:
+        client.apply(
+            raw(
+                builtin_tool("fs.write"),
+                code_agent("forky", FORKED, tools=["fs.write"]),
+                grant_for("forky", "fs.write"),
+            )
+        )
+        parent = wait_finished(client, client.create_run("forky")["id"])
+        child = client.fork_run(parent["id"], 2)
+        assert child["parent"] == {"run": parent["id"], "forkSeq": 2}
+        done = wait_finished(client, child["id"])
+        assert done["state"] == "Succeeded", done
+        assert done["result"]["first"] == parent["result"]["first"]  # replayed from the journal
+        assert done["result"]["file"] == parent["result"]["first"]  # the workspace effect re-created
+        assert done["result"]["second"] != parent["result"]["second"]  # live after the fork
+        entries = client.journal(child["id"])
+        assert [(e["seq"], e["attempt"]) for e in entries] == [(1, 0), (2, 0), (3, 1)]
+        assert client.verify_run(child["id"])["ok"]
+        assert client.verify_run(parent["id"])["ok"]
+        response = httpx.post(
+            f"{tenant.server.url}/api/v1/namespaces/default/runs/{parent['id']}/fork",
+            json={"seq": 99},
+            headers={"Authorization": f"Bearer {tenant.admin_key}"},
+        )
+        assert response.status_code == 422
+        assert response.json()["field"] == "seq"
+    result = CliRunner().invoke(
+        app,
+        ["replay", parent["id"], "--fork-at", "1"],
+        env={"BASTION_URL": tenant.server.url, "BASTION_API_KEY": tenant.admin_key},
+    )
+    assert result.exit_code == 0, result.output
+    assert "forked from" in result.output and "Succeeded" in result.output

@@ -123,6 +123,12 @@ def replay(
         str, typer.Argument(metavar="RUN|RECORD.json", help="A run id, or an exported record file.")
     ],
     until: Annotated[int | None, typer.Option("--until", min=1, help="Stop after this seq.")] = None,
+    fork_at: Annotated[
+        int | None,
+        typer.Option(
+            "--fork-at", min=0, help="Start a new live run that replays to this seq and continues; follow it."
+        ),
+    ] = None,
     namespace: NsOpt = "default",
     url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -133,6 +139,8 @@ def replay(
     from bastion.execution.tools import builtin_tools
 
     def body() -> int:
+        if fork_at is not None:
+            return _fork(target, fork_at, namespace, url, api_key)
         path = Path(target)
         if path.suffix == ".json" or path.exists():
             try:
@@ -184,3 +192,19 @@ def replay(
     code = run_command(body)
     if code:
         raise typer.Exit(code)
+
+
+def _fork(run_id: str, seq: int, namespace: str, url: str | None, api_key: str | None) -> int:
+    from ._runs import show_event
+
+    with client_for(url, api_key) as client:
+        child = client.fork_run(run_id, seq, namespace=namespace)
+        out.print(f"run {child['id']} forked from {run_id} at seq {seq}; following it", highlight=False)
+        for event in client.events(child["id"], namespace=namespace):
+            show_event(event)
+        final = client.get_run(child["id"], namespace=namespace)
+    if final["state"] == "Succeeded":
+        out.print_json(data=final["result"])
+        return 0
+    out.print(f"[red]{final['state']}[/]: {final.get('reason') or ''}", highlight=False)
+    return 1

@@ -209,6 +209,10 @@ class BastionClient:
             params["state"] = state
         return self._request("GET", path, params=params)["items"]
 
+    def fork_run(self, run_id: str, seq: int, *, namespace: str = "default") -> dict[str, Any]:
+        """A new run that replays this one's journal up to ``seq`` and continues live."""
+        return self._request("POST", self._run_path(run_id, namespace, "/fork"), json={"seq": seq})
+
     def cancel_run(self, run_id: str, *, namespace: str = "default") -> dict[str, Any]:
         return self._request("POST", self._run_path(run_id, namespace, "/cancel"))
 

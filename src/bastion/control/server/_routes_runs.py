@@ -162,6 +162,51 @@ def get_run(
         return _get_run(bastion, conn, principal, namespace, run_id).public()
 
 
+class RunFork(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seq: Annotated[int, Field(ge=0, description="Inherit the parent's journal up to and including this seq.")]
+
+
+@router.post("/namespaces/{namespace}/runs/{run_id}/fork", status_code=201, summary="Fork a run at a seq")
+async def fork_run(
+    request: Request,
+    namespace: NamespacePath,
+    run_id: RunIdPath,
+    body: RunFork,
+    bastion: BastionDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """A new live run of the same agent and input whose first attempt replays the parent's journal
+    up to ``seq`` and continues live from there (time-travel debugging)."""
+    require(principal, "developer", "start runs")
+
+    def operation(conn: Connection) -> tuple[int, dict[str, Any]]:
+        parent = _get_run(bastion, conn, principal, namespace, run_id)
+        entries = bastion.journal.entries(parent.id, conn=conn)
+        if body.seq > len(entries):
+            raise UserError(
+                f"run {run_id} has {len(entries)} journal entries; cannot fork at seq {body.seq}",
+                field="seq",
+                hint=f"use a seq from 0 to {len(entries)}",
+                status=422,
+            )
+        child = bastion.runs.create(
+            conn,
+            tenant_id=principal.tenant_id,
+            namespace=namespace,
+            agent=parent.agent,
+            agent_spec=parent.agent_spec,
+            input=parent.input,
+            parent_run_id=parent.id,
+            fork_seq=body.seq,
+        )
+        bastion.journal.copy_prefix(conn, entries, run_id=child.id, upto=body.seq)
+        return 201, child.public()
+
+    return await run_idempotent(request, bastion, principal, idempotency_key, operation)
+
+
 @router.post("/namespaces/{namespace}/runs/{run_id}/cancel", summary="Cancel a run")
 def cancel_run(
     namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep

@@ -48,6 +48,10 @@ class Run:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    parent_run_id: str | None = None
+    """The run this one was forked from (``replay --fork-at``)."""
+    fork_seq: int | None = None
+    """The parent's seq up to which this run inherited the journal."""
 
     def public(self) -> dict[str, Any]:
         """The run as the API returns it."""
@@ -67,6 +71,7 @@ class Run:
             "createdAt": _stamp(self.created_at),
             "updatedAt": _stamp(self.updated_at),
             "finishedAt": _stamp(self.finished_at) if self.finished_at else None,
+            "parent": {"run": self.parent_run_id, "forkSeq": self.fork_seq} if self.parent_run_id else None,
         }
 
 
@@ -118,6 +123,8 @@ class RunStore:
         agent_spec: dict[str, Any],
         input: Any,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        parent_run_id: str | None = None,
+        fork_seq: int | None = None,
     ) -> Run:
         now = self.clock.now()
         values: dict[str, Any] = {
@@ -140,6 +147,8 @@ class RunStore:
             "created_at": now,
             "updated_at": now,
             "finished_at": None,
+            "parent_run_id": parent_run_id,
+            "fork_seq": fork_seq,
         }
         conn.execute(insert(runs).values(**values))
         self.add_event(conn, values["id"], "state", {"state": str(RunState.PENDING), "attempt": 0})

@@ -32,6 +32,8 @@ runs = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("finished_at", UtcDateTime(), nullable=True),
+    Column("parent_run_id", String(36), nullable=True),
+    Column("fork_seq", Integer, nullable=True),
     Index(None, "state", "lease_expires_at"),
     Index(None, "tenant_id", "namespace", "created_at"),
 )

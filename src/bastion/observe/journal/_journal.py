@@ -212,6 +212,31 @@ class Journal:
         conn.execute(insert(journal_entries).values(**prepared.entry.__dict__))
         return prepared.entry
 
+    def copy_prefix(self, conn: Connection, source: list[Entry], *, run_id: str, upto: int) -> int:
+        """Give a new run the first ``upto`` entries of another, re-chained under its own id (a
+        fork): its first attempt replays them and goes live after. Returns the count copied."""
+        head = GENESIS
+        copied = 0
+        for entry in source[:upto]:
+            new = self.append(
+                conn,
+                run_id=run_id,
+                seq=entry.seq,
+                attempt=0,
+                kind=entry.kind,
+                request=entry.request,
+                request_hash=entry.request_hash,
+                decision=entry.decision,
+                reasons=entry.reasons,
+                response=entry.response,
+                error=entry.error,
+                started_at=entry.started_at,
+                duration_us=entry.duration_us,
+                prev_hash=head,
+            )
+            head, copied = new.hash, copied + 1
+        return copied
+
     def entries(self, run_id: str, *, conn: Connection | None = None) -> list[Entry]:
         """Every entry of a run in seq order, as stored (blob references not resolved)."""
         query = (
