@@ -71,6 +71,9 @@ def test_a_code_agent_runs_governed_and_journaled(tools_applied: Tenant) -> None
     metrics = httpx.get(f"{tools_applied.server.url}/metrics").text
     assert 'bastion_gateway_calls_total{decision="deny",kind="tool"}' in metrics
     assert 'bastion_gateway_calls_total{decision="allow",kind="uuid"}' in metrics
+    succeeded = [line for line in metrics.splitlines() if line.startswith('bastion_runs{state="Succeeded"}')]
+    assert succeeded and float(succeeded[0].split()[-1]) >= 1
+    assert 'bastion_runs{state="Scheduled"}' in metrics
 
 
 def test_events_resume_after_last_event_id(tools_applied: Tenant) -> None:

@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
 
 from bastion.control._bastion import Bastion
 from bastion.errors import Unavailable
+from bastion.execution.runs import RunState, runs
 
 from . import _routes_admin, _routes_resources, _routes_runs
 from ._middleware import BodyLimit, Metrics
 from ._problems import ProblemResponse, install_problem_handlers, problem_response
 
 log = logging.getLogger("bastion.server")
+
+
+class RunStates(Collector):
+    """``bastion_runs{state}``: runs by state, read from the database at scrape time, so every
+    worker's runs count, wherever it runs. Labels are bounded: states only, no run ids."""
+
+    def __init__(self, bastion: Bastion) -> None:
+        self._bastion = bastion
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("bastion_runs", "Runs by state.", labels=["state"])
+        try:
+            with self._bastion.store.read() as conn:
+                query = select(runs.c.state, func.count()).group_by(runs.c.state)
+                counts: dict[str, int] = {str(row[0]): int(row[1]) for row in conn.execute(query)}
+        except Exception:  # a scrape must not fail because the database is away; /readyz says so
+            log.warning("could not count runs for /metrics", exc_info=True)
+            return
+        for state in RunState:
+            family.add_metric([str(state)], float(counts.get(str(state), 0)))
+        yield family
 
 
 def create_app(bastion: Bastion) -> FastAPI:
@@ -39,6 +65,8 @@ def create_app(bastion: Bastion) -> FastAPI:
     )
     app.state.bastion = bastion
     registry = bastion.registry
+    with contextlib.suppress(ValueError):  # already registered by an earlier app over this Bastion
+        registry.register(RunStates(bastion))
     install_problem_handlers(app)
     app.include_router(_routes_admin.router)
     app.include_router(_routes_resources.router)
