@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/journal.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/observe.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
