@@ -14,6 +14,7 @@ from bastion.execution.gateway import Gateway, GatewayMetrics
 from bastion.execution.runs import RunStore, Worker, WorkerConfig
 from bastion.execution.sandbox import ProcessBackend
 from bastion.execution.tools import builtin_tools
+from bastion.observe import Telemetry
 from bastion.observe.journal import Journal
 from bastion.secrets import LocalKeyProvider, Sealer, load_or_create_master_key, parse_master_key
 
@@ -52,6 +53,7 @@ class Bastion:
         self.registry = CollectorRegistry()
         self.runs = RunStore(self.store, clock=clock, ids=ids)
         self.journal = Journal(self.store, clock)
+        self.telemetry = Telemetry(otlp_endpoint=settings.otlp_endpoint, console=settings.trace_console)
         self.gateway = Gateway(
             self.store,
             self.journal,
@@ -60,6 +62,7 @@ class Bastion:
             clock=clock,
             ids=ids,
             metrics=GatewayMetrics(self.registry),
+            telemetry=self.telemetry,
         )
         self.records = RecordService(
             self.store, self.sealer, self.journal, StoreResourceReader(self.store, self.resources)
@@ -77,7 +80,7 @@ class Bastion:
             poll_seconds=self.settings.poll_seconds,
             concurrency=self.settings.worker_concurrency,
         )
-        return Worker(self.runs, self.gateway, self._backend, config)
+        return Worker(self.runs, self.gateway, self._backend, config, telemetry=self.telemetry)
 
     def start_worker(self) -> tuple[threading.Thread, threading.Event]:
         """Run one worker in a background thread (what ``bastion up`` does); set the event to stop it."""
@@ -99,4 +102,5 @@ class Bastion:
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+        self.telemetry.shutdown()
         self.store.close()

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     """A worker's lease on a run; another worker takes the run over this long after it dies."""
     poll_seconds: float = Field(default=0.2, gt=0, le=60)
     """How often an idle worker looks for runs to claim."""
+    otlp_endpoint: str | None = None
+    """An OTLP/HTTP collector (e.g. ``http://127.0.0.1:4318``): spans are batched and sent to
+    ``{otlp_endpoint}/v1/traces``. Unset, no span leaves the process (and none is recorded)."""
+    trace_console: bool = False
+    """Print every finished span to stdout (development)."""
 
     @property
     def resolved_database_url(self) -> str:

@@ -21,7 +21,7 @@ from bastion.api import Clock, IdSource
 from bastion.errors import NonDeterministic, ToolCallFailed
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
-from bastion.observe import Database
+from bastion.observe import Database, RunSpan, Telemetry, ToolSpan
 from bastion.observe.journal import GENESIS, Entry, Journal, Prepared, canonical, digest
 from bastion.policy import Decision, Grant, Subject, decide_tool_call
 
@@ -31,6 +31,8 @@ from ._scrub import Redactor
 from ._secrets import SecretResolver
 
 GRANTS_TTL_SECONDS = 1.0
+_NO_SPAN = ToolSpan(None)
+"""Time, randomness and ids get no span (see ``bastion.observe.Telemetry``)."""
 KINDS = {"tool.call": "tool", "time.now": "time", "random.random": "random", "random.uuid": "uuid"}
 
 
@@ -56,6 +58,8 @@ class Attempt:
     workspace: Path
     fence: Fence
     commit: Commit
+    span: RunSpan | None = None
+    """The attempt's ``invoke_agent`` span: tool spans are started as its children."""
 
 
 class Gateway:
@@ -70,11 +74,13 @@ class Gateway:
         ids: IdSource,
         metrics: GatewayMetrics | None = None,
         limits: ToolLimits | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.db, self.journal, self.resources = db, journal, resources
         self.tools, self.clock, self.ids = tools, clock, ids
         self.metrics = metrics or GatewayMetrics()
         self.limits = limits or ToolLimits()
+        self.telemetry = telemetry or Telemetry()
 
     def session(self, attempt: Attempt) -> GatewaySession:
         return GatewaySession(self, attempt)
@@ -134,17 +140,33 @@ class GatewaySession:
             raise CallError(INVALID, "the request is not JSON", {"type": "invalid_request"}) from None
         seq = self.seq + 1
         recorded = self.recorded.get(seq)
+        span = _NO_SPAN
+        if kind == "tool":
+            name = params.get("name")
+            span = self.g.telemetry.tool_span(
+                self.attempt.span,
+                tool=name if isinstance(name, str) else "?",
+                seq=seq,
+                replayed=recorded is not None,
+            )
         try:
-            if recorded is not None:
-                return self._replay(seq, kind, request, request_hash, recorded)
-            return self._live(seq, kind, request, request_hash)
+            with span:
+                if recorded is not None:
+                    return self._replay(seq, kind, request, request_hash, recorded, span)
+                return self._live(seq, kind, request, request_hash, span)
         finally:
             self.g.metrics.latency.labels(kind).observe(time.perf_counter() - started)
 
     # --- replay ----------------------------------------------------------------------
 
     def _replay(
-        self, seq: int, kind: str, request: dict[str, Any], request_hash: str, recorded: Entry
+        self,
+        seq: int,
+        kind: str,
+        request: dict[str, Any],
+        request_hash: str,
+        recorded: Entry,
+        span: ToolSpan,
     ) -> Any:
         if recorded.request_hash != request_hash:
             was = self.g.journal.resolve(recorded.request)
@@ -164,12 +186,14 @@ class GatewaySession:
         if tool is not None and tool.workspace_only and recorded.decision == "allow":
             # Workspace effects are re-created: this attempt started from the initial workspace.
             value, error = self._invoke(seq, tool, request["params"], Decision(effect="allow", reasons=()))
+            span.outcome(recorded.decision, error)
             return self._answer(value, error)
+        span.outcome(recorded.decision, recorded.error)
         return self._answer(self.g.journal.resolve(recorded.response), recorded.error)
 
     # --- live ------------------------------------------------------------------------
 
-    def _live(self, seq: int, kind: str, request: dict[str, Any], request_hash: str) -> Any:
+    def _live(self, seq: int, kind: str, request: dict[str, Any], request_hash: str, span: ToolSpan) -> Any:
         started_at = self.g.clock.now()
         t0 = time.perf_counter()
         decision: Decision
@@ -222,6 +246,7 @@ class GatewaySession:
         attempt.commit(prepared, [("call", event)])
         self.seq, self.head = seq, prepared.entry.hash
         self.g.metrics.calls.labels(kind, decision.effect).inc()
+        span.outcome(decision.effect, error)
         return self._answer(value, error)
 
     def _seam(self, kind: str) -> Any:

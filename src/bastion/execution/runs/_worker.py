@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 from bastion.errors import LeaseLost, LimitExceeded, NonDeterministic, RunError, SandboxError
 from bastion.execution.gateway import Attempt, Gateway, GatewaySession
 from bastion.execution.sandbox import CallError, SandboxBackend, SandboxLimits, SandboxSpec
+from bastion.observe import RunSpan, Telemetry
 from bastion.observe.journal import Prepared
 
 from ._states import RunState
@@ -53,9 +54,16 @@ class _Outcome(Exception):
 
 class Worker:
     def __init__(
-        self, runs: RunStore, gateway: Gateway, backend: SandboxBackend, config: WorkerConfig
+        self,
+        runs: RunStore,
+        gateway: Gateway,
+        backend: SandboxBackend,
+        config: WorkerConfig,
+        *,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.runs, self.gateway, self.backend, self.config = runs, gateway, backend, config
+        self.telemetry = telemetry or gateway.telemetry
         self.steps = StepWriter(runs.db)
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bastion-attempt")
         self._active: set[Future[None]] = set()
@@ -109,6 +117,7 @@ class _AttemptRunner:
         self.log_lock = threading.Lock()
         self.session: GatewaySession | None = None
         self.writer: HeldStepWriter | None = None
+        self.span: RunSpan | None = None
 
     # --- fencing and events, handed to the gateway ------------------------------------
 
@@ -147,6 +156,14 @@ class _AttemptRunner:
 
     def run(self) -> None:
         run = self.run_
+        with self.w.telemetry.run_span(
+            run_id=run.id, agent=run.agent, attempt=run.attempt, namespace=run.namespace, tenant=run.tenant_id
+        ) as span:
+            self.span = span
+            self._run(span)
+
+    def _run(self, span: RunSpan) -> None:
+        run = self.run_
         workspace = self._fresh_workspace()
         attempt = Attempt(
             run_id=run.id,
@@ -158,6 +175,7 @@ class _AttemptRunner:
             workspace=workspace,
             fence=self.fence,
             commit=self.commit,
+            span=span,
         )
         # The lease clock started at the claim: renew from now on, through setup as well.
         heartbeat = threading.Thread(target=self._heartbeat, name=f"bastion-lease-{run.id[:8]}", daemon=True)
@@ -166,15 +184,16 @@ class _AttemptRunner:
             with self.w.steps.held() as writer:
                 self.writer = writer
                 result = self._attempt(attempt, workspace)
-        except LeaseLost:
+        except LeaseLost as exc:
             log.warning("attempt %s of run %s lost its lease; abandoning it", run.attempt, run.id)
+            span.fail("lease_lost", exc.detail, exc)
             return
         except _Outcome as outcome:
             if outcome.state is not None:
                 self._finish(outcome.state, reason=outcome.reason)
             return
         except RunError as exc:
-            self._finish(RunState.FAILED, reason=exc.detail)
+            self._finish(RunState.FAILED, reason=exc.detail, exc=exc)
             return
         finally:
             self.stopping.set()
@@ -228,8 +247,10 @@ class _AttemptRunner:
         session = self.session
         assert session is not None
         try:
+            # The run span's context, so agent code (and the coming shim) can continue the trace.
+            env = {"TRACEPARENT": self.span.traceparent} if self.span is not None else {}
             self.sandbox = self.w.backend.start(
-                SandboxSpec(workspace=workspace, limits=self._limits()), on_log=self.on_log
+                SandboxSpec(workspace=workspace, limits=self._limits(), env=env), on_log=self.on_log
             )
         except SandboxError as exc:
             raise _Outcome(RunState.FAILED, f"the sandbox did not start: {exc.detail}") from None
@@ -286,7 +307,18 @@ class _AttemptRunner:
         except LeaseLost:
             self.lost.set()
 
-    def _finish(self, state: RunState, *, reason: str | None = None, result: Any = None) -> None:
+    def _finish(
+        self,
+        state: RunState,
+        *,
+        reason: str | None = None,
+        result: Any = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        if self.span is not None:
+            self.span.finished(state)
+            if state != RunState.SUCCEEDED:
+                self.span.fail(_error_type(state, exc), reason or str(state), exc)
         journal = self.session.journal_head if self.session else None
         try:
             with self.w.runs.db.write() as conn:
@@ -301,3 +333,10 @@ class _AttemptRunner:
                 state,
                 self.run_.attempt,
             )
+
+
+def _error_type(state: RunState, exc: BaseException | None) -> str:
+    """``error.type`` of a run span: the exception's class, else the run's end state."""
+    if exc is not None:
+        return type(exc).__name__
+    return str(state).lower()
