@@ -74,6 +74,7 @@ def test_a_code_agent_runs_governed_and_journaled(tools_applied: Tenant) -> None
     succeeded = [line for line in metrics.splitlines() if line.startswith('bastion_runs{state="Succeeded"}')]
     assert succeeded and float(succeeded[0].split()[-1]) >= 1
     assert 'bastion_runs{state="Scheduled"}' in metrics
+    assert "bastion_lease_takeovers_total " in metrics
 
 
 def test_events_resume_after_last_event_id(tools_applied: Tenant) -> None:

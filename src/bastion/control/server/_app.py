@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -39,12 +39,21 @@ class RunStates(Collector):
             with self._bastion.store.read() as conn:
                 query = select(runs.c.state, func.count()).group_by(runs.c.state)
                 counts: dict[str, int] = {str(row[0]): int(row[1]) for row in conn.execute(query)}
+                # Every attempt after a run's first began with a claim of an expired lease.
+                takeovers = conn.execute(
+                    select(func.coalesce(func.sum(runs.c.attempt - 1), 0)).where(runs.c.attempt > 1)
+                ).scalar()
         except Exception:  # a scrape must not fail because the database is away; /readyz says so
             log.warning("could not count runs for /metrics", exc_info=True)
             return
         for state in RunState:
             family.add_metric([str(state)], float(counts.get(str(state), 0)))
         yield family
+        yield CounterMetricFamily(
+            "bastion_lease_takeovers",
+            "Attempts that took a run over from a worker whose lease expired.",
+            value=float(takeovers or 0),
+        )
 
 
 def create_app(bastion: Bastion) -> FastAPI:
