@@ -135,4 +135,7 @@ def test_bastion_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "# Weather for Oslo" in out  # the report the agent wrote into its workspace
     assert "http.fetch" in out and "default deny" in out  # the denial, visible
     assert "hash chain intact" in out  # the audit verify verdict
+    assert "signed by the tenant's key" in out  # the record, verified offline
+    assert "requests matched the record byte for byte" in out  # a clean replay
+    assert "invoke_agent weather-reporter" in out and "execute_tool weather.get" in out  # the trace
     assert "demo-weather-key" not in out

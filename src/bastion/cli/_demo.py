@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bastion.api import RawDocument
 from bastion.client import BastionClient
 from bastion.errors import UserError
+from bastion.execution.runs import Replayer
+from bastion.execution.sandbox import ProcessBackend
+from bastion.execution.tools import builtin_tools
+from bastion.observe.record import verify_record
 
 from ._app import app, load_manifests, run_command
 from ._output import out
@@ -40,11 +47,18 @@ def demo(
             first = bastion.bootstrap()
             key = first.admin_key if first else _fresh_admin_key(bastion)
             with weather_api(token, port=DEMO_API_PORT), serve_in_thread(create_app(bastion)) as url:
+                spans = InMemorySpanExporter()
+                bastion.telemetry.add_exporter(spans)
                 thread, stop = bastion.start_worker()
                 try:
-                    return _run_demo(
+                    code = _run_demo(
                         BastionClient(url, key), docs, city, bastion.settings.resolved_workspace_dir, data
                     )
+                    code = code or _show_trace(spans)
+                    out.print(
+                        f"\n[dim]The demo's data is in {data}; `BASTION_HOME={data} bastion up` serves it.[/]"
+                    )
+                    return code
                 finally:
                     stop.set()
                     thread.join(timeout=30)
@@ -116,5 +130,53 @@ def _run_demo(client: BastionClient, docs: list[Any], city: str, workspaces: Pat
             if verdict["ok"]
             else f"[red]BROKEN at seq {verdict['brokenSeq']}[/]: {verdict['reason']}"
         )
-        out.print(f"\n[dim]The demo's data is in {data}; `BASTION_HOME={data} bastion up` serves it.[/]")
-        return 0 if verdict["ok"] and denied else 1
+        if not (verdict["ok"] and denied):
+            return 1
+        return _record_and_replay(client, run["id"], data)
+
+
+def _record_and_replay(client: BastionClient, run_id: str, data: Path) -> int:
+    out.rule("[bold]6. export the signed ExecutionRecord and verify it offline")
+    record = client.export_record(run_id)
+    path = data / f"record-{run_id[:8]}.json"
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    pinned = base64.b64decode(client.record_key()["publicKey"])
+    checked = verify_record(json.loads(path.read_text(encoding="utf-8")), public_key=pinned)
+    if not checked.ok:
+        out.print(f"[red]BROKEN[/]: {checked.reason}")
+        return 1
+    out.print(
+        f"{path}: [green]ok[/], {checked.entries} entries, signed by the tenant's key {checked.key_id}",
+        highlight=False,
+    )
+    out.rule("[bold]7. replay it offline: the agent again, every answer from the record")
+    with tempfile.TemporaryDirectory(prefix="bastion-demo-replay-") as scratch, ProcessBackend() as backend:
+        report = Replayer(record, backend, builtin_tools()).run(Path(scratch))
+    if not report.ok:
+        out.print(f"[red]diverged at seq {report.divergence}[/]: {report.reason}")
+        return 1
+    out.print(
+        f"[green]clean[/]: {len(report.verified)} requests matched the record byte for byte, and the result too"
+    )
+    return 0
+
+
+def _show_trace(spans: InMemorySpanExporter) -> int:
+    out.rule("[bold]8. the trace (OpenTelemetry spans; BASTION_OTLP_ENDPOINT sends them to a collector)")
+    finished = sorted(spans.get_finished_spans(), key=lambda s: s.start_time or 0)
+    runs = [s for s in finished if s.name.startswith("invoke_agent")]
+    for root in runs[:1]:
+        context = root.get_span_context()
+        root_id = context.span_id if context is not None else None
+        out.print(
+            f"{root.name}  {((root.end_time or 0) - (root.start_time or 0)) / 1e6:.1f} ms", highlight=False
+        )
+        for child in finished:
+            if child.parent is not None and child.parent.span_id == root_id:
+                attrs = child.attributes or {}
+                took = ((child.end_time or 0) - (child.start_time or 0)) / 1e6
+                out.print(
+                    f"  └ {child.name:<24} {attrs.get('bastion.decision', '')!s:<6} {took:.1f} ms",
+                    highlight=False,
+                )
+    return 0 if runs else 1
