@@ -181,6 +181,8 @@ def test_cli_export_and_offline_verify(tenant: Tenant, tmp_path: Path) -> None:
     offline = {"BASTION_URL": "http://127.0.0.1:9", "BASTION_API_KEY": ""}
     result = runner.invoke(app, ["record", "verify", str(path), "--public-key", key], env=offline)
     assert result.exit_code == 0 and "ok" in result.output, result.output
+    result = runner.invoke(app, ["record", "verify", str(path)], env=offline)
+    assert result.exit_code == 3 and "UNPINNED" in result.output, result.output
     forged = json.loads(path.read_text())
     forged["entries"][1]["response"] = {"content": "forged"}
     path.write_text(json.dumps(forged))

@@ -69,10 +69,14 @@ def verify(
     path: Annotated[Path, typer.Argument(metavar="RECORD.json", help="An exported record; '-' for stdin.")],
     public_key: Annotated[
         str | None,
-        typer.Option("--public-key", help="The tenant's key (base64), to refuse re-signed records."),
+        typer.Option("--public-key", help="The tenant's record key (base64, from `bastion record key`)."),
     ] = None,
 ) -> None:
-    """Check a record offline, with no server: hash chain, blobs, head, signature."""
+    """Check a record offline, with no server: hash chain, blobs, head, signature.
+
+    A record carries the public key it was signed with, so only a pinned key (--public-key) proves
+    that the tenant signed it; without one the verdict says UNPINNED and the exit code is 3.
+    """
 
     def body() -> int:
         try:
@@ -102,6 +106,13 @@ def verify(
                 ) from None
         document: dict[str, Any] = cast(dict[str, Any], record) if isinstance(record, dict) else {}
         verdict = verify_record(document, public_key=pinned)
+        if verdict.ok and pinned is None:
+            out.print(
+                f"[yellow]UNPINNED[/]: {verdict.entries} entries, chain and signature consistent, but signed by key "
+                f"{verdict.key_id}, which the record itself names; pass --public-key to prove it is the tenant's",
+                highlight=False,
+            )
+            return 3
         if verdict.ok:
             out.print(
                 f"[green]ok[/]: {verdict.entries} entries, head {verdict.head[:16]}, signed by key {verdict.key_id}",

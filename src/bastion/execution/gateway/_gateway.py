@@ -8,6 +8,7 @@ answer leaves. Tools and the clock know nothing of this: the session wraps them 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, cast
 from sqlalchemy import Connection
 
 from bastion.api import Clock, IdSource
-from bastion.errors import NonDeterministic, ToolCallFailed
+from bastion.errors import NonDeterministic, RunError, ToolCallFailed
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
 from bastion.observe import Database, RunSpan, Telemetry, ToolSpan
@@ -30,6 +31,7 @@ from ._resources import ResourceReader
 from ._scrub import Redactor
 from ._secrets import SecretResolver
 
+log = logging.getLogger("bastion.gateway")
 GRANTS_TTL_SECONDS = 1.0
 _NO_SPAN = ToolSpan(None)
 """Time, randomness and ids get no span (see ``bastion.observe.Telemetry``)."""
@@ -154,6 +156,14 @@ class GatewaySession:
                 if recorded is not None:
                     return self._replay(seq, kind, request, request_hash, recorded, span)
                 return self._live(seq, kind, request, request_hash, span)
+        except (CallError, RunError):
+            raise  # an answer for the agent, or the end of this attempt (lease lost, non-determinism)
+        except Exception:
+            # Anything else is Bastion's fault, not the agent's: a fixed answer, the details in our log.
+            log.exception("the gateway failed on seq %s of run %s", seq, self.attempt.run_id)
+            raise CallError(
+                TOOL_FAILED, "the gateway failed on this call", {"type": "gateway_error"}
+            ) from None
         finally:
             self.g.metrics.latency.labels(kind).observe(time.perf_counter() - started)
 
@@ -186,6 +196,8 @@ class GatewaySession:
         if tool is not None and tool.workspace_only and recorded.decision == "allow":
             # Workspace effects are re-created: this attempt started from the initial workspace.
             value, error = self._invoke(seq, tool, request["params"], Decision(effect="allow", reasons=()))
+            value = self.redactor.scrub(value)
+            error = cast(dict[str, Any] | None, self.redactor.scrub(error))
             span.outcome(recorded.decision, error)
             return self._answer(value, error)
         span.outcome(recorded.decision, recorded.error)

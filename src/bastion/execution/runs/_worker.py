@@ -315,6 +315,9 @@ class _AttemptRunner:
         result: Any = None,
         exc: BaseException | None = None,
     ) -> None:
+        if reason is not None and self.session is not None:
+            # Reasons can quote the agent's requests (non-determinism): scrub them like everything else.
+            reason = self.session.redactor.scrub_text(reason)
         if self.span is not None:
             self.span.finished(state)
             if state != RunState.SUCCEEDED:
