@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, cast
 
 import typer
 import yaml
@@ -32,7 +32,6 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(namespaces_app, name="namespaces")
 
-T = TypeVar("T")
 
 UrlOpt = Annotated[
     str | None, typer.Option("--url", help="Server URL [env: BASTION_URL].", show_default=False)
@@ -59,13 +58,16 @@ def client_for(url: str | None, api_key: str | None) -> BastionClient:
     return BastionClient(resolved_url, key)
 
 
-def run_command(action: Callable[[], T]) -> T:
-    """Run a command body; a Bastion error becomes a clear message and exit code 1."""
+def run_command(action: Callable[[], int | None]) -> None:
+    """Run a command body: a Bastion error becomes a clear message and exit code 1, and a body
+    that returns a non-zero number exits with it."""
     try:
-        return action()
+        code = action()
     except BastionError as exc:
         print_error(exc)
         raise typer.Exit(1) from None
+    if code:
+        raise typer.Exit(int(code))
 
 
 def load_manifests(paths: list[Path]) -> list[RawDocument]:
@@ -158,7 +160,7 @@ def apply(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
 def diff(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Show what `apply` would change, as JSON patches; exits 1 when something would change."""
 
-    def body() -> bool:
+    def body() -> int:
         docs = load_manifests(files)
         changed = False
         with client_for(url, api_key) as client:
@@ -172,10 +174,9 @@ def diff(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
                 for op in plan["patch"]:
                     value = f" {json.dumps(op['value'])}" if "value" in op else ""
                     out.print(f"  {op['op']} {op['path']}{value}", markup=False)
-        return changed
+        return 1 if changed else 0
 
-    if run_command(body):
-        raise typer.Exit(1)
+    run_command(body)
 
 
 @app.command()

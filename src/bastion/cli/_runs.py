@@ -99,9 +99,7 @@ def run(
                 show_event(event)
             return _finish(client, created["id"], namespace)
 
-    code = run_command(body)
-    if code:
-        raise typer.Exit(code)
+    run_command(body)
 
 
 @app.command()
@@ -213,9 +211,7 @@ def audit_verify(
         )
         return 1 if bad else 0
 
-    code = run_command(body)
-    if code:
-        raise typer.Exit(code)
+    run_command(body)
 
 
 @app.command()
