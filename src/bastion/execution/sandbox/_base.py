@@ -39,12 +39,30 @@ class SandboxLimits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Image:
+    """A read-only Python environment an agent runs in (built per ``spec.image`` and
+    ``requirements``, cached by digest). Backends mount it read-only; the sandbox sees nothing else
+    of the host's Python."""
+
+    name: str
+    """The base it was built from, e.g. ``python3.11``."""
+    digest: str
+    """sha256 of the base and the exact requirements: equal digests, equal environments."""
+    interpreter: Path
+    """The interpreter the sandbox runs (a host path inside a directory the backend mounts)."""
+    site_packages: Path | None = None
+    """The requirements, installed; put on ``sys.path`` after the SDK, before the workspace."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SandboxSpec:
     workspace: Path
     """A host directory the caller prepared (agent source already in it); the agent's cwd."""
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     env: Mapping[str, str] = field(default_factory=dict[str, str])
     """The agent's whole environment: nothing is inherited from the host."""
+    image: Image | None = None
+    """None: the backend's default interpreter, with the standard library and the SDK only."""
 
 
 class SandboxState(enum.StrEnum):
