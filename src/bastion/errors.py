@@ -237,6 +237,19 @@ class LeaseLost(RunError):
     title = "Lease lost"
 
 
+class RunSuspended(RunError):
+    """The attempt ends cleanly to wait for something (an approval): the sandbox is released and the
+    run waits, holding no lease; the event re-queues it and the next attempt replays to here."""
+
+    slug = "run-suspended"
+    status = 409
+    title = "Run suspended"
+
+    def __init__(self, detail: str, *, approval_id: str) -> None:
+        super().__init__(detail, field="approval")
+        self.approval_id = approval_id
+
+
 class ToolCallFailed(RunError):
     """A tool failed; journaled, and raised again on replay with the same fields."""
 

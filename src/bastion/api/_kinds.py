@@ -229,6 +229,10 @@ class ToolGrantSpec(Model):
     with ``:port``); empty means none."""
     rate_limit: RateLimit | None = None
     require_approval: bool = False
+    """Each call this grant allows waits for a human decision (``bastion approve``); the run is
+    suspended meanwhile, holding no sandbox."""
+    approval_timeout: Duration = "24h"
+    """An undecided approval past this is denied (expired)."""
     min_tier: Tier = "T0"
     expires_at: datetime | None = None
     """After this instant the grant matches nothing."""

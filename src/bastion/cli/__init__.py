@@ -1,6 +1,7 @@
 """The ``bastion`` command line."""
 
 from . import _admin as _admin  # registers the keys, tenants and namespaces commands
+from . import _approvals as _approvals  # registers approvals, approve and deny
 from . import _demo as _demo  # registers demo
 from . import _record as _record  # registers record export|verify|key
 from . import _runs as _runs  # registers run, runs, logs, cancel, audit and worker

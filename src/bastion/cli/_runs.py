@@ -47,6 +47,17 @@ def show_event(event: dict[str, Any]) -> None:
                 out.print(f"               {reason}", markup=False)
         case "log":
             out.print(f"{at} | {data['line']}", markup=False)
+        case "approval":
+            if data.get("state") == "pending":
+                out.print(
+                    f"{at} #{data.get('seq', '?'):<3} approval {data['id']} needed for {data.get('tool')}: "
+                    f"`bastion approve {data['id']}` or `bastion deny {data['id']}`",
+                    markup=False,
+                )
+            else:
+                by = f" by {data['by']}" if data.get("by") else ""
+                why = f": {data['reason']}" if data.get("reason") else ""
+                out.print(f"{at} approval {data['id']} {data['state']}{by}{why}", markup=False)
         case _:
             out.print(f"{at} {event['type']} {json.dumps(data)}", markup=False)
 

@@ -216,6 +216,26 @@ class BastionClient:
     def cancel_run(self, run_id: str, *, namespace: str = "default") -> dict[str, Any]:
         return self._request("POST", self._run_path(run_id, namespace, "/cancel"))
 
+    def list_approvals(
+        self, *, state: str = "pending", namespace: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Approvals in ``state`` (pending, approved, denied, expired or all), oldest first."""
+        params: dict[str, Any] = {"state": state, "limit": limit}
+        if namespace:
+            params["namespace"] = namespace
+        return self._request("GET", "/api/v1/approvals", params=params)["items"]
+
+    def get_approval(self, approval_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/approvals/{quote(approval_id, safe='')}")
+
+    def decide_approval(
+        self, approval_id: str, *, approve: bool, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Approve or deny a waiting call; its run resumes."""
+        verb = "approve" if approve else "deny"
+        path = f"/api/v1/approvals/{quote(approval_id, safe='')}/{verb}"
+        return self._request("POST", path, json={"reason": reason})
+
     def journal(self, run_id: str, *, namespace: str = "default") -> list[dict[str, Any]]:
         return self._request("GET", self._run_path(run_id, namespace, "/journal"))["items"]
 

@@ -39,6 +39,8 @@ class Grant:
     min_tier: str = "T0"
     expires_at: datetime | None = None
     egress: Sequence[str] = ()
+    require_approval: bool = False
+    approval_timeout_seconds: int = 86_400
 
     def names(self, subject: Subject) -> bool:
         by_labels = bool(self.labels) and all(subject.labels.get(k) == v for k, v in self.labels.items())
@@ -101,6 +103,15 @@ def _decide(
                 (f"grant {grant.name!r} allows {grant.max_calls} calls per run; all are used", rule)
             )
             continue
+        if grant.require_approval:
+            return Decision(
+                effect="require_approval",
+                reasons=(f"grant {grant.name!r} lets {subject.name!r} call {tool!r} once a human approves",),
+                rule_ids=(rule,),
+                egress=tuple(grant.egress),
+                grant=grant.name,
+                meta={"approval_timeout_seconds": str(grant.approval_timeout_seconds)},
+            )
         return Decision(
             effect="allow",
             reasons=(f"grant {grant.name!r} lets {subject.name!r} call {tool!r}",),

@@ -34,6 +34,8 @@ class Principal:
     role: str
     system: bool
     """True for keys of the system tenant, whose admins manage tenants."""
+    key_name: str = ""
+    """The key's name (``bastion keys create NAME``): who did it, in audit trails."""
 
     def at_least(self, role: str) -> bool:
         return ROLES.index(self.role) >= ROLES.index(role)
@@ -258,6 +260,7 @@ class Store:
             tenant=row["tenant"],
             role=row["role"],
             system=row["system"],
+            key_name=row["name"],
         )
 
     # --- namespaces -----------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The gateway: the single enforcement point between a sandbox and the world."""
 
+from ._approvals import STATES as APPROVAL_STATES
+from ._approvals import Approval, ApprovalState, ApprovalStore
+from ._approvals import metadata as approvals_metadata
 from ._gateway import Attempt, Gateway, GatewaySession
 from ._metrics import GatewayMetrics
 from ._resources import ResourceReader
@@ -7,6 +10,10 @@ from ._scrub import Redactor
 from ._secrets import SecretResolver
 
 __all__ = [
+    "APPROVAL_STATES",
+    "Approval",
+    "ApprovalState",
+    "ApprovalStore",
     "Attempt",
     "Gateway",
     "GatewayMetrics",
@@ -14,4 +21,5 @@ __all__ = [
     "Redactor",
     "ResourceReader",
     "SecretResolver",
+    "approvals_metadata",
 ]

@@ -12,20 +12,21 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Connection
 
-from bastion.api import Clock, IdSource
-from bastion.errors import NonDeterministic, RunError, ToolCallFailed
+from bastion.api import Clock, IdSource, parse_duration
+from bastion.errors import NonDeterministic, RunError, RunSuspended, ToolCallFailed
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
 from bastion.observe import Database, RunSpan, Telemetry, ToolSpan
 from bastion.observe.journal import GENESIS, Entry, Journal, Prepared, canonical, digest
 from bastion.policy import Decision, Grant, Subject, decide_tool_call
 
+from ._approvals import Approval, ApprovalState, ApprovalStore
 from ._metrics import GatewayMetrics
 from ._resources import ResourceReader
 from ._scrub import Redactor
@@ -83,6 +84,7 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self.limits = limits or ToolLimits()
         self.telemetry = telemetry or Telemetry()
+        self.approvals = ApprovalStore(ids)
 
     def session(self, attempt: Attempt) -> GatewaySession:
         return GatewaySession(self, attempt)
@@ -212,7 +214,7 @@ class GatewaySession:
         value: Any = None
         error: dict[str, Any] | None = None
         if kind == "tool":
-            decision, value, error = self._tool_call(seq, request["params"], started_at)
+            decision, value, error = self._tool_call(seq, request["params"], request_hash, started_at)
         else:
             decision = Decision(
                 effect="allow",
@@ -288,7 +290,7 @@ class GatewaySession:
         return self._grants_cache[1]
 
     def _tool_call(
-        self, seq: int, params: dict[str, Any], now: datetime
+        self, seq: int, params: dict[str, Any], request_hash: str, now: datetime
     ) -> tuple[Decision, Any, dict[str, Any] | None]:
         name, args = params.get("name"), params.get("args", {})
         if not isinstance(name, str) or not isinstance(args, dict):
@@ -309,6 +311,8 @@ class GatewaySession:
             calls_by_grant=self.calls_by_grant,
             now=now,
         )
+        if decision.effect == "require_approval":
+            decision = self._approval(seq, name, args, request_hash, decision, now)
         if not decision.allowed:
             return (
                 decision,
@@ -338,6 +342,42 @@ class GatewaySession:
                 self.attempt.fence(conn)
         value, error = self._invoke(seq, tool, params, decision)
         return decision, value, error
+
+    def _approval(
+        self, seq: int, tool: str, args: Any, request_hash: str, decision: Decision, now: datetime
+    ) -> Decision:
+        """The decision a human made on this call, or suspend the run until one is made.
+
+        Raises:
+            RunSuspended: no decision yet; the attempt ends and the run waits without a sandbox.
+        """
+        attempt, store = self.attempt, self.g.approvals
+        with self.g.db.write() as conn:
+            attempt.fence(conn)
+            found = store.for_call(conn, attempt.run_id, seq)
+            if found is not None and found.request_hash == request_hash:
+                state = found.effective_state(now)
+                if state == "expired" and found.state == "pending":
+                    store.expire(conn, found, now)
+                if state != "pending":
+                    return _decided(found, state, decision)
+            else:
+                ttl = int(decision.meta.get("approval_timeout_seconds", "86400"))
+                found = store.request(
+                    conn,
+                    tenant_id=attempt.tenant_id,
+                    namespace=attempt.namespace,
+                    run_id=attempt.run_id,
+                    seq=seq,
+                    agent=attempt.agent,
+                    tool=tool,
+                    args=self.redactor.scrub(args),
+                    request_hash=request_hash,
+                    reasons=[self.redactor.scrub_text(r) for r in decision.reasons],
+                    now=now,
+                    expires_at=now + timedelta(seconds=ttl),
+                )
+        raise RunSuspended(f"waiting for approval {found.id} of a call to {tool!r}", approval_id=found.id)
 
     def _invoke(
         self, seq: int, tool: Tool, params: dict[str, Any], decision: Decision
@@ -388,7 +428,28 @@ def _grant(manifest: dict[str, Any]) -> Grant:
         if isinstance(expires, str)
         else None,
         egress=spec.get("egress", []),
+        require_approval=bool(spec.get("requireApproval", False)),
+        approval_timeout_seconds=parse_duration(spec.get("approvalTimeout", "24h")),
     )
+
+
+def _decided(approval: Approval, state: ApprovalState, asked: Decision) -> Decision:
+    """The policy's ``require_approval`` turned into what the human (or the deadline) decided."""
+    rule_ids = (*asked.rule_ids, f"approval/{approval.id}")
+    why = f": {approval.reason}" if approval.reason else ""
+    if state == "approved":
+        return Decision(
+            effect="allow",
+            reasons=(*asked.reasons, f"approved by {approval.decided_by}{why}"),
+            rule_ids=rule_ids,
+            egress=asked.egress,
+            grant=asked.grant,
+        )
+    if state == "expired":
+        reason = f"approval {approval.id} expired at {approval.expires_at.isoformat()} without a decision"
+    else:
+        reason = f"denied by {approval.decided_by}{why}"
+    return Decision(effect="deny", reasons=(*asked.reasons, reason), rule_ids=rule_ids)
 
 
 def _summary(request: Any) -> str:

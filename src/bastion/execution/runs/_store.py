@@ -333,6 +333,54 @@ class RunStore:
             event["reason"] = reason
         self.add_event(conn, run.id, "state", event)
 
+    def park(
+        self, conn: Connection, run: Run, owner: str, state: RunState, *, reason: str, ready: bool
+    ) -> None:
+        """End the claimed attempt cleanly to wait (``WaitingApproval`` or ``Suspended``), holding no
+        lease and no sandbox. ``ready``: what it waits for happened already, so go straight back to
+        the queue. A suspension is not a failed attempt: the run gets one more attempt in its budget,
+        so waiting many times never turns it into a poison run."""
+        self.fence(conn, run.id, run.attempt, owner)
+        self._set(
+            conn,
+            run.id,
+            state=state,
+            reason=reason,
+            lease_owner=None,
+            lease_expires_at=None,
+            max_attempts=runs.c.max_attempts + 1,
+        )
+        self.add_event(conn, run.id, "state", {"state": str(state), "attempt": run.attempt, "reason": reason})
+        if ready:
+            self.requeue(conn, run.id, reason="what it waited for happened while it was suspending")
+
+    def lock(self, conn: Connection, run_id: str) -> Run | None:
+        """Read a run and, on PostgreSQL, lock its row until the transaction ends (the lock a worker's
+        fence takes), so a decision and a suspension cannot cross."""
+        query = select(runs).where(runs.c.id == run_id)
+        if self._postgres:
+            query = query.with_for_update()
+        row = conn.execute(query).mappings().first()
+        return _run(row) if row is not None else None
+
+    def requeue(self, conn: Connection, run_id: str, *, reason: str) -> bool:
+        """Put a waiting run back in the queue; False if it is not waiting (finished, or not parked yet)."""
+        result = conn.execute(
+            update(runs)
+            .where(
+                runs.c.id == run_id,
+                runs.c.state.in_([str(RunState.WAITING_APPROVAL), str(RunState.SUSPENDED)]),
+            )
+            .values(state=str(RunState.SCHEDULED), reason=None, updated_at=self.clock.now())
+        )
+        if result.rowcount != 1:
+            return False
+        attempt = conn.execute(select(runs.c.attempt).where(runs.c.id == run_id)).scalar()
+        self.add_event(
+            conn, run_id, "state", {"state": str(RunState.SCHEDULED), "attempt": attempt, "reason": reason}
+        )
+        return True
+
     def request_cancel(self, conn: Connection, run: Run) -> Run:
         """Cancel a run: at once if no worker holds it, else by flag for its worker to act on."""
         if run.state.finished:

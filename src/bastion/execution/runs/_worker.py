@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +19,14 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from bastion.errors import LeaseLost, LimitExceeded, NonDeterministic, RunError, SandboxError
+from bastion.errors import (
+    LeaseLost,
+    LimitExceeded,
+    NonDeterministic,
+    RunError,
+    RunSuspended,
+    SandboxError,
+)
 from bastion.execution.gateway import Attempt, Gateway, GatewaySession
 from bastion.execution.sandbox import CallError, SandboxBackend, SandboxLimits, SandboxSpec
 from bastion.observe import RunSpan, Telemetry
@@ -28,6 +36,8 @@ from ._states import RunState
 from ._step import HeldStepWriter, StepWriter
 from ._store import Claim, RunStore
 
+APPROVAL_SWEEP_SECONDS = 1.0
+"""How often a worker looks for approvals past their deadline."""
 log = logging.getLogger("bastion.worker")
 
 
@@ -71,13 +81,40 @@ class Worker:
 
     def run_until(self, stop: threading.Event) -> None:
         """Claim and execute runs until ``stop`` is set; then wait for the attempts in flight."""
+        swept = 0.0
         try:
             while not stop.is_set():
+                if time.monotonic() - swept >= APPROVAL_SWEEP_SECONDS:
+                    swept = time.monotonic()
+                    self.expire_approvals()
                 claimed = self.claim_into_pool()
                 if not claimed:
                     stop.wait(self.config.poll_seconds)
         finally:
             self._pool.shutdown(wait=True)
+
+    def expire_approvals(self) -> int:
+        """Deny the approvals nobody decided in time and re-queue their runs; returns how many."""
+        approvals, expired = self.gateway.approvals, 0
+        try:
+            now = self.runs.clock.now()
+            with self.runs.db.read() as conn:  # the common case, nothing due, takes no write lock
+                due = approvals.due(conn, now)
+            if not due:
+                return 0
+            with self.runs.db.write() as conn:
+                for approval in due:
+                    self.runs.lock(conn, approval.run_id)  # the order a decision takes its locks in
+                    if not approvals.expire(conn, approval, now):
+                        continue
+                    expired += 1
+                    self.runs.add_event(
+                        conn, approval.run_id, "approval", {"id": approval.id, "state": "expired"}
+                    )
+                    self.runs.requeue(conn, approval.run_id, reason=f"approval {approval.id} expired")
+        except Exception:
+            log.exception("expiring approvals failed")
+        return expired
 
     def claim_into_pool(self) -> bool:
         with self._lock:
@@ -192,6 +229,9 @@ class _AttemptRunner:
             if outcome.state is not None:
                 self._finish(outcome.state, reason=outcome.reason)
             return
+        except RunSuspended as exc:
+            self._park(exc)
+            return
         except RunError as exc:
             self._finish(RunState.FAILED, reason=exc.detail, exc=exc)
             return
@@ -276,6 +316,34 @@ class _AttemptRunner:
             raise _Outcome(RunState.FAILED, session.redactor.scrub_text(exc.detail)) from None
         finally:
             self.sandbox.stop()
+
+    def _park(self, suspended: RunSuspended) -> None:
+        """Wait for an approval without a sandbox or a lease (suspend = stop; resume = replay)."""
+        run, approvals = self.run_, self.w.gateway.approvals
+        try:
+            with self.w.runs.db.write() as conn:
+                # Fence (the run row's lock) before reading the approval: a decision that got the lock
+                # first is visible here, and one that comes later finds the run parked and re-queues it.
+                self.fence(conn)
+                approval = approvals.get(conn, suspended.approval_id, tenant_id=run.tenant_id)
+                self.w.runs.add_events(conn, run.id, self._drain_logs())
+                if approval is not None:
+                    event = {"id": approval.id, "seq": approval.seq, "tool": approval.tool}
+                    event |= {"state": approval.state, "reasons": approval.reasons}
+                    event["expiresAt"] = approval.public()["expiresAt"]
+                    self.w.runs.add_event(conn, run.id, "approval", event)
+                self.w.runs.park(
+                    conn,
+                    run,
+                    self.claim.owner,
+                    RunState.WAITING_APPROVAL,
+                    reason=suspended.detail,
+                    ready=approval is None or approval.state != "pending",
+                )
+        except LeaseLost:
+            log.warning(
+                "run %s asked for an approval, but attempt %s had lost its lease", run.id, run.attempt
+            )
 
     def _heartbeat(self) -> None:
         interval = self.w.config.lease_seconds / 3
