@@ -26,6 +26,7 @@ from typing import Any
 
 from ._api import begin_run, end_run
 from ._channel import Channel, encode, install
+from ._shim import start_from_environment
 
 AGENT_ERROR = -32000
 LIMIT_EXCEEDED = -32010
@@ -51,11 +52,13 @@ def main() -> None:
     # Ignored, a write past RLIMIT_FSIZE fails with EFBIG instead of killing the process silently,
     # so it can be reported as the file_size limit (subprocesses inherit the ignored signal too).
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    workspace = Path.cwd().resolve()
+    # The OpenAI/Anthropic endpoint on loopback, when the host gave this run a token (see _shim).
+    start_from_environment(channel)
     try:
         while (message := channel.receive()) is not None:
             if "id" in message:
-                channel.write(_answer(message, workspace))
+                # Resolved per run: a warm sandbox's workspace is renamed when a run takes it.
+                channel.write(_answer(message, Path.cwd().resolve()))
     except MemoryError:
         os._exit(EXIT_MEMORY)
 

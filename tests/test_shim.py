@@ -1,0 +1,270 @@
+"""The in-sandbox model endpoint (issue 5, item 4): OpenAI and Anthropic wire formats on the
+sandbox's loopback, forwarded over the channel as ``llm.chat``; streaming replayed as SSE.
+
+The handler below stands in for the gateway (the host end of the channel): it records what the
+shim forwarded and answers in the requested wire format.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.execution.sandbox import DENIED, CallError, ProcessBackend, SandboxSpec
+
+TOKEN = "run-token-3b9f0c"
+
+CLIENT = """
+import json, os, urllib.request, urllib.error
+
+def post(path, body, key, base):
+    request = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer " + key, "x-api-key": key},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers.get("Content-Type"), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Content-Type"), error.read().decode()
+"""
+
+OPENAI_ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-test",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Hello from the gateway",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q": 1}'},
+                    }
+                ],
+            },
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+}
+ANTHROPIC_ANSWER = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-test",
+    "content": [
+        {"type": "text", "text": "Hello from the gateway"},
+        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": 1}},
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 5, "output_tokens": 4},
+}
+
+
+class Gateway:
+    def __init__(self, *, deny: bool = False) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.deny = deny
+
+    def __call__(self, method: str, params: dict[str, Any]) -> Any:
+        assert method == "llm.chat", method
+        self.seen.append(params)
+        if self.deny:
+            raise CallError(
+                DENIED, "denied: no model policy", {"type": "policy_denied", "reasons": ["no model policy"]}
+            )
+        return OPENAI_ANSWER if params["format"] == "openai" else ANTHROPIC_ANSWER
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[ProcessBackend]:
+    with ProcessBackend() as backend:
+        yield backend
+
+
+def run_agent(
+    backend: ProcessBackend, tmp_path: Path, body: str, gateway: Gateway, *, env: dict[str, str] | None = None
+) -> Any:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "agent.py").write_text(CLIENT + textwrap.dedent(body))
+    spec = SandboxSpec(
+        workspace=workspace,
+        env={"BASTION_RUN_TOKEN": TOKEN, "TRACEPARENT": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+        if env is None
+        else env,
+    )
+    logs: list[str] = []
+    sandbox = backend.start(spec, on_log=logs.append)
+    try:
+        return sandbox.call("run", {"entrypoint": "agent:main", "input": None}, handler=gateway)
+    finally:
+        sandbox.stop()
+
+
+def test_openai_requests_reach_the_gateway_and_come_back(backend: ProcessBackend, tmp_path: Path) -> None:
+    gateway = Gateway()
+    result = run_agent(
+        backend,
+        tmp_path,
+        """
+        def main(_):
+            base, key = os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
+            body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+            status, kind, text = post("/chat/completions", body, key, base)
+            return {"status": status, "kind": kind, "answer": json.loads(text), "token_env": "BASTION_RUN_TOKEN" in os.environ}
+        """,
+        gateway,
+    )
+    assert result["status"] == 200 and result["kind"] == "application/json"
+    assert result["answer"] == OPENAI_ANSWER
+    assert result["token_env"] is False, "the token's own variable is removed once the shim has it"
+    [forwarded] = gateway.seen
+    assert forwarded["format"] == "openai"
+    assert forwarded["body"] == {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+    assert forwarded["_meta"] == {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+
+
+def test_a_streamed_openai_answer_is_replayed_as_chunks(backend: ProcessBackend, tmp_path: Path) -> None:
+    result = run_agent(
+        backend,
+        tmp_path,
+        """
+        def main(_):
+            base, key = os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
+            body = {"model": "gpt-test", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
+            status, kind, text = post("/chat/completions", body, key, base)
+            return {"status": status, "kind": kind, "lines": [l for l in text.split("\\n") if l]}
+        """,
+        Gateway(),
+    )
+    assert result["status"] == 200 and result["kind"] == "text/event-stream"
+    lines: list[str] = result["lines"]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "Hello from the gateway"
+    calls = [d for c in chunks if c["choices"] for d in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert calls == [
+        {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "lookup", "arguments": '{"q": 1}'},
+        }
+    ]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "tool_calls"
+    assert chunks[-1]["usage"] == OPENAI_ANSWER["usage"]
+
+
+def test_anthropic_messages_stream_as_events(backend: ProcessBackend, tmp_path: Path) -> None:
+    gateway = Gateway()
+    result = run_agent(
+        backend,
+        tmp_path,
+        """
+        def main(_):
+            base, key = os.environ["ANTHROPIC_BASE_URL"], os.environ["ANTHROPIC_API_KEY"]
+            body = {"model": "claude-test", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+            plain = post("/v1/messages", body, key, base)
+            streamed = post("/v1/messages", {**body, "stream": True}, key, base)
+            return {"plain": [plain[0], json.loads(plain[2])], "streamed": streamed[2]}
+        """,
+        gateway,
+    )
+    assert result["plain"] == [200, ANTHROPIC_ANSWER]
+    assert [p["format"] for p in gateway.seen] == ["anthropic", "anthropic"]
+    events = [block.split("\n") for block in result["streamed"].strip().split("\n\n")]
+    names = [e[0].removeprefix("event: ") for e in events]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    data = [json.loads(e[1].removeprefix("data: ")) for e in events]
+    assert data[2]["delta"] == {"type": "text_delta", "text": "Hello from the gateway"}
+    assert json.loads(data[5]["delta"]["partial_json"]) == {"q": 1}
+    assert data[7]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_a_wrong_key_is_refused_and_nothing_is_forwarded(backend: ProcessBackend, tmp_path: Path) -> None:
+    gateway = Gateway()
+    result = run_agent(
+        backend,
+        tmp_path,
+        """
+        def main(_):
+            base = os.environ["OPENAI_BASE_URL"]
+            wrong = post("/chat/completions", {"model": "m", "messages": []}, "sk-guess", base)
+            empty = post("/chat/completions", {"model": "m", "messages": []}, "", base)
+            anthropic = post("/v1/messages", {"model": "m"}, "nope", os.environ["ANTHROPIC_BASE_URL"])
+            return [wrong[0], json.loads(wrong[2]), empty[0], anthropic[0], json.loads(anthropic[2])]
+        """,
+        gateway,
+    )
+    assert result[0] == 401 and result[1]["error"]["type"] == "authentication_error"
+    assert result[2] == 401
+    assert result[3] == 401 and result[4]["type"] == "error"
+    assert gateway.seen == []
+
+
+def test_a_denial_and_bad_bodies_answer_in_the_provider_format(
+    backend: ProcessBackend, tmp_path: Path
+) -> None:
+    result = run_agent(
+        backend,
+        tmp_path,
+        """
+        def main(_):
+            base, key = os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
+            denied = post("/chat/completions", {"model": "m", "messages": []}, key, base)
+            request = urllib.request.Request(base + "/chat/completions", data=b"{not json", method="POST",
+                                             headers={"Authorization": "Bearer " + key})
+            try:
+                urllib.request.urlopen(request, timeout=10)
+                bad = None
+            except urllib.error.HTTPError as error:
+                bad = [error.code, json.loads(error.read())]
+            missing = post("/embeddings", {}, key, base)
+            return [denied[0], json.loads(denied[2]), bad, missing[0]]
+        """,
+        Gateway(deny=True),
+    )
+    assert result[0] == 403 and "no model policy" in result[1]["error"]["message"]
+    assert result[2][0] == 400 and "not JSON" in result[2][1]["error"]["message"]
+    assert result[3] == 404
+
+
+def test_without_a_token_there_is_no_endpoint(backend: ProcessBackend, tmp_path: Path) -> None:
+    result = run_agent(
+        backend,
+        tmp_path,
+        """
+        def main(_):
+            return [name for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL") if name in os.environ]
+        """,
+        Gateway(),
+        env={},
+    )
+    assert result == []
