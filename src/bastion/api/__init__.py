@@ -3,6 +3,7 @@
 from ._kinds import (
     KINDS,
     SECRET_PLACEHOLDER,
+    TIERS,
     Agent,
     AgentSpec,
     MemoryScope,
@@ -42,6 +43,7 @@ __all__ = [
     "NAME_HINT",
     "ROLES",
     "SECRET_PLACEHOLDER",
+    "TIERS",
     "Agent",
     "AgentSpec",
     "Clock",

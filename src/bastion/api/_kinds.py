@@ -17,6 +17,8 @@ from pydantic import AfterValidator, Field, model_validator
 from ._meta import API_VERSION, Model, Name, ObjectMeta, Status
 
 Tier = Literal["T0", "T1", "T2", "T3", "T4"]
+TIERS: tuple[Tier, ...] = ("T0", "T1", "T2", "T3", "T4")
+"""Trust tiers, lowest first."""
 Provider = Literal["openai", "anthropic", "scripted"]
 SandboxBackend = Literal["process", "bwrap", "gvisor"]
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")

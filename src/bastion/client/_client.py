@@ -236,6 +236,23 @@ class BastionClient:
         path = f"/api/v1/approvals/{quote(approval_id, safe='')}/{verb}"
         return self._request("POST", path, json={"reason": reason})
 
+    def trust(self, agent: str, *, namespace: str = "default") -> dict[str, Any]:
+        """The agent's earned tier, whether it is revoked, and the journal of every change."""
+        return self._request("GET", self._trust_path(agent, namespace))
+
+    def change_trust(
+        self, agent: str, action: str, *, reason: str, tier: str | None = None, namespace: str = "default"
+    ) -> dict[str, Any]:
+        """promote, demote, revoke or restore an agent (role operator); journaled with the reason."""
+        body: dict[str, Any] = {"action": action, "reason": reason}
+        if tier is not None:
+            body["tier"] = tier
+        return self._request("POST", self._trust_path(agent, namespace), json=body)
+
+    @staticmethod
+    def _trust_path(agent: str, namespace: str) -> str:
+        return f"/api/v1/namespaces/{quote(namespace, safe='')}/agents/{quote(agent, safe='')}/trust"
+
     def journal(self, run_id: str, *, namespace: str = "default") -> list[dict[str, Any]]:
         return self._request("GET", self._run_path(run_id, namespace, "/journal"))["items"]
 

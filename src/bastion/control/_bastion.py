@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from bastion.api import Clock, IdSource, RandomIds, SystemClock
 from bastion.execution.gateway import Gateway, GatewayMetrics
-from bastion.execution.runs import RunStore, Worker, WorkerConfig
+from bastion.execution.runs import RunStore, TrustStore, Worker, WorkerConfig
 from bastion.execution.sandbox import ProcessBackend
 from bastion.execution.tools import builtin_tools
 from bastion.observe import Telemetry
@@ -52,6 +52,7 @@ class Bastion:
         self.resources = ResourceService(self.store, self.sealer)
         self.registry = CollectorRegistry()
         self.runs = RunStore(self.store, clock=clock, ids=ids)
+        self.trust = TrustStore()
         self.journal = Journal(self.store, clock)
         self.telemetry = Telemetry(otlp_endpoint=settings.otlp_endpoint, console=settings.trace_console)
         self.gateway = Gateway(

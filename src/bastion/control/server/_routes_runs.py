@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from bastion.api import NAME_HINT, check_name
 from bastion.control._bastion import Bastion
 from bastion.control.store import Principal, get_row
-from bastion.errors import InvalidManifest, NotFound, UserError
+from bastion.errors import Conflict, InvalidManifest, NotFound, UserError
 from bastion.execution.runs import Run, RunState
 
 from ._deps import BastionDep, IdempotencyKey, PrincipalDep, require, run_idempotent
@@ -82,6 +82,7 @@ async def create_run(
                 hint="set spec.source, or spec.sourceFile in the manifest (the CLI inlines it)",
                 status=422,
             )
+        _refuse_revoked(bastion, conn, principal, namespace, body.agent, str(row.spec.get("tier", "T0")))
         run = bastion.runs.create(
             conn,
             tenant_id=principal.tenant_id,
@@ -93,6 +94,18 @@ async def create_run(
         return 201, run.public()
 
     return await run_idempotent(request, bastion, principal, idempotency_key, operation)
+
+
+def _refuse_revoked(
+    bastion: Bastion, conn: Connection, principal: Principal, namespace: str, agent: str, declared: str
+) -> None:
+    state = bastion.trust.state(conn, principal.tenant_id, namespace, agent, declared=declared)
+    if state.revoked:
+        raise Conflict(
+            f"agent {agent!r} is revoked: {state.reason}",
+            field="agent",
+            hint=f"an operator can restore it: `bastion trust restore {agent} --reason …`",
+        )
 
 
 def _list(
@@ -191,6 +204,8 @@ async def fork_run(
                 hint=f"use a seq from 0 to {len(entries)}",
                 status=422,
             )
+        declared = str(parent.agent_spec.get("spec", {}).get("tier", "T0"))
+        _refuse_revoked(bastion, conn, principal, namespace, parent.agent, declared)
         child = bastion.runs.create(
             conn,
             tenant_id=principal.tenant_id,

@@ -63,6 +63,8 @@ class Attempt:
     commit: Commit
     span: RunSpan | None = None
     """The attempt's ``invoke_agent`` span: tool spans are started as its children."""
+    tier: str | None = None
+    """The agent's earned trust tier; None: the tier its spec declares."""
 
 
 class Gateway:
@@ -107,7 +109,7 @@ class GatewaySession:
         self.subject = Subject(
             name=attempt.agent,
             labels=meta.get("labels", {}),
-            tier=spec.get("tier", "T0"),
+            tier=attempt.tier or spec.get("tier", "T0"),
             tools=spec.get("tools", []),
         )
         self.secrets = SecretResolver(gateway.resources, self.tenant_id, self.namespace, self.redactor)

@@ -21,7 +21,7 @@ from bastion.api import Clock, IdSource, RandomIds, SystemClock
 from bastion.errors import LeaseLost, UserError
 from bastion.observe import Database
 
-from ._states import ACTIVE, RunState
+from ._states import ACTIVE, FINISHED, RunState
 from ._tables import run_events, runs
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -380,6 +380,41 @@ class RunStore:
             conn, run_id, "state", {"state": str(RunState.SCHEDULED), "attempt": attempt, "reason": reason}
         )
         return True
+
+    def revoke_active(
+        self, conn: Connection, tenant_id: str, namespace: str, agent: str, *, reason: str
+    ) -> int:
+        """End every unfinished run of a revoked agent: waiting ones at once (Revoked), running ones by
+        flag, which their worker turns into Revoked within a lease renewal. Returns how many."""
+        query = select(runs).where(
+            runs.c.tenant_id == tenant_id,
+            runs.c.namespace == namespace,
+            runs.c.agent == agent,
+            runs.c.state.notin_([str(s) for s in FINISHED]),
+        )
+        found = [_run(r) for r in conn.execute(query).mappings()]
+        now = self.clock.now()
+        for run in found:
+            if run.state in ACTIVE:
+                self._set(conn, run.id, cancel_requested=True)
+                continue
+            self._set(
+                conn,
+                run.id,
+                state=RunState.REVOKED,
+                reason=reason,
+                cancel_requested=True,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            self.add_event(
+                conn,
+                run.id,
+                "state",
+                {"state": str(RunState.REVOKED), "attempt": run.attempt, "reason": reason},
+            )
+        return len(found)
 
     def request_cancel(self, conn: Connection, run: Run) -> Run:
         """Cancel a run: at once if no worker holds it, else by flag for its worker to act on."""

@@ -7,7 +7,11 @@ from sqlalchemy import JSON, Boolean, Column, Index, Integer, MetaData, String, 
 from bastion.observe import UtcDateTime
 
 metadata = MetaData(
-    naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s", "pk": "pk_%(table_name)s"}
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
 )
 
 runs = Table(

@@ -35,6 +35,7 @@ from bastion.observe.journal import Prepared
 from ._states import RunState
 from ._step import HeldStepWriter, StepWriter
 from ._store import Claim, RunStore
+from ._trust import TrustState, TrustStore
 
 APPROVAL_SWEEP_SECONDS = 1.0
 """How often a worker looks for approvals past their deadline."""
@@ -75,6 +76,7 @@ class Worker:
         self.runs, self.gateway, self.backend, self.config = runs, gateway, backend, config
         self.telemetry = telemetry or gateway.telemetry
         self.steps = StepWriter(runs.db)
+        self.trust = TrustStore()
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bastion-attempt")
         self._active: set[Future[None]] = set()
         self._lock = threading.Lock()
@@ -201,6 +203,10 @@ class _AttemptRunner:
 
     def _run(self, span: RunSpan) -> None:
         run = self.run_
+        trust = self._trust()
+        if trust.revoked:
+            self._finish(RunState.REVOKED, reason=f"agent revoked: {trust.reason}")
+            return
         workspace = self._fresh_workspace()
         attempt = Attempt(
             run_id=run.id,
@@ -213,6 +219,7 @@ class _AttemptRunner:
             fence=self.fence,
             commit=self.commit,
             span=span,
+            tier=trust.tier,
         )
         # The lease clock started at the claim: renew from now on, through setup as well.
         heartbeat = threading.Thread(target=self._heartbeat, name=f"bastion-lease-{run.id[:8]}", daemon=True)
@@ -246,6 +253,13 @@ class _AttemptRunner:
         with self.w.runs.db.write() as conn:
             self.w.runs.transition(conn, self.run_, self.claim.owner, RunState.RUNNING)
         return self._call_agent(workspace)
+
+    def _trust(self) -> TrustState:
+        """The agent's earned tier and whether it is revoked (its declared tier until a change)."""
+        run = self.run_
+        declared = str(run.agent_spec["spec"].get("tier", "T0"))
+        with self.w.runs.db.read() as conn:
+            return self.w.trust.state(conn, run.tenant_id, run.namespace, run.agent, declared=declared)
 
     def _fresh_workspace(self) -> Path:
         """Every attempt starts from the run's initial workspace: the agent's source, nothing else.
@@ -312,6 +326,9 @@ class _AttemptRunner:
             if self.lost.is_set():
                 raise LeaseLost("the lease was lost while the agent ran") from None
             if self.cancelled.is_set():
+                trust = self._trust()
+                if trust.revoked:
+                    raise _Outcome(RunState.REVOKED, f"agent revoked: {trust.reason}") from None
                 raise _Outcome(RunState.CANCELLED, "cancelled by request") from None
             raise _Outcome(RunState.FAILED, session.redactor.scrub_text(exc.detail)) from None
         finally:
