@@ -115,7 +115,9 @@ def test_an_approved_call_runs_once_after_the_run_resumed(
         assert any("approved by key" in r["text"] and "looks fine" in r["text"] for r in call["reasons"])
         assert client.verify_run(run["id"])["ok"]
 
-        states = [e["data"]["state"] for e in client.events(run["id"]) if e["type"] == "state"]
+        state_events = [e["data"] for e in client.events(run["id"]) if e["type"] == "state"]
+        assert not any("takeover" in e for e in state_events), "a resume after a decision is no takeover"
+        states = [e["state"] for e in state_events]
         assert states[:5] == ["Pending", "Scheduled", "Starting", "Running", "WaitingApproval"]
         assert states[5:] == ["Scheduled", "Starting", "Running", "Succeeded"]
         # The second attempt answered seq 1 (time) from the journal: the clock did not move for it.

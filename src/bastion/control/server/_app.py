@@ -39,10 +39,7 @@ class RunStates(Collector):
             with self._bastion.store.read() as conn:
                 query = select(runs.c.state, func.count()).group_by(runs.c.state)
                 counts: dict[str, int] = {str(row[0]): int(row[1]) for row in conn.execute(query)}
-                # Every attempt after a run's first began with a claim of an expired lease.
-                takeovers = conn.execute(
-                    select(func.coalesce(func.sum(runs.c.attempt - 1), 0)).where(runs.c.attempt > 1)
-                ).scalar()
+                takeovers = conn.execute(select(func.coalesce(func.sum(runs.c.takeovers), 0))).scalar()
         except Exception:  # a scrape must not fail because the database is away; /readyz says so
             log.warning("could not count runs for /metrics", exc_info=True)
             return

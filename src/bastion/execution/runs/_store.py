@@ -149,6 +149,7 @@ class RunStore:
             "finished_at": None,
             "parent_run_id": parent_run_id,
             "fork_seq": fork_seq,
+            "takeovers": 0,
         }
         conn.execute(insert(runs).values(**values))
         self.add_event(conn, values["id"], "state", {"state": str(RunState.PENDING), "attempt": 0})
@@ -264,6 +265,9 @@ class RunStore:
                     )
                     continue
                 expires = now + timedelta(seconds=lease_seconds)
+                # A claim of an active run is a takeover from a dead worker; a Scheduled one is not
+                # (a new run, or one re-queued after a suspension).
+                takeover = run.state in ACTIVE
                 self._set(
                     conn,
                     run.id,
@@ -271,9 +275,10 @@ class RunStore:
                     attempt=attempt,
                     lease_owner=owner,
                     lease_expires_at=expires,
+                    takeovers=runs.c.takeovers + int(takeover),
                 )
                 event: dict[str, Any] = {"state": str(RunState.STARTING), "attempt": attempt, "worker": owner}
-                if run.attempt > 0:
+                if takeover:
                     event["takeover"] = {
                         "from": run.lease_owner,
                         "leaseExpiredAt": _stamp(run.lease_expires_at) if run.lease_expires_at else None,

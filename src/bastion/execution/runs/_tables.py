@@ -38,6 +38,7 @@ runs = Table(
     Column("finished_at", UtcDateTime(), nullable=True),
     Column("parent_run_id", String(36), nullable=True),
     Column("fork_seq", Integer, nullable=True),
+    Column("takeovers", Integer, nullable=False, server_default="0"),
     Index(None, "state", "lease_expires_at"),
     Index(None, "tenant_id", "namespace", "created_at"),
 )
