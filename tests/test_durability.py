@@ -15,6 +15,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
@@ -223,7 +225,7 @@ class Cluster:
 
     # --- workers ---------------------------------------------------------------------------
 
-    def start_worker(self) -> WorkerProcess:
+    def start_worker(self, *options: str) -> WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
         env.update(
             BASTION_HOME=str(self.home),
@@ -236,7 +238,7 @@ class Cluster:
         log = self.tmp_path / f"worker-{len(self.workers) + 1}.log"
         with log.open("wb") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-c", "from bastion.cli import main; main()", "worker"],
+                [sys.executable, "-c", "from bastion.cli import main; main()", "worker", *options],
                 env=env,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
@@ -767,3 +769,21 @@ def test_a_resumed_attempt_replays_effects_and_recreates_its_workspace(cluster: 
     run_dir = cluster.workspaces / run_id
     assert [p.name for p in run_dir.iterdir()] == ["attempt-2"]
     assert (run_dir / "attempt-2" / "notes" / "state.txt").read_text() == "written by call 1"
+
+
+# --- worker processes ------------------------------------------------------------------------------
+
+
+def test_a_worker_process_serves_its_own_metrics(cluster: Cluster) -> None:
+    """The gateway's counters live in the process that serves the calls: `bastion worker
+    --metrics-port` exposes them, since no API server runs there."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cluster.start_worker("--metrics-port", str(port))
+    source = "from bastion import agent\n\ndef main(input):\n    return agent.tools.call('count', i=1)\n"
+    use_counting_tool(cluster, *count_agent("metered", source))
+    run = cluster.wait_finished(cluster.create_run("metered", None))
+    assert run.state is RunState.SUCCEEDED, run.reason
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'bastion_gateway_calls_total{decision="allow",kind="tool"} 1.0' in text

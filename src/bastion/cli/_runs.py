@@ -226,12 +226,28 @@ def audit_verify(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT.",
+        ),
+    ] = None,
+) -> None:
     """Run a worker: claim runs from the database (BASTION_DATABASE_URL) and execute them."""
+    from prometheus_client import start_http_server
+
     from bastion.control import Bastion, Settings
 
     def body() -> None:
         bastion = Bastion(Settings())
+        if metrics_port is not None:
+            # The gateway's counters and histograms live in the process that serves the calls.
+            start_http_server(metrics_port, addr="127.0.0.1", registry=bastion.registry)
+            out.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics", highlight=False)
         stop = threading.Event()
 
         def on_signal(_signum: int, _frame: object) -> None:
