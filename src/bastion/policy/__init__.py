@@ -11,6 +11,7 @@ from ._decision import RANK, Decision, Effect, Finding, RateLimitRef, combine, d
 from ._engine import CompiledPolicy, compile_policy, rego_input
 from ._grants import TIERS, Grant, Subject, decide_tool_call, tier_rank
 from ._normalize import normalize
+from ._probes import BENIGN, EVASION_PROBES, PROBE_PATTERNS
 from ._trust import (
     Attempted,
     BudgetVerdict,
@@ -26,7 +27,10 @@ from ._trust import (
 from ._whatif import Change, RecordedCall, rejudge
 
 __all__ = [
+    "BENIGN",
+    "EVASION_PROBES",
     "NO_COUNTERS",
+    "PROBE_PATTERNS",
     "RANK",
     "TIERS",
     "Attempted",

@@ -122,6 +122,7 @@ class CompiledPolicy:
     def _decide(self, plan: _Plan, call: CallContext) -> Decision:
         chosen: _Candidate | None = None
         findings: list[Finding] | None = None
+        refused: list[Finding] = []
         for cand in plan.candidates:
             if cand.plain:
                 chosen = cand
@@ -130,8 +131,17 @@ class CompiledPolicy:
             if refusal is None:
                 chosen = cand
                 break
-            findings = findings or []
-            findings.append(refusal)
+            refused.append(refusal)
+        if chosen is None:
+            findings = refused + list(plan.refusals)
+            if not findings:
+                findings.append(
+                    Finding(
+                        "default-deny",
+                        "deny",
+                        f"no ToolGrant lets agent {plan.subject.name!r} call {plan.tool!r} (default deny)",
+                    )
+                )
         args = call.args
         for scanner, action, rule_ids in plan.scanners:
             if scanner.scan(args):
@@ -162,18 +172,7 @@ class CompiledPolicy:
         findings: list[Finding],
         target: Target | None,
     ) -> Decision:
-        if chosen is None:
-            refusals = [f for f in findings if f.rule_id.startswith("grant/")]
-            if not refusals and not plan.refusals:
-                findings.append(
-                    Finding(
-                        "default-deny",
-                        "deny",
-                        f"no ToolGrant lets agent {plan.subject.name!r} call {plan.tool!r} (default deny)",
-                    )
-                )
-            findings.extend(Finding(f.rule_id, "deny", f.reason) for f in refusals + list(plan.refusals))
-        else:
+        if chosen is not None:
             base = chosen.decision
             findings.append(Finding(base.rule_ids[0], base.effect, base.reasons[0]))
         redacted: Any = None

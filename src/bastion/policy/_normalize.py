@@ -96,7 +96,7 @@ def _hidden(text: str, decode: Collection[Decoding]) -> Iterator[Any]:
     if stripped[:1] in ("{", "[", '"'):
         with contextlib.suppress(ValueError):
             yield json.loads(stripped)
-    if "percent" in decode and "%" in text:
+    if "percent" in decode and ("%" in text or "+" in text):
         unquoted = urllib.parse.unquote(text, errors="replace")
         if unquoted != text:
             yield unquoted

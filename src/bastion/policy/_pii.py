@@ -91,7 +91,11 @@ def detect(text: str, entities: Collection[str], min_score: float) -> list[Detec
             text=text, language="en", entities=sorted(entities), score_threshold=min_score
         )
     found = sorted(
-        (Detection(r.entity_type, r.start, r.end, float(r.score)) for r in results),
+        (
+            Detection(r.entity_type, r.start, r.end, float(r.score))
+            for r in results
+            if not (r.entity_type == "IP_ADDRESS" and _inside_dotted_run(text, r.start, r.end))
+        ),
         key=lambda d: (d.start, -d.score, -(d.end - d.start)),
     )
     kept: list[Detection] = []
@@ -100,6 +104,14 @@ def detect(text: str, entities: Collection[str], min_score: float) -> list[Detec
             continue
         kept.append(d)
     return kept
+
+
+def _inside_dotted_run(text: str, start: int, end: int) -> bool:
+    """``1.2.3.4`` inside ``1.2.3.4.5`` (a version, an OID) is not an address."""
+    after, before = text[end : end + 2], text[max(0, start - 2) : start]
+    return (len(after) == 2 and after[0] == "." and after[1].isdigit()) or (
+        len(before) == 2 and before[1] == "." and before[0].isdigit()
+    )
 
 
 def redact(text: str, detections: Collection[Detection]) -> str:

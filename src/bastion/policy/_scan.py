@@ -163,8 +163,8 @@ class Scanner:
             for text in strings(raw, self.decode):
                 norm = normalize(text)
                 for rule, pattern in self._each:
-                    if rule not in found and pattern.search(norm):
-                        found[rule] = norm
+                    if pattern.search(norm) and (rule not in found or norm < found[rule]):
+                        found[rule] = norm  # the least text, so the order of keys never shows
         return sorted(found.items(), key=lambda item: (item[0].rule_id, item[0].pattern))
 
     def redact(self, value: Any, mask: str) -> Any:
@@ -184,7 +184,9 @@ def _map_strings(value: Any, fn: Callable[[str], str], depth: int = 0) -> Any:
         return fn(value)
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
-        for key, val in cast(dict[Any, Any], value).items():
+        # In the order of the keys, not of the dict, so colliding masks are named the same way
+        # however the object was written.
+        for key, val in sorted(cast(dict[Any, Any], value).items(), key=lambda kv: repr(kv[0])):
             new_key = fn(key) if isinstance(key, str) else key
             while new_key in out:
                 new_key = f"{new_key}'"
