@@ -91,6 +91,8 @@ class ErrorBudget(Model):
     """Errors allowed per run before the agent is revoked."""
     max_repeats: PositiveInt = 3
     """Repeats of the same error allowed per run."""
+    revoke_on_violation: bool = True
+    """Whether one procedure violation (a denied call, a skipped phase) exhausts the budget."""
 
 
 class AgentSpec(Model):
@@ -217,13 +219,31 @@ class Subjects(Model):
 class RateLimit(Model):
     calls: PositiveInt
     per: Duration = "1m"
+    scope: Literal["agent", "tenant"] = "agent"
+    """Count each agent's calls on its own (``agent``) or all the tenant's agents together."""
+
+
+def _check_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    return pattern
+
+
+Regex = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_check_regex)]
 
 
 class ToolGrantSpec(Model):
     subjects: Subjects
     tools: Annotated[list[ToolName], Field(min_length=1)]
+    effect: Literal["allow", "deny"] = "allow"
+    """``deny`` forbids the tools to the subjects whatever other grants allow (deny wins)."""
     arguments: dict[ToolName, JsonSchema] = Field(default_factory=dict[str, dict[str, Any]])
     """Per tool, a JSON Schema the call's arguments must also satisfy."""
+    argument_patterns: dict[ToolName, dict[str, Regex]] = Field(default_factory=dict[str, dict[str, str]])
+    """Per tool, per top-level argument, a regular expression the whole value must match
+    (numbers and booleans are matched as their JSON text; objects and lists never match)."""
     max_calls: PositiveInt | None = None
     """Calls allowed per run; unset means no cap."""
     egress: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list[str])
@@ -348,17 +368,18 @@ class MemoryScope(Resource):
 
 class BlockedPattern(Model):
     match: Literal["substring", "regex", "glob"] = "substring"
+    """``substring`` anywhere in a string; ``regex`` searched (case-insensitive); ``glob`` matched
+    against the whole string (``*`` any run, ``?`` one character). All are matched after
+    normalization: NFKC, case folding, invisible characters removed, whitespace collapsed."""
     pattern: Annotated[str, Field(min_length=1, max_length=4096)]
+    decode: list[Literal["percent", "base64"]] = Field(default_factory=list[Literal["percent", "base64"]])
+    """Also match what percent-encoded or base64 strings decode to (JSON inside a string is
+    always parsed)."""
 
     @model_validator(mode="after")
     def _compiles(self) -> BlockedPattern:
         if self.match == "regex":
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"pattern {self.pattern!r} is not a valid regular expression: {exc}"
-                ) from None
+            _check_regex(self.pattern)
         return self
 
 
@@ -368,16 +389,63 @@ class PolicyRule(Model):
     tools: list[str] = Field(default_factory=list[str])
     """Tools this rule applies to (globs); empty means all."""
     action: Literal["deny", "redact", "require_approval"] = "deny"
+    applies_to: list[Literal["arguments", "tool_result", "model_output"]] = Field(
+        default_factory=lambda: ["arguments"]
+    )
+    """Where the blocked patterns are looked for: a call's arguments, a tool's result, a model's output."""
     blocked_patterns: list[BlockedPattern] = Field(default_factory=list[BlockedPattern])
     egress_allow: list[str] = Field(default_factory=list[str])
     """Hosts ``http.fetch`` may reach (globs)."""
+    rate_limit: RateLimit | None = None
+    """Calls to this rule's tools allowed per window, per agent or per tenant."""
+
+
+PiiEntity = Literal[
+    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "API_KEY"
+]
+PII_ENTITIES: tuple[str, ...] = (
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "API_KEY",
+)
+
+
+class PiiSettings(Model):
+    action: Literal["allow", "redact", "deny"] = "redact"
+    entities: list[PiiEntity] = Field(default_factory=lambda: list[PiiEntity](PII_ENTITIES))  # type: ignore[arg-type]
+    """Which kinds of personal data to look for."""
+    min_score: Annotated[float, Field(ge=0, le=1)] = 0.4
+    """Detections scoring below this are ignored (a bare 9-digit number scores 0.05)."""
+
+
+class PolicyLimits(Model):
+    tool_calls_per_run: PositiveInt | None = None
+    tokens_per_run: PositiveInt | None = None
+    """Once a run has used this many model tokens, its tool calls are denied."""
+
+
+class TrustSettings(Model):
+    promote_after: PositiveInt | None = None
+    """Consecutive compliant runs at a tier before the agent moves up one; unset: never automatically."""
+    max_tier: Tier = "T2"
+    """Automatic promotion stops here; operators promote further by hand."""
+    on_budget_exceeded: Literal["revoke", "demote"] = "revoke"
+    """What an exhausted error budget does to the agent."""
 
 
 class PolicySpec(Model):
     rules: list[PolicyRule] = Field(default_factory=list[PolicyRule])
     rego: Annotated[str, Field(max_length=200_000)] | None = None
-    """A Rego module for what the built-in rules cannot say."""
-    pii: Literal["allow", "redact", "deny"] = "allow"
+    """A Rego module (``package bastion``) whose boolean ``allow`` must be true for every tool
+    call; ``reasons`` (strings) explains a refusal. Errors and undefined results deny."""
+    pii: Literal["allow", "redact", "deny"] | PiiSettings = "allow"
+    """What to do with personal data in tool results and model outputs."""
+    limits: PolicyLimits = Field(default_factory=PolicyLimits)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> PolicySpec:

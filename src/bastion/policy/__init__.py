@@ -1,6 +1,67 @@
-"""Policy: pure decisions, ``(subject, action, resource, context) -> Decision``. No I/O, no clock."""
+"""Policy: pure decisions, ``(subject, action, resource, context) -> Decision``. No I/O, no clock.
 
-from ._decision import Decision, Effect, deny
-from ._grants import TIERS, Grant, Subject, decide_tool_call
+``compile_policy(policies, grants)`` turns Policy and ToolGrant manifests into a
+``CompiledPolicy`` whose ``decide(CallContext)`` judges a tool call and ``inspect_output``
+judges a tool result or a model output. ``evaluate_trust`` and ``check_error_budget`` judge an
+agent's record; ``rejudge`` replays a run's recorded calls under another policy.
+"""
 
-__all__ = ["TIERS", "Decision", "Effect", "Grant", "Subject", "decide_tool_call", "deny"]
+from ._call import NO_COUNTERS, CallContext, Counters, ToolInfo, WindowCount
+from ._decision import RANK, Decision, Effect, Finding, RateLimitRef, combine, deny
+from ._engine import CompiledPolicy, compile_policy, rego_input
+from ._grants import TIERS, Grant, Subject, decide_tool_call, tier_rank
+from ._normalize import normalize
+from ._probes import BENIGN, EVASION_PROBES, PROBE_PATTERNS
+from ._trust import (
+    Attempted,
+    BudgetVerdict,
+    ErrorBudget,
+    Handoff,
+    RunOutcome,
+    TrustChange,
+    TrustSettings,
+    build_handoff,
+    check_error_budget,
+    evaluate_trust,
+)
+from ._whatif import Change, RecordedCall, rejudge
+
+__all__ = [
+    "BENIGN",
+    "EVASION_PROBES",
+    "NO_COUNTERS",
+    "PROBE_PATTERNS",
+    "RANK",
+    "TIERS",
+    "Attempted",
+    "BudgetVerdict",
+    "CallContext",
+    "Change",
+    "CompiledPolicy",
+    "Counters",
+    "Decision",
+    "Effect",
+    "ErrorBudget",
+    "Finding",
+    "Grant",
+    "Handoff",
+    "RateLimitRef",
+    "RecordedCall",
+    "RunOutcome",
+    "Subject",
+    "ToolInfo",
+    "TrustChange",
+    "TrustSettings",
+    "WindowCount",
+    "build_handoff",
+    "check_error_budget",
+    "combine",
+    "compile_policy",
+    "decide_tool_call",
+    "deny",
+    "evaluate_trust",
+    "normalize",
+    "rego_input",
+    "rejudge",
+    "tier_rank",
+]

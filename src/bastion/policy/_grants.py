@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from ._decision import Decision, deny
 
@@ -26,6 +27,40 @@ class Subject:
     tier: str = "T0"
     tools: Sequence[str] = ()
     """The tools the Agent resource lists."""
+    max_tool_calls: int | None = None
+    """``spec.limits.toolCalls``: tool calls per run."""
+    max_tokens: int | None = None
+    """``spec.limits.tokens``: model tokens per run."""
+    key: str = field(init=False, repr=False, compare=False)
+    """Everything a decision depends on, as one string (its hash is computed once): compiled
+    policies cache their plans by it."""
+
+    def __post_init__(self) -> None:
+        key = repr(
+            (
+                self.name,
+                tuple(sorted(self.labels.items())),
+                self.tier,
+                tuple(sorted(self.tools)),
+                self.max_tool_calls,
+                self.max_tokens,
+            )
+        )
+        object.__setattr__(self, "key", key)
+
+    @classmethod
+    def from_manifest(cls, agent: Mapping[str, Any]) -> Subject:
+        """The subject an Agent manifest (camelCase, as stored) describes."""
+        spec: Mapping[str, Any] = agent.get("spec", {})
+        limits: Mapping[str, Any] = spec.get("limits", {}) or {}
+        return cls(
+            name=agent["metadata"]["name"],
+            labels=dict(agent["metadata"].get("labels", {}) or {}),
+            tier=spec.get("tier", "T0"),
+            tools=tuple(spec.get("tools", ()) or ()),
+            max_tool_calls=limits.get("toolCalls"),
+            max_tokens=limits.get("tokens"),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +80,11 @@ class Grant:
     def names(self, subject: Subject) -> bool:
         by_labels = bool(self.labels) and all(subject.labels.get(k) == v for k, v in self.labels.items())
         return subject.name in self.agents or by_labels or subject.tier in self.tiers
+
+
+def tier_rank(tier: str) -> int:
+    """0 for T0 ... 4 for T4; -1 for anything else (below every tier)."""
+    return TIERS.index(tier) if tier in TIERS else -1
 
 
 def _tier_rank(tier: str) -> int:

@@ -1,0 +1,126 @@
+"""Personal data in tool results and model outputs, found by Presidio's pattern recognizers.
+
+No model is downloaded: the analyzer runs on Presidio's ``NoOpNlpEngine`` with a registry of
+pattern recognizers only (emails, phone numbers via ``phonenumbers``, card numbers with the Luhn
+check, IBANs with their checksum, US SSNs, IP addresses) plus one of ours for API-key-shaped
+tokens. The email recognizer's validation is replaced by an offline one: Presidio's asks
+``tldextract``, which would fetch the public suffix list from the network on first use.
+The engine is built once per process, on first use (importing Presidio takes about a second).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from presidio_analyzer import AnalyzerEngine
+
+API_KEY_PATTERNS = (
+    # Prefixed secrets: OpenAI/Anthropic/Stripe-style sk-/pk-/rk-, GitHub, Slack, AWS, Google.
+    r"\b(?:sk|pk|rk)[-_](?:[a-z]{2,8}[-_])?[A-Za-z0-9_-]{16,}\b",
+    r"\bgh[pousr]_[A-Za-z0-9]{30,}\b",
+    r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b",
+    r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
+    r"\bAIza[0-9A-Za-z_-]{35}\b",
+)
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    entity: str
+    start: int
+    end: int
+    score: float
+
+
+@functools.cache
+def analyzer() -> AnalyzerEngine:
+    """The process's analyzer, built on first use."""
+    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import NoOpNlpEngine
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        UsSsnRecognizer,
+    )
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:  # type: ignore[override]
+            _, _, domain = pattern_text.rpartition("@")
+            labels = domain.split(".")
+            tld = labels[-1]
+            return len(labels) >= 2 and all(labels) and 2 <= len(tld) <= 63 and tld.isalpha()
+
+    registry = RecognizerRegistry(supported_languages=["en"])
+    for recognizer in (
+        OfflineEmailRecognizer(),
+        PhoneRecognizer(),
+        CreditCardRecognizer(),
+        IbanRecognizer(),
+        UsSsnRecognizer(),
+        IpRecognizer(),
+        PatternRecognizer(
+            supported_entity="API_KEY",
+            name="ApiKeyRecognizer",
+            patterns=[Pattern(f"api key {i}", p, 0.8) for i, p in enumerate(API_KEY_PATTERNS)],
+        ),
+    ):
+        registry.add_recognizer(recognizer)
+    return AnalyzerEngine(
+        registry=registry,
+        nlp_engine=NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}]),
+        supported_languages=["en"],
+    )
+
+
+def detect(text: str, entities: Collection[str], min_score: float) -> list[Detection]:
+    """PII in ``text``: non-overlapping detections, leftmost first (the higher score wins a tie)."""
+    if not text.strip():
+        return []
+    engine = analyzer()
+    with _lock:  # Presidio's recognizers keep per-call state on shared objects
+        results = engine.analyze(
+            text=text, language="en", entities=sorted(entities), score_threshold=min_score
+        )
+    found = sorted(
+        (
+            Detection(r.entity_type, r.start, r.end, float(r.score))
+            for r in results
+            if not (r.entity_type == "IP_ADDRESS" and _inside_dotted_run(text, r.start, r.end))
+        ),
+        key=lambda d: (d.start, -d.score, -(d.end - d.start)),
+    )
+    kept: list[Detection] = []
+    for d in found:
+        if kept and d.start < kept[-1].end:
+            continue
+        kept.append(d)
+    return kept
+
+
+def _inside_dotted_run(text: str, start: int, end: int) -> bool:
+    """``1.2.3.4`` inside ``1.2.3.4.5`` (a version, an OID) is not an address."""
+    after, before = text[end : end + 2], text[max(0, start - 2) : start]
+    return (len(after) == 2 and after[0] == "." and after[1].isdigit()) or (
+        len(before) == 2 and before[1] == "." and before[0].isdigit()
+    )
+
+
+def redact(text: str, detections: Collection[Detection]) -> str:
+    """``text`` with each detection replaced by ``[PII:ENTITY]``."""
+    out: list[str] = []
+    pos = 0
+    for d in sorted(detections, key=lambda d: d.start):
+        out.append(text[pos : d.start])
+        out.append(f"[PII:{d.entity}]")
+        pos = d.end
+    out.append(text[pos:])
+    return "".join(out)
