@@ -98,7 +98,7 @@ def test_an_approved_call_runs_once_after_the_run_resumed(
         approval = _pending_for(client, run["id"])
         assert approval["tool"] == "weather" and approval["args"] == {"city": "Oslo"}
         assert approval["seq"] == 2 and approval["state"] == "pending"
-        assert any("once a human approves" in r for r in approval["reasons"])
+        assert any("after a person approves" in r for r in approval["reasons"])
 
         decided = client.decide_approval(approval["id"], approve=True, reason="looks fine")
         assert decided["state"] == "approved" and decided["decidedBy"].startswith("key ")
@@ -213,19 +213,30 @@ def test_a_hundred_runs_wait_at_once_without_sandboxes(
 
 
 def _agent_processes() -> list[str]:
-    """Command lines of live agent processes (the sandbox bootstrap) under this test process."""
-    found: list[str] = []
+    """Command lines of live agent processes (the sandbox bootstrap) descended from this test process."""
+    parents: dict[int, int] = {}
+    lines: dict[int, str] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+                lines[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
             continue
-        if "bastion.agent._runner" in cmdline and str(os.getpid()) != entry:
-            found.append(cmdline)
-    return found
+
+    def ours(pid: int) -> bool:
+        for _ in range(64):
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    return [line for pid, line in lines.items() if "bastion.agent._runner" in line and ours(pid)]
 
 
 def test_the_cli_lists_approves_and_denies(tenant: Tenant, weather: tuple[str, list[dict[str, Any]]]) -> None:

@@ -250,6 +250,17 @@ class RunSuspended(RunError):
         self.approval_id = approval_id
 
 
+class ErrorBudgetExceeded(RunError):
+    """The run's errors exceeded its agent's error budget; ``rule_id`` names the budget's rule."""
+
+    slug = "error-budget-exceeded"
+    title = "Error budget exceeded"
+
+    def __init__(self, detail: str, *, rule_id: str) -> None:
+        super().__init__(detail, field="errorBudget")
+        self.rule_id = rule_id
+
+
 class ToolCallFailed(RunError):
     """A tool failed; journaled, and raised again on replay with the same fields."""
 
@@ -326,6 +337,7 @@ def error_for_problem(body: dict[str, Any], status: int) -> BastionError:
 __all__ = [
     "PROBLEM_BASE",
     "BastionError",
+    "ErrorBudgetExceeded",
     "Conflict",
     "Forbidden",
     "IdempotencyKeyReused",
@@ -340,6 +352,7 @@ __all__ = [
     "RateLimited",
     "RunError",
     "RunKilled",
+    "RunSuspended",
     "SandboxError",
     "ServerError",
     "ToolCallFailed",

@@ -8,6 +8,7 @@ answer leaves. Tools and the clock know nothing of this: the session wraps them 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,21 +20,33 @@ from typing import Any, cast
 from sqlalchemy import Connection
 
 from bastion.api import Clock, IdSource, parse_duration
-from bastion.errors import NonDeterministic, RunError, RunSuspended, ToolCallFailed
+from bastion.errors import ErrorBudgetExceeded, NonDeterministic, RunError, RunSuspended, ToolCallFailed
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
 from bastion.observe import Database, RunSpan, Telemetry, ToolSpan
 from bastion.observe.journal import GENESIS, Entry, Journal, Prepared, canonical, digest
-from bastion.policy import Decision, Grant, Subject, decide_tool_call
+from bastion.policy import (
+    RANK,
+    CallContext,
+    CompiledPolicy,
+    Counters,
+    Decision,
+    ErrorBudget,
+    Subject,
+    ToolInfo,
+    check_error_budget,
+)
 
 from ._approvals import Approval, ApprovalState, ApprovalStore
 from ._metrics import GatewayMetrics
+from ._policy import PolicyCache, RateWindows
 from ._resources import ResourceReader
 from ._scrub import Redactor
 from ._secrets import SecretResolver
 
 log = logging.getLogger("bastion.gateway")
-GRANTS_TTL_SECONDS = 1.0
+POLICY_TTL_SECONDS = 1.0
+"""How long a session keeps its namespace's Policies and ToolGrants before reading them again."""
 _NO_SPAN = ToolSpan(None)
 """Time, randomness and ids get no span (see ``bastion.observe.Telemetry``)."""
 KINDS = {"tool.call": "tool", "time.now": "time", "random.random": "random", "random.uuid": "uuid"}
@@ -87,6 +100,8 @@ class Gateway:
         self.limits = limits or ToolLimits()
         self.telemetry = telemetry or Telemetry()
         self.approvals = ApprovalStore(ids)
+        self.policies = PolicyCache()
+        self.rate_windows = RateWindows()
 
     def session(self, attempt: Attempt) -> GatewaySession:
         return GatewaySession(self, attempt)
@@ -104,21 +119,23 @@ class GatewaySession:
         self.seq = 0
         self.head = GENESIS
         self.calls_by_grant: dict[str, int] = {}
-        spec: dict[str, Any] = attempt.agent_spec["spec"]
-        meta: dict[str, Any] = attempt.agent_spec["metadata"]
-        self.subject = Subject(
-            name=attempt.agent,
-            labels=meta.get("labels", {}),
-            tier=attempt.tier or spec.get("tier", "T0"),
-            tools=spec.get("tools", []),
-        )
+        self.tool_calls = 0
+        self.tokens = 0
+        self.errors: list[str] = []
+        """One signature per failed or refused call (the error budget's ``maxErrors``/``maxRepeats``)."""
+        self.violations: list[str] = []
+        """Calls a Policy rule refused: procedure violations (``revokeOnViolation``)."""
+        self.budget = ErrorBudget.from_manifest(attempt.agent_spec)
+        subject = Subject.from_manifest(attempt.agent_spec)
+        self.subject = dataclasses.replace(subject, tier=attempt.tier) if attempt.tier else subject
         self.secrets = SecretResolver(gateway.resources, self.tenant_id, self.namespace, self.redactor)
         self.tool_manifests = {
             m["metadata"]["name"]: m
             for m in gateway.resources.resources(self.tenant_id, "Tool", self.namespace)
         }
         self.secrets.preload([m for name, m in self.tool_manifests.items() if name in self.subject.tools])
-        self._grants_cache: tuple[float, list[Grant]] | None = None
+        self._policy_cache: tuple[float, CompiledPolicy, dict[str, dict[str, Any]]] | None = None
+        self._tool_infos: dict[str, ToolInfo] = {}
 
     @property
     def journal_head(self) -> tuple[int, str]:
@@ -193,12 +210,22 @@ class GatewaySession:
         self.seq, self.head = seq, recorded.hash
         self.g.metrics.replayed.labels(kind).inc()
         reasons = recorded.reasons
-        grant = next(
-            (r["rule"].removeprefix("grant/") for r in reasons if r.get("rule", "").startswith("grant/")),
-            None,
-        )
-        if recorded.decision == "allow" and grant is not None:
-            self.calls_by_grant[grant] = self.calls_by_grant.get(grant, 0) + 1
+        rule_ids = tuple(str(r.get("rule", "")) for r in reasons)
+        if kind == "tool":
+            grant = next((r.removeprefix("grant/") for r in rule_ids if r.startswith("grant/")), None)
+            if recorded.decision in ("allow", "redact"):
+                self.tool_calls += 1
+                if grant is not None and "/" not in grant:
+                    self.calls_by_grant[grant] = self.calls_by_grant.get(grant, 0) + 1
+            name = str(request["params"].get("name", ""))
+            self._account(
+                seq,
+                name,
+                recorded.decision,
+                rule_ids,
+                [str(r.get("text", "")) for r in reasons],
+                recorded.error,
+            )
         tool = self._tool(str(request["params"].get("name", ""))) if kind == "tool" else None
         if tool is not None and tool.workspace_only and recorded.decision == "allow":
             # Workspace effects are re-created: this attempt started from the initial workspace.
@@ -208,6 +235,7 @@ class GatewaySession:
             span.outcome(recorded.decision, error)
             return self._answer(value, error)
         span.outcome(recorded.decision, recorded.error)
+        self._check_budget(seq)
         return self._answer(self.g.journal.resolve(recorded.response), recorded.error)
 
     # --- live ------------------------------------------------------------------------
@@ -230,10 +258,13 @@ class GatewaySession:
         value = self.redactor.scrub(value)
         error = cast(dict[str, Any] | None, self.redactor.scrub(error))
         duration_us = int((time.perf_counter() - t0) * 1_000_000)
-        reasons = [
+        reasons: list[dict[str, Any]] = [
             {"rule": rule, "text": self.redactor.scrub_text(text)}
             for rule, text in zip(decision.rule_ids, decision.reasons, strict=False)
         ]
+        if decision.version:
+            for reason in reasons:  # the policy version that made the decision, journaled beside it
+                reason["policy"] = decision.version
         attempt = self.attempt
         prepared = self.g.journal.prepare(
             run_id=attempt.run_id,
@@ -266,7 +297,44 @@ class GatewaySession:
         self.seq, self.head = seq, prepared.entry.hash
         self.g.metrics.calls.labels(kind, decision.effect).inc()
         span.outcome(decision.effect, error)
+        if kind == "tool":
+            name = str(request["params"].get("name", ""))
+            self._account(seq, name, decision.effect, decision.rule_ids, list(decision.reasons), error)
+            self._check_budget(seq)
         return self._answer(value, error)
+
+    def _account(
+        self,
+        seq: int,
+        tool: str,
+        effect: str,
+        rule_ids: tuple[str, ...],
+        reasons: list[str],
+        error: dict[str, Any] | None,
+    ) -> None:
+        """Count a refused or failed call against the error budget, live and on replay alike."""
+        if effect == "deny":
+            by_policy = [r for r in rule_ids if r.startswith("policy/") and r != "policy/error"]
+            if by_policy and error is not None and error.get("type") == "policy_denied":
+                self.violations.append(
+                    f"seq {seq}: {tool!r} refused by {', '.join(by_policy)}: {'; '.join(reasons)}"[:500]
+                )
+            else:
+                self.errors.append(f"denied:{tool}")
+        elif error is not None and error.get("type") == "tool_call_failed":
+            self.errors.append(f"failed:{tool}:{str(error.get('reason', ''))[:80]}")
+
+    def _check_budget(self, seq: int) -> None:
+        """End the attempt once the run's errors exceed its agent's error budget.
+
+        Raises:
+            ErrorBudgetExceeded: the worker ends the run and judges the agent's trust.
+        """
+        verdict = check_error_budget(self.errors, self.violations, self.budget)
+        if verdict is not None:
+            raise ErrorBudgetExceeded(
+                f"error budget exceeded at seq {seq}: {verdict.reason}", rule_id=verdict.rule_id
+            )
 
     def _seam(self, kind: str) -> Any:
         if kind == "time":
@@ -286,13 +354,22 @@ class GatewaySession:
             return HttpTool(name=name, url=impl["url"], method=impl.get("method", "POST"))
         return None
 
-    def _grants(self) -> list[Grant]:
-        """The namespace's grants, re-read at most once a second so a revoked grant bites quickly."""
+    def policy(self) -> tuple[CompiledPolicy, dict[str, dict[str, Any]]]:
+        """The namespace's compiled policy and its grants by name, re-read at most once a second so
+        a revoked grant or a new rule bites quickly."""
         now = time.monotonic()
-        if self._grants_cache is None or now - self._grants_cache[0] > GRANTS_TTL_SECONDS:
-            manifests = self.g.resources.resources(self.tenant_id, "ToolGrant", self.namespace)
-            self._grants_cache = (now, [_grant(m) for m in manifests])
-        return self._grants_cache[1]
+        if self._policy_cache is None or now - self._policy_cache[0] > POLICY_TTL_SECONDS:
+            grants = self.g.resources.resources(self.tenant_id, "ToolGrant", self.namespace)
+            policies = self.g.resources.resources(self.tenant_id, "Policy", self.namespace)
+            compiled = self.g.policies.get(policies, grants)
+            self._policy_cache = (now, compiled, {m["metadata"]["name"]: m for m in grants})
+        return self._policy_cache[1], self._policy_cache[2]
+
+    def _tool_info(self, name: str) -> ToolInfo:
+        info = self._tool_infos.get(name)
+        if info is None:
+            info = self._tool_infos[name] = ToolInfo.from_manifest(name, self.tool_manifests.get(name))
+        return info
 
     def _tool_call(
         self, seq: int, params: dict[str, Any], request_hash: str, now: datetime
@@ -306,19 +383,28 @@ class GatewaySession:
             )
             return decision, None, {"type": "invalid_request", "reason": decision.reasons[0]}
         manifest = self.tool_manifests.get(name)
-        grants = self._grants()
-        decision = decide_tool_call(
-            self.subject,
-            name,
-            tool_exists=manifest is not None,
-            tool_min_tier=(manifest or {}).get("spec", {}).get("minTier", "T0"),
-            grants=grants,
+        policy, grants = self.policy()
+        at = now.timestamp()
+        windows, tenant, agent = self.g.rate_windows, self.tenant_id, self.attempt.agent
+        counters = Counters(
             calls_by_grant=self.calls_by_grant,
-            now=now,
+            tool_calls=self.tool_calls,
+            tokens=self.tokens,
+            in_window=lambda ref: windows.count(ref, tenant=tenant, agent=agent, now=at),
         )
+        call = CallContext(
+            subject=self.subject,
+            tool=self._tool_info(name),
+            args=cast(dict[str, Any], args),
+            now=now,
+            counters=counters,
+        )
+        decision = policy.decide(call)
         if decision.effect == "require_approval":
-            decision = self._approval(seq, name, args, request_hash, decision, now)
-        if not decision.allowed:
+            grant = grants.get(decision.grant or "", {})
+            ttl = parse_duration(str(grant.get("spec", {}).get("approvalTimeout", "24h")))
+            decision = self._approval(seq, name, args, request_hash, decision, now, ttl)
+        if decision.effect not in ("allow", "redact"):
             return (
                 decision,
                 None,
@@ -329,8 +415,13 @@ class GatewaySession:
                     "rule_ids": list(decision.rule_ids),
                 },
             )
+        redacted: Any = decision.redacted
+        if decision.effect == "redact" and isinstance(redacted, dict):
+            params = {**params, "args": cast(dict[str, Any], redacted)}  # the tool gets what the rules left
+        self.tool_calls += 1
         if decision.grant is not None:
             self.calls_by_grant[decision.grant] = self.calls_by_grant.get(decision.grant, 0) + 1
+        windows.record(decision.consumes, tenant=tenant, agent=agent, now=at)
         tool = self._tool(name)
         if tool is None:
             impl_type = (manifest or {}).get("spec", {}).get("implementation", {}).get("type")
@@ -346,10 +437,25 @@ class GatewaySession:
             with self.g.db.read() as conn:
                 self.attempt.fence(conn)
         value, error = self._invoke(seq, tool, params, decision)
-        return decision, value, error
+        if error is not None:
+            return decision, value, error
+        # What comes back is judged too: PII and blocked patterns in a tool's result.
+        inspected = policy.inspect_output(value, where="tool_result", tool=name)
+        if inspected.effect == "allow":
+            return decision, value, error
+        merged = _stronger(decision, inspected)
+        if inspected.effect == "redact":
+            return merged, inspected.redacted, None
+        refusal = {
+            "type": "policy_denied",
+            "tool": name,
+            "reasons": list(inspected.reasons),
+            "rule_ids": list(inspected.rule_ids),
+        }
+        return merged, None, refusal
 
     def _approval(
-        self, seq: int, tool: str, args: Any, request_hash: str, decision: Decision, now: datetime
+        self, seq: int, tool: str, args: Any, request_hash: str, decision: Decision, now: datetime, ttl: int
     ) -> Decision:
         """The decision a human made on this call, or suspend the run until one is made.
 
@@ -367,7 +473,6 @@ class GatewaySession:
                 if state != "pending":
                     return _decided(found, state, decision)
             else:
-                ttl = int(decision.meta.get("approval_timeout_seconds", "86400"))
                 found = store.request(
                     conn,
                     tenant_id=attempt.tenant_id,
@@ -417,24 +522,15 @@ class GatewaySession:
         raise CallError(TOOL_FAILED, str(error.get("reason", "tool failed")), error)
 
 
-def _grant(manifest: dict[str, Any]) -> Grant:
-    spec: dict[str, Any] = manifest["spec"]
-    subjects: dict[str, Any] = spec.get("subjects", {})
-    expires = spec.get("expiresAt")
-    return Grant(
-        name=manifest["metadata"]["name"],
-        agents=subjects.get("agents", []),
-        labels=subjects.get("labels", {}),
-        tiers=subjects.get("tiers", []),
-        tools=spec.get("tools", []),
-        max_calls=spec.get("maxCalls"),
-        min_tier=spec.get("minTier", "T0"),
-        expires_at=datetime.fromisoformat(expires.replace("Z", "+00:00"))
-        if isinstance(expires, str)
-        else None,
-        egress=spec.get("egress", []),
-        require_approval=bool(spec.get("requireApproval", False)),
-        approval_timeout_seconds=parse_duration(spec.get("approvalTimeout", "24h")),
+def _stronger(call: Decision, output: Decision) -> Decision:
+    """The call's decision joined with the verdict on its output (the stronger effect wins)."""
+    effect = output.effect if RANK[output.effect] > RANK[call.effect] else call.effect
+    return dataclasses.replace(
+        call,
+        effect=effect,
+        reasons=(*call.reasons, *output.reasons),
+        rule_ids=(*call.rule_ids, *output.rule_ids),
+        version=call.version or output.version,
     )
 
 

@@ -7,6 +7,7 @@ replays the journal up to where the dead one stopped. A worker that only *paused
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -15,11 +16,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection
 
 from bastion.errors import (
+    ErrorBudgetExceeded,
     LeaseLost,
     LimitExceeded,
     NonDeterministic,
@@ -31,11 +33,12 @@ from bastion.execution.gateway import Attempt, Gateway, GatewaySession
 from bastion.execution.sandbox import CallError, SandboxBackend, SandboxLimits, SandboxSpec
 from bastion.observe import RunSpan, Telemetry
 from bastion.observe.journal import Prepared
+from bastion.policy import Attempted, RunOutcome, TrustSettings, build_handoff, evaluate_trust
 
 from ._states import RunState
 from ._step import HeldStepWriter, StepWriter
 from ._store import Claim, RunStore
-from ._trust import TrustState, TrustStore
+from ._trust import Outcome, TrustState, TrustStore
 
 APPROVAL_SWEEP_SECONDS = 1.0
 """How often a worker looks for approvals past their deadline."""
@@ -58,9 +61,9 @@ class WorkerConfig:
 class _Outcome(Exception):
     """How an attempt ended, when it did not end with a result."""
 
-    def __init__(self, state: RunState | None, reason: str) -> None:
+    def __init__(self, state: RunState | None, reason: str, result: Any = None) -> None:
         super().__init__(reason)
-        self.state, self.reason = state, reason
+        self.state, self.reason, self.result = state, reason, result
 
 
 class Worker:
@@ -234,10 +237,22 @@ class _AttemptRunner:
             return
         except _Outcome as outcome:
             if outcome.state is not None:
-                self._finish(outcome.state, reason=outcome.reason)
+                self._finish(outcome.state, reason=outcome.reason, result=outcome.result)
             return
         except RunSuspended as exc:
             self._park(exc)
+            return
+        except ErrorBudgetExceeded as exc:
+            settings = self._trust_settings()
+            if settings is not None and settings.on_budget_exceeded == "demote":
+                self._finish(RunState.FAILED, reason=exc.detail, exc=exc)
+            else:
+                self._finish(
+                    RunState.REVOKED,
+                    reason=exc.detail,
+                    result={"handoff": self._handoff(exc.detail)},
+                    exc=exc,
+                )
             return
         except RunError as exc:
             self._finish(RunState.FAILED, reason=exc.detail, exc=exc)
@@ -328,7 +343,8 @@ class _AttemptRunner:
             if self.cancelled.is_set():
                 trust = self._trust()
                 if trust.revoked:
-                    raise _Outcome(RunState.REVOKED, f"agent revoked: {trust.reason}") from None
+                    reason = f"agent revoked: {trust.reason}"
+                    raise _Outcome(RunState.REVOKED, reason, {"handoff": self._handoff(reason)}) from None
                 raise _Outcome(RunState.CANCELLED, "cancelled by request") from None
             raise _Outcome(RunState.FAILED, session.redactor.scrub_text(exc.detail)) from None
         finally:
@@ -414,6 +430,8 @@ class _AttemptRunner:
                 self.w.runs.transition(
                     conn, self.run_, self.claim.owner, state, reason=reason, result=result, journal=journal
                 )
+                if state is not RunState.CANCELLED:
+                    self._judge_trust(conn, state)
         except LeaseLost:
             log.warning(
                 "run %s finished as %s, but attempt %s had lost its lease",
@@ -421,6 +439,88 @@ class _AttemptRunner:
                 state,
                 self.run_.attempt,
             )
+
+    # --- trust ------------------------------------------------------------------------
+
+    def _trust_settings(self) -> TrustSettings | None:
+        if self.session is None:
+            return None
+        policy, _ = self.session.policy()
+        return TrustSettings.from_manifests(self.run_.agent_spec, policy.trust)
+
+    def _judge_trust(self, conn: Connection, state: RunState) -> None:
+        """Record this run's outcome and apply what it does to the agent's trust: a revocation or
+        demotion when it exceeded the error budget, a promotion after enough compliant runs."""
+        session, run = self.session, self.run_
+        settings = self._trust_settings()
+        if session is None or settings is None:
+            return
+        declared = str(run.agent_spec["spec"].get("tier", "T0"))
+        trust = self.w.trust.state(conn, run.tenant_id, run.namespace, run.agent, declared=declared)
+        outcome = Outcome(
+            run_id=run.id,
+            tier=trust.tier,
+            succeeded=state is RunState.SUCCEEDED,
+            errors=list(session.errors),
+            violations=list(session.violations),
+        )
+        now = self.w.runs.clock.now()
+        self.w.trust.record_outcome(conn, run.tenant_id, run.namespace, run.agent, outcome, now)
+        history = [
+            RunOutcome(
+                run_id=o.run_id, tier=o.tier, succeeded=o.succeeded, errors=o.errors, violations=o.violations
+            )
+            for o in self.w.trust.history(conn, run.tenant_id, run.namespace, run.agent)
+        ]
+        change = evaluate_trust(history, settings, tier=trust.tier)
+        if change is None or (change.action == "revoke" and trust.revoked):
+            return
+        event = self.w.trust.change(
+            conn,
+            run.tenant_id,
+            run.namespace,
+            run.agent,
+            declared=declared,
+            action=change.action,
+            to_tier=change.to_tier,
+            actor="bastion",
+            reason=change.reason,
+            now=now,
+            rule_id=change.rule_id,
+            run_id=run.id,
+            evidence=change.evidence,
+        )
+        self.w.runs.add_event(conn, run.id, "trust", event)
+
+    def _handoff(self, reason: str) -> dict[str, Any]:
+        """What this run leaves for whoever takes over: what it tried, where it stopped, what blocks."""
+        tried: list[Attempted] = []
+        for entry in self.w.gateway.journal.entries(self.run_.id):
+            request: Any = self.w.gateway.journal.resolve(entry.request)
+            params: dict[str, Any] = (
+                cast(dict[str, Any], request).get("params", {}) if isinstance(request, dict) else {}
+            )
+            what = f"tool {params.get('name')}" if entry.kind == "tool" else entry.kind
+            if entry.decision == "deny":
+                outcome = "denied: " + "; ".join(str(r.get("text", "")) for r in entry.reasons)[:300]
+            elif entry.error is not None:
+                outcome = f"failed: {entry.error.get('reason') or entry.error.get('type')}"[:300]
+            else:
+                outcome = "ok"
+            tried.append(Attempted(seq=entry.seq, what=what, outcome=outcome))
+        goal = _summary(self.run_.input)
+        handoff = build_handoff(
+            run_id=self.run_.id, agent=self.run_.agent, reason=reason, tried=tried, goal=goal
+        )
+        record = handoff.to_record()
+        return record if self.session is None else self.session.redactor.scrub(record)
+
+
+def _summary(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _error_type(state: RunState, exc: BaseException | None) -> str:

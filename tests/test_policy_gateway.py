@@ -1,0 +1,169 @@
+"""Policy in the gateway, end to end (issue 6): Policy resources decide real calls, their version is
+journaled, outputs are inspected for PII, error budgets revoke with a handoff, compliant runs
+promote, rate limits bite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bastion.errors import Conflict
+
+from ._agents import builtin_tool, code_agent, grant_for, wait_finished
+from ._docs import raw
+from .conftest import Tenant
+
+
+def policy(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "bastion/v1", "kind": "Policy", "metadata": {"name": name}, "spec": spec}
+
+
+WRITES = """
+from bastion import agent
+
+def main(input):
+    out = []
+    for content in input["contents"]:
+        try:
+            agent.tools.call("fs.write", path="note.txt", content=content)
+            out.append("written")
+        except agent.ToolDenied as denied:
+            out.append("denied: " + "; ".join(denied.reasons))
+    return out
+"""
+
+
+def test_a_blocked_pattern_is_a_violation_that_revokes_the_agent_with_a_handoff(tenant: Tenant) -> None:
+    with tenant.client() as client:
+        client.apply(
+            raw(
+                builtin_tool("fs.write"),
+                code_agent("writer", WRITES, tools=["fs.write"]),
+                grant_for("writer", "fs.write"),
+                policy(
+                    "no-dumps",
+                    rules=[{"id": "no-dump", "blockedPatterns": [{"pattern": "DROP TABLE"}]}],
+                ),
+            )
+        )
+        run = client.create_run(
+            "writer", {"contents": ["hello", "drop\u00a0\u00a0table users", "never reached"]}
+        )
+        done = wait_finished(client, run["id"])
+        assert done["state"] == "Revoked", done["reason"]
+        assert "error budget exceeded" in done["reason"] and "procedure violation" in done["reason"]
+        handoff = done["result"]["handoff"]
+        assert handoff["agent"] == "writer" and handoff["lastStep"] == 2
+        assert handoff["tried"][0]["outcome"] == "ok"
+        assert handoff["tried"][1]["outcome"].startswith("denied")
+        assert any("resume after step 1" in step for step in handoff["nextSteps"])
+
+        entries = client.journal(run["id"])
+        assert [e["decision"] for e in entries] == ["allow", "deny"], "the third call never happened"
+        denial = entries[1]
+        assert any(r["rule"] == "policy/no-dumps/no-dump" for r in denial["reasons"])
+        assert all(r["policy"].startswith("sha256:") for r in denial["reasons"])
+
+        trust = client.trust("writer")
+        assert trust["revoked"] and trust["events"][0]["actor"] == "bastion"
+        assert trust["events"][0]["runId"] == run["id"]
+        with pytest.raises(Conflict, match="revoked"):
+            client.create_run("writer", {"contents": []})
+
+
+def test_repeating_the_same_denied_call_exhausts_the_error_budget(tenant: Tenant) -> None:
+    source = """
+from bastion import agent
+
+def main(input):
+    for _ in range(10):
+        try:
+            agent.tools.call("fs.list")
+        except agent.ToolDenied:
+            pass
+    return "gave up"
+"""
+    with tenant.client() as client:
+        agent = code_agent("stubborn", source, tools=["fs.list"])
+        agent["spec"]["errorBudget"] = {"maxErrors": 10, "maxRepeats": 3}
+        client.apply(raw(builtin_tool("fs.list"), agent))
+        done = wait_finished(client, client.create_run("stubborn")["id"])
+        assert done["state"] == "Revoked"
+        assert "happened 4 times" in done["reason"]
+        assert len(client.journal(done["id"])) == 4
+
+
+def test_personal_data_in_a_tool_result_is_redacted_before_the_agent_or_the_journal_sees_it(
+    tenant: Tenant,
+) -> None:
+    source = """
+from bastion import agent
+
+def main(input):
+    agent.tools.call("fs.write", path="contacts.txt", content="write to jane.doe@example.com or call 212-555-0182")
+    return agent.tools.call("fs.read", path="contacts.txt")["content"]
+"""
+    with tenant.client() as client:
+        client.apply(
+            raw(
+                builtin_tool("fs.write"),
+                builtin_tool("fs.read"),
+                code_agent("reader", source, tools=["fs.write", "fs.read"]),
+                grant_for("reader", "fs.write", "fs.read"),
+                policy("pii", pii={"action": "redact", "entities": ["EMAIL_ADDRESS", "PHONE_NUMBER"]}),
+            )
+        )
+        done = wait_finished(client, client.create_run("reader")["id"])
+        assert done["state"] == "Succeeded", done["reason"]
+        assert "jane.doe@example.com" not in done["result"]
+        assert "[PII:EMAIL_ADDRESS]" in done["result"]
+        read = client.journal(done["id"])[1]
+        assert read["decision"] == "redact"
+        assert "jane.doe" not in str(read["response"])
+        assert any(r["rule"] == "policy/pii/pii" for r in read["reasons"])
+
+
+def test_compliant_runs_promote_the_agent(tenant: Tenant) -> None:
+    with tenant.client() as client:
+        client.apply(
+            raw(
+                code_agent("good", "def main(input):\n    return 'ok'\n"),
+                policy("earn", trust={"promoteAfter": 2, "maxTier": "T1"}),
+            )
+        )
+        for _ in range(3):
+            assert wait_finished(client, client.create_run("good")["id"])["state"] == "Succeeded"
+        trust = client.trust("good")
+        assert trust["tier"] == "T1", trust
+        [event] = trust["events"]
+        assert (event["action"], event["actor"], event["ruleId"]) == (
+            "promote",
+            "bastion",
+            "trust.promoteAfter",
+        )
+        assert len(event["evidence"]) == 2
+
+
+def test_a_rate_limit_per_agent_bites_across_runs(tenant: Tenant) -> None:
+    source = """
+from bastion import agent
+
+def main(input):
+    try:
+        agent.tools.call("fs.list")
+        return "allowed"
+    except agent.ToolDenied as denied:
+        return denied.reasons
+"""
+    with tenant.client() as client:
+        client.apply(
+            raw(
+                builtin_tool("fs.list"),
+                code_agent("limited", source, tools=["fs.list"]),
+                grant_for("limited", "fs.list", rateLimit={"calls": 2, "per": "1h"}),
+            )
+        )
+        results = [wait_finished(client, client.create_run("limited")["id"])["result"] for _ in range(3)]
+        assert results[:2] == ["allowed", "allowed"]
+        assert any("limit is reached" in r for r in results[2]), results[2]
