@@ -337,8 +337,8 @@ def error_for_problem(body: dict[str, Any], status: int) -> BastionError:
 __all__ = [
     "PROBLEM_BASE",
     "BastionError",
-    "ErrorBudgetExceeded",
     "Conflict",
+    "ErrorBudgetExceeded",
     "Forbidden",
     "IdempotencyKeyReused",
     "InvalidManifest",
