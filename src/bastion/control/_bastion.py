@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from bastion.api import Clock, IdSource, RandomIds, SystemClock
 from bastion.execution.gateway import Gateway, GatewayMetrics
+from bastion.execution.llm import BudgetLedger, Models
 from bastion.execution.runs import RunStore, Worker, WorkerConfig
 from bastion.execution.sandbox import ProcessBackend
 from bastion.execution.tools import builtin_tools
@@ -54,6 +55,7 @@ class Bastion:
         self.runs = RunStore(self.store, clock=clock, ids=ids)
         self.journal = Journal(self.store, clock)
         self.telemetry = Telemetry(otlp_endpoint=settings.otlp_endpoint, console=settings.trace_console)
+        self.models = Models.build(BudgetLedger(self.store, clock), self.registry)
         self.gateway = Gateway(
             self.store,
             self.journal,
@@ -63,6 +65,7 @@ class Bastion:
             ids=ids,
             metrics=GatewayMetrics(self.registry),
             telemetry=self.telemetry,
+            models=self.models,
         )
         self.records = RecordService(
             self.store, self.sealer, self.journal, StoreResourceReader(self.store, self.resources)

@@ -18,6 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from bastion.execution.llm import metadata as llm_metadata
 from bastion.execution.runs import metadata as runs_metadata
 from bastion.observe import UtcDateTime as Timestamp
 from bastion.observe.journal import metadata as journal_metadata
@@ -115,7 +116,7 @@ idempotency_keys = Table(
 def all_metadata() -> MetaData:
     """Every plane's tables in one MetaData: what the migrations must produce."""
     combined = MetaData()
-    for source in (control_metadata, runs_metadata, journal_metadata):
+    for source in (control_metadata, runs_metadata, journal_metadata, llm_metadata):
         for table in source.tables.values():
             table.to_metadata(combined)
     return combined

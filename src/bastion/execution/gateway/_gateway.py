@@ -20,12 +20,14 @@ from sqlalchemy import Connection
 
 from bastion.api import Clock, IdSource
 from bastion.errors import NonDeterministic, RunError, ToolCallFailed
+from bastion.execution.llm import Models, answer
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
 from bastion.observe import Database, RunSpan, Telemetry, ToolSpan
 from bastion.observe.journal import GENESIS, Entry, Journal, Prepared, canonical, digest
 from bastion.policy import Decision, Grant, Subject, decide_tool_call
 
+from ._llm import ModelCalls
 from ._metrics import GatewayMetrics
 from ._resources import ResourceReader
 from ._scrub import Redactor
@@ -35,7 +37,13 @@ log = logging.getLogger("bastion.gateway")
 GRANTS_TTL_SECONDS = 1.0
 _NO_SPAN = ToolSpan(None)
 """Time, randomness and ids get no span (see ``bastion.observe.Telemetry``)."""
-KINDS = {"tool.call": "tool", "time.now": "time", "random.random": "random", "random.uuid": "uuid"}
+KINDS = {
+    "tool.call": "tool",
+    "llm.chat": "llm",
+    "time.now": "time",
+    "random.random": "random",
+    "random.uuid": "uuid",
+}
 
 
 Fence = Callable[[Connection], None]
@@ -77,8 +85,12 @@ class Gateway:
         metrics: GatewayMetrics | None = None,
         limits: ToolLimits | None = None,
         telemetry: Telemetry | None = None,
+        models: Models | None = None,
     ) -> None:
         self.db, self.journal, self.resources = db, journal, resources
+        self.models = models
+        """The LLM router, budgets and metrics behind ``llm.chat``; None answers every model call
+        with a failure."""
         self.tools, self.clock, self.ids = tools, clock, ids
         self.metrics = metrics or GatewayMetrics()
         self.limits = limits or ToolLimits()
@@ -114,6 +126,8 @@ class GatewaySession:
             for m in gateway.resources.resources(self.tenant_id, "Tool", self.namespace)
         }
         self.secrets.preload([m for name, m in self.tool_manifests.items() if name in self.subject.tools])
+        self.model_calls = ModelCalls(self, gateway.models)
+        self.model_calls.preload()
         self._grants_cache: tuple[float, list[Grant]] | None = None
 
     @property
@@ -201,7 +215,9 @@ class GatewaySession:
             span.outcome(recorded.decision, error)
             return self._answer(value, error)
         span.outcome(recorded.decision, recorded.error)
-        return self._answer(self.g.journal.resolve(recorded.response), recorded.error)
+        return self._answer(
+            self._shaped(kind, request, self.g.journal.resolve(recorded.response)), recorded.error
+        )
 
     # --- live ------------------------------------------------------------------------
 
@@ -213,6 +229,8 @@ class GatewaySession:
         error: dict[str, Any] | None = None
         if kind == "tool":
             decision, value, error = self._tool_call(seq, request["params"], started_at)
+        elif kind == "llm":
+            decision, value, error = self.model_calls.call(seq, request["params"], started_at)
         else:
             decision = Decision(
                 effect="allow",
@@ -251,6 +269,9 @@ class GatewaySession:
         }
         if kind == "tool":
             event["tool"] = request["params"].get("name")
+        elif kind == "llm" and isinstance(value, dict):
+            result = cast(dict[str, Any], value)
+            event.update(model=result.get("model"), usage=result.get("usage"))
         if error is not None:
             event["error"] = error.get("reason") or error.get("message")
         if decision.effect != "allow":
@@ -259,7 +280,14 @@ class GatewaySession:
         self.seq, self.head = seq, prepared.entry.hash
         self.g.metrics.calls.labels(kind, decision.effect).inc()
         span.outcome(decision.effect, error)
-        return self._answer(value, error)
+        return self._answer(self._shaped(kind, request, value), error)
+
+    @staticmethod
+    def _shaped(kind: str, request: dict[str, Any], value: Any) -> Any:
+        """A model call's journaled result in the wire format the caller asked for."""
+        if kind != "llm" or value is None:
+            return value
+        return answer(request["params"], value)
 
     def _seam(self, kind: str) -> Any:
         if kind == "time":
@@ -365,10 +393,14 @@ class GatewaySession:
     def _answer(value: Any, error: dict[str, Any] | None) -> Any:
         if error is None:
             return value
+        if error.get("type") == "budget_exceeded":
+            raise CallError(DENIED, str(error.get("reason", "budget exceeded")), error)
         if error.get("type") == "policy_denied":
             raise CallError(DENIED, f"denied: {'; '.join(error.get('reasons', []))}", error)
         if error.get("type") == "invalid_request":
             raise CallError(INVALID, str(error.get("reason", "invalid request")), error)
+        if error.get("type") == "model_call_failed":
+            raise CallError(TOOL_FAILED, f"the model call failed: {error.get('reason')}", error)
         raise CallError(TOOL_FAILED, str(error.get("reason", "tool failed")), error)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from bastion.execution.sandbox import CallError, SandboxBackend, SandboxLimits, 
 from bastion.observe import RunSpan, Telemetry
 from bastion.observe.journal import Prepared
 
+from ._llm_loop import run_llm_agent
 from ._states import RunState
 from ._step import HeldStepWriter, StepWriter
 from ._store import Claim, RunStore
@@ -246,6 +248,8 @@ class _AttemptRunner:
         spec: dict[str, Any] = self.run_.agent_spec["spec"]
         session = self.session
         assert session is not None
+        if spec.get("runtime") == "llm":
+            return self._llm_loop(session)
         try:
             # The run span's context, so agent code (and the coming shim) can continue the trace.
             env = {"TRACEPARENT": self.span.traceparent} if self.span is not None else {}
@@ -276,6 +280,25 @@ class _AttemptRunner:
             raise _Outcome(RunState.FAILED, session.redactor.scrub_text(exc.detail)) from None
         finally:
             self.sandbox.stop()
+
+    def _llm_loop(self, session: GatewaySession) -> Any:
+        """``runtime: llm``: Bastion's own loop, in this thread, every call through the session."""
+        spec: dict[str, Any] = self.run_.agent_spec["spec"]
+        wall = self._limits().wall_seconds
+        started = time.monotonic()
+
+        def check() -> None:
+            if self.lost.is_set():
+                raise LeaseLost("the lease was lost while the agent loop ran")
+            if self.cancelled.is_set():
+                raise _Outcome(RunState.CANCELLED, "cancelled by request")
+            if time.monotonic() - started > wall:
+                raise _Outcome(RunState.FAILED, f"limit exceeded: wall_time: the loop ran past {wall:g} s")
+
+        value = run_llm_agent(
+            spec=spec, input=self.run_.input, tools=session.tool_manifests, handle=session.handle, check=check
+        )
+        return session.redactor.scrub(value)
 
     def _heartbeat(self) -> None:
         interval = self.w.config.lease_seconds / 3
