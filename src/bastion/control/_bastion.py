@@ -105,5 +105,6 @@ class Bastion:
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+        self.models.router.close()
         self.telemetry.shutdown()
         self.store.close()

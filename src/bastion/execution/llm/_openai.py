@@ -303,6 +303,9 @@ class OpenAIProvider:
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64), trust_env=False
         )
 
+    def close(self) -> None:
+        self.client.close()
+
     def complete(self, call: Call) -> Reply:
         target = call.target
         url = (target.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"

@@ -167,6 +167,19 @@ class Router:
         self._latency: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Close the providers' connection pools."""
+        for provider in self.providers.values():
+            close = getattr(provider, "close", None)
+            if callable(close):
+                close()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def breaker(self, target: Target) -> Breaker:
         with self._lock:
             found = self._breakers.get(target.key)

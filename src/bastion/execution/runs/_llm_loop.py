@@ -146,5 +146,5 @@ def _schema_fault(validator: Draft202012Validator, args: dict[str, Any]) -> str 
         return None
     fault: ValidationError = best_match(errors)  # pyright: ignore[reportUnknownVariableType]
     path: list[Any] = list(fault.absolute_path)  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
-    message: str = fault.message  # pyright: ignore[reportUnknownMemberType]
+    message: str = fault.message  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
     return f"{'/'.join(str(p) for p in path) or '(the arguments)'}: {message}"
