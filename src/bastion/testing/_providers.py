@@ -168,7 +168,10 @@ class FakeProvider:
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, name="bastion-fake-provider", daemon=True
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="bastion-fake-provider",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -225,6 +228,7 @@ class FakeProvider:
 def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
 
         def log_message(self, format: str, *args: Any) -> None:
             return
