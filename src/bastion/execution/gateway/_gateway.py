@@ -394,7 +394,7 @@ class GatewaySession:
         if error is None:
             return value
         if error.get("type") == "budget_exceeded":
-            raise CallError(DENIED, str(error.get("reason", "budget exceeded")), error)
+            raise CallError(DENIED, f"budget {error.get('budget')!r} exceeded: {error.get('reason')}", error)
         if error.get("type") == "policy_denied":
             raise CallError(DENIED, f"denied: {'; '.join(error.get('reasons', []))}", error)
         if error.get("type") == "invalid_request":

@@ -122,8 +122,10 @@ class Replayer:
                     str(error.get("type")), TOOL_FAILED
                 )
                 message = str(error.get("reason") or "; ".join(error.get("reasons", [])) or "failed")
-                if error.get("type") == "model_call_failed":
-                    message = f"the model call failed: {message}"  # as the gateway words it
+                if error.get("type") == "model_call_failed":  # worded as the gateway words them
+                    message = f"the model call failed: {message}"
+                elif error.get("type") == "budget_exceeded":
+                    message = f"budget {error.get('budget')!r} exceeded: {message}"
                 raise CallError(code, message, error)
             response = self._resolve(entry["response"])
             return answer(params, response) if method == "llm.chat" else response
