@@ -34,7 +34,8 @@ from typing import Any, cast
 
 
 class Hold:
-    """Pauses a streamed answer after some events: ``reached`` is set there, ``release()`` goes on."""
+    """Pauses an answer (a streamed one after some events, another before it is sent): ``reached``
+    is set there, ``release()`` goes on."""
 
     def __init__(self) -> None:
         self.reached = threading.Event()
@@ -282,6 +283,11 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 self.close_connection = True
                 return None
+            if step.hold is not None and not request.get("stream"):
+                step.hold.reached.set()  # a non-streamed answer is held before it is sent
+                while not step.hold.released.wait(0.05):
+                    if state.closing.is_set():
+                        return None
             step = step if step.usage is not None else replace(step, usage=_usage(raw, step))
             model = step.model or str(request.get("model") or state.model)
             if fmt == "openai":

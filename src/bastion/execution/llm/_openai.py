@@ -144,7 +144,7 @@ def openai_body(request: ChatRequest, *, model: str, max_tokens: int, stream: bo
                             "name": names.get(c.name, c.name),
                             "arguments": c.arguments
                             if isinstance(c.arguments, str)
-                            else json.dumps(c.arguments, ensure_ascii=False),
+                            else json.dumps(c.arguments, ensure_ascii=False, sort_keys=True),
                         },
                     }
                     for c in m.tool_calls
@@ -349,7 +349,7 @@ def _wire_calls(message: Message) -> list[dict[str, Any]]:
                 "name": c.name,
                 "arguments": c.arguments
                 if isinstance(c.arguments, str)
-                else json.dumps(c.arguments, ensure_ascii=False),
+                else json.dumps(c.arguments, ensure_ascii=False, sort_keys=True),
             },
         }
         for c in message.tool_calls
