@@ -29,7 +29,11 @@ FS_WRITE["spec"]["parameters"] = {
     "additionalProperties": False,
 }
 FS_READ = builtin_tool("fs.read")
-FS_READ["spec"]["parameters"] = {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}
+FS_READ["spec"]["parameters"] = {
+    "type": "object",
+    "properties": {"path": {"type": "string"}},
+    "required": ["path"],
+}
 
 
 def model_policy(name: str, *targets: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -100,17 +104,26 @@ def test_a_declarative_agent_runs_its_loop_through_the_gateway_and_replays(tenan
         first = entries[0]
         assert first["request"]["method"] == "llm.chat"
         sent = first["request"]["params"]["request"]
-        assert sent["messages"][0] == {"role": "system", "content": llm_agent("x", "y", tools=[])["spec"]["instructions"]}
+        assert sent["messages"][0] == {
+            "role": "system",
+            "content": llm_agent("x", "y", tools=[])["spec"]["instructions"],
+        }
         assert sent["messages"][1] == {"role": "user", "content": '{"topic": "refunds"}'}
         assert [t["name"] for t in sent["tools"]] == ["fs.write", "fs.read"]
         answer = first["response"]
         assert (answer["provider"], answer["model"]) == ("scripted", "demo")
         usage = answer["usage"]
-        assert usage["inputTokens"] > 0 and answer["costUsd"] == (usage["inputTokens"] + 2 * usage["outputTokens"]) / 1e6
+        assert (
+            usage["inputTokens"] > 0
+            and answer["costUsd"] == (usage["inputTokens"] + 2 * usage["outputTokens"]) / 1e6
+        )
         # The schema fault went back to the model, not to the tool.
         third = entries[4]["request"]["params"]["request"]["messages"][-1]
         assert third["role"] == "tool" and third["isError"] is True
-        assert "do not match its JSON Schema" in third["content"] and "'content' is a required" in third["content"]
+        assert (
+            "do not match its JSON Schema" in third["content"]
+            and "'content' is a required" in third["content"]
+        )
         assert entries[2]["response"]["content"] == "refunds take 20 days"
         assert client.verify_run(run["id"])["ok"]
         record = client.export_record(run["id"])
@@ -163,7 +176,11 @@ def test_a_run_over_its_token_budget_is_refused_before_the_call(tenant: Tenant) 
         assert refused["reasons"][0]["rule"] == "budget/budgets.tokensPerRun"
         assert refused["error"]["type"] == "budget_exceeded"
         # Charged: what the answered calls really used, nothing for the refused one.
-        used = sum(e["response"]["usage"]["inputTokens"] + e["response"]["usage"]["outputTokens"] for e in entries if e["kind"] == "llm" and e["response"])
+        used = sum(
+            e["response"]["usage"]["inputTokens"] + e["response"]["usage"]["outputTokens"]
+            for e in entries
+            if e["kind"] == "llm" and e["response"]
+        )
     ledger = tenant.server.bastion.models.ledger
     assert ledger.used(f"run:{done['id']}") == (used, 0.0)
 
@@ -172,7 +189,11 @@ def test_garbage_from_every_provider_fails_the_run_with_the_reason(tenant: Tenan
     with FakeProvider(malformed(), malformed(), malformed()) as fake, tenant.client() as client:
         client.apply(
             raw(
-                model_policy("bad-models", {"provider": "openai", "model": "gpt-x", "baseUrl": fake.openai_url}, retries=2),
+                model_policy(
+                    "bad-models",
+                    {"provider": "openai", "model": "gpt-x", "baseUrl": fake.openai_url},
+                    retries=2,
+                ),
                 llm_agent("victim", "bad-models", tools=[]),
             )
         )
@@ -210,20 +231,31 @@ def main(input):
 
 def test_code_agents_call_models_in_wire_formats_with_keys_they_never_see(tenant: Tenant) -> None:
     key = "sk-live-4f9d2a7b1c8e6f30"
-    with FakeProvider(
-        reply("first answer"), reply("second answer"), reply(f"I leak {key}"), api_key=key
-    ) as fake, tenant.client() as client:
+    with (
+        FakeProvider(
+            reply("first answer"), reply("second answer"), reply(f"I leak {key}"), api_key=key
+        ) as fake,
+        tenant.client() as client,
+    ):
         client.apply(
             raw(
                 {
                     "apiVersion": "bastion/v1",
                     "kind": "Secret",
                     "metadata": {"name": "openai-key"},
-                    "spec": {"stringData": {"apiKey": key}, "usableBy": {"providers": ["openai", "anthropic"]}},
+                    "spec": {
+                        "stringData": {"apiKey": key},
+                        "usableBy": {"providers": ["openai", "anthropic"]},
+                    },
                 },
                 model_policy(
                     "fake-models",
-                    {"provider": "openai", "model": "gpt-x", "baseUrl": fake.openai_url, "secret": "openai-key"},
+                    {
+                        "provider": "openai",
+                        "model": "gpt-x",
+                        "baseUrl": fake.openai_url,
+                        "secret": "openai-key",
+                    },
                 ),
                 code_agent("coder", textwrap.dedent(CODE_AGENT)) | {},
             )
@@ -265,11 +297,16 @@ def main(input):
 
 
 def test_a_declarative_agent_through_a_fake_openai_server(tenant: Tenant) -> None:
-    with FakeProvider(tool_call("fs_read", path="missing.txt"), reply("It is not there.")) as fake, tenant.client() as client:
+    with (
+        FakeProvider(tool_call("fs_read", path="missing.txt"), reply("It is not there.")) as fake,
+        tenant.client() as client,
+    ):
         client.apply(
             raw(
                 FS_READ,
-                model_policy("http-models", {"provider": "openai", "model": "gpt-x", "baseUrl": fake.openai_url}),
+                model_policy(
+                    "http-models", {"provider": "openai", "model": "gpt-x", "baseUrl": fake.openai_url}
+                ),
                 llm_agent("reader", "http-models", tools=["fs.read"]),
                 grant_for("reader", "fs.read"),
             )
@@ -280,3 +317,28 @@ def test_a_declarative_agent_through_a_fake_openai_server(tenant: Tenant) -> Non
         second = fake.requests[1].body["messages"]
         assert second[-2]["tool_calls"][0]["function"]["name"] == "fs_read"
         assert second[-1]["role"] == "tool" and second[-1]["content"].startswith("error:")
+
+
+def test_the_example_declarative_agent_runs_with_the_scripted_provider(tenant: Tenant) -> None:
+    from bastion.api import parse_yaml
+    from bastion.testing import weather_api
+
+    examples = Path(__file__).parent.parent / "examples" / "demo"
+    docs = [
+        doc.body
+        for name in ("demo.yaml", "declarative.yaml")
+        for doc in parse_yaml((examples / name).read_text(), name)
+    ]
+    token = next(d["spec"]["stringData"]["token"] for d in docs if d["kind"] == "Secret")
+    with weather_api(token) as (url, seen), tenant.client() as client:
+        for doc in docs:
+            if doc["kind"] == "Tool" and doc["spec"]["implementation"]["type"] == "http":
+                doc["spec"]["implementation"]["url"] = f"{url}/forecast"
+        client.apply(raw(*(d for d in docs if d["metadata"]["name"] != "weather-reporter")))
+        done = wait_finished(client, client.create_run("weather-briefer", "What should I pack?")["id"])
+        assert done["state"] == "Succeeded", done
+        assert "Lisbon is sunny" in done["result"]
+        assert [s["authorized"] for s in seen] == [True, True]
+        entries = client.journal(done["id"])
+        assert [e["kind"] for e in entries] == ["llm", "tool", "tool", "llm"]
+        assert "Light snow" in entries[1]["response"]["body"]

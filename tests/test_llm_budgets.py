@@ -67,7 +67,9 @@ def test_a_call_made_again_after_a_crash_replaces_its_stale_reservation(store: S
 def test_concurrent_runs_cannot_overspend_a_shared_budget(store: Store) -> None:
     """32 threads race for an agent-per-day budget that fits exactly 10 reservations."""
     books, _ = ledger(store)
-    budget = Budget(scope="agent:t/default/racer/2030-01-01", name="budgets.tokensPerAgentPerDay", tokens=10_000)
+    budget = Budget(
+        scope="agent:t/default/racer/2030-01-01", name="budgets.tokensPerAgentPerDay", tokens=10_000
+    )
     start = threading.Barrier(32)
 
     def one(i: int) -> bool:
@@ -86,7 +88,9 @@ def test_concurrent_runs_cannot_overspend_a_shared_budget(store: Store) -> None:
 
 def test_budgets_come_from_the_policy_and_the_agents_limits() -> None:
     found = budgets_for(
-        policy={"budgets": {"tokensPerRun": 5000, "costPerTenantPerDay": 2.5, "tokensPerAgentPerDay": 90_000}},
+        policy={
+            "budgets": {"tokensPerRun": 5000, "costPerTenantPerDay": 2.5, "tokensPerAgentPerDay": 90_000}
+        },
         agent_limits={"tokens": 3000, "costUsd": 0.25},
         run_id="r",
         tenant_id="t",

@@ -36,7 +36,10 @@ def llm_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Clus
     with counting_server() as tool:
         built = Cluster(request.param, url, tmp_path, tool)
         try:
-            with serve_in_thread(create_app(built.bastion)) as api, BastionClient(api, built.admin_key) as client:
+            with (
+                serve_in_thread(create_app(built.bastion)) as api,
+                BastionClient(api, built.admin_key) as client,
+            ):
                 built.client = client
                 yield built
         finally:
@@ -128,7 +131,9 @@ def test_a_declarative_agent_killed_mid_run_resumes_by_replay(llm_cluster: Clust
         assert [(e.seq, e.kind, e.attempt) for e in entries] == [(1, "llm", 1), (2, "tool", 1), (3, "llm", 2)]
         # The first model call was answered from the journal; only the one in flight was made again.
         assert len(fake.requests) == 3
-        assert json.dumps(fake.requests[1].body, sort_keys=True) == json.dumps(fake.requests[2].body, sort_keys=True)
+        assert json.dumps(fake.requests[1].body, sort_keys=True) == json.dumps(
+            fake.requests[2].body, sort_keys=True
+        )
         draft = cluster.workspaces / run_id / "attempt-2" / "draft.txt"
         assert draft.read_text() == "step one", "the workspace effect was re-created by replay"
         cluster.verify(run_id)
