@@ -342,3 +342,56 @@ def test_the_example_declarative_agent_runs_with_the_scripted_provider(tenant: T
         entries = client.journal(done["id"])
         assert [e["kind"] for e in entries] == ["llm", "tool", "tool", "llm"]
         assert "Light snow" in entries[1]["response"]["body"]
+
+
+def test_api_completions_are_runs_under_the_same_budgets_and_journal(tenant: Tenant) -> None:
+    import pytest
+
+    from bastion.execution.sandbox import CallError
+
+    bastion = tenant.server.bastion
+    with tenant.client() as client:
+        client.apply(
+            raw(
+                model_policy(
+                    "api-models",
+                    {"provider": "scripted", "model": "echo"},
+                    maxOutputTokens=300,
+                    budgets={"tokensPerRun": 1000, "tokensPerAgentPerDay": 310},
+                )
+            )
+        )
+        with bastion.store.read() as conn:
+            tenant_id = bastion.store.tenant_by_name(conn, tenant.name).id
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "ping"}]}
+        run_id, answer = bastion.completions.complete(
+            tenant_id=tenant_id,
+            namespace="default",
+            caller="ci-key",
+            model_policy="api-models",
+            params={"format": "openai", "request": body},
+        )
+        assert answer["body"]["choices"][0]["message"]["content"] == "(scripted echo) ping"
+        run = client.get_run(run_id)
+        assert run["state"] == "Succeeded" and run["agent"] == "api-ci-key"
+        [entry] = client.journal(run_id)
+        assert entry["kind"] == "llm" and entry["response"]["usage"]["inputTokens"] > 0
+        assert client.verify_run(run_id)["ok"]
+        # The agent-per-day budget spans calls: the second reservation does not fit.
+        with pytest.raises(CallError) as refused:
+            bastion.completions.complete(
+                tenant_id=tenant_id,
+                namespace="default",
+                caller="ci-key",
+                model_policy="api-models",
+                params={"format": "openai", "request": body},
+            )
+        assert "budgets.tokensPerAgentPerDay" in refused.value.message
+        failed = client.list_runs()
+        assert any(
+            r["state"] == "Failed" and "tokensPerAgentPerDay" in (r.get("reason") or "") for r in failed
+        )
+        record = client.export_record(run_id)
+    with tempfile.TemporaryDirectory() as scratch, ProcessBackend() as backend:
+        report = Replayer(record, backend, builtin_tools()).run(Path(scratch))
+    assert report.ok, report

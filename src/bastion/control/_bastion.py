@@ -19,6 +19,7 @@ from bastion.observe import Telemetry
 from bastion.observe.journal import Journal
 from bastion.secrets import LocalKeyProvider, Sealer, load_or_create_master_key, parse_master_key
 
+from ._completions import CompletionService
 from ._records import RecordService
 from ._resources import ResourceService, StoreResourceReader
 from .settings import Settings
@@ -69,6 +70,9 @@ class Bastion:
         )
         self.records = RecordService(
             self.store, self.sealer, self.journal, StoreResourceReader(self.store, self.resources)
+        )
+        self.completions = CompletionService(
+            self.store, self.runs, self.gateway, clock, ids, settings.resolved_workspace_dir
         )
         self._backend: ProcessBackend | None = None
 

@@ -132,6 +132,14 @@ class Replayer:
 
         if spec.get("runtime") == "llm":
             return self._run_loop(report, handle, spec)
+        if spec.get("runtime") == "completion":  # an API client's one model call
+            try:
+                report.result = handle("llm.chat", self.record["run"].get("input"))
+            except _Stop:
+                return report
+            except CallError as exc:
+                report.result = {"error": exc.message}
+            return self._finish(report)
 
         sandbox = self.backend.start(
             SandboxSpec(workspace=workspace, limits=SandboxLimits(wall_seconds=300)), on_log=lambda _: None
