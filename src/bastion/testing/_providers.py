@@ -165,7 +165,7 @@ class FakeProvider:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> FakeProvider:
-        server = ThreadingHTTPServer((self._host, 0), _handler(self._state))
+        server = _Server((self._host, 0), _handler(self._state))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -224,6 +224,12 @@ class FakeProvider:
     def remaining(self) -> int:
         with self._state.lock:
             return len(self._state.script)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a timeout, a killed worker) is part of the game, not an error."""
+        return
 
 
 def _handler(state: _State) -> type[BaseHTTPRequestHandler]:

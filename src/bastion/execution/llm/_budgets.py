@@ -15,20 +15,21 @@ instead of adding a second.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import Connection, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 
 from bastion.api import Clock
 from bastion.errors import BudgetExceeded
 from bastion.observe import Database
 
-from ._tables import llm_reservations, llm_usage
+from ._tables import llm_usage
 
 NANOS = 1_000_000_000
 
@@ -96,13 +97,51 @@ def budgets_for(
     ]
 
 
+_ADD = (
+    "INSERT INTO llm_usage (scope, tokens, cost_nanos, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (scope) DO UPDATE SET tokens = llm_usage.tokens + excluded.tokens, "
+    "cost_nanos = llm_usage.cost_nanos + excluded.cost_nanos, updated_at = excluded.updated_at"
+)
+_HOLD = _ADD + " WHERE llm_usage.tokens <= ? AND llm_usage.cost_nanos <= ?"
+"""Adds a reservation to a scope's row only while the row has room for it (limit - reservation)."""
+_STALE = "SELECT scopes, tokens, cost_nanos FROM llm_reservations WHERE key = ?"
+_USED = "SELECT tokens, cost_nanos FROM llm_usage WHERE scope = ?"
+_FORGET = "DELETE FROM llm_reservations WHERE key = ?"
+_REMEMBER = (
+    "INSERT INTO llm_reservations (key, scopes, tokens, cost_nanos, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+_UNLIMITED = 2**62
+"""Stands for "no limit" in the conditional update (a BIGINT no usage reaches)."""
+
+
 class BudgetLedger:
+    """Reservations and settlements, as prebuilt SQL on a DBAPI cursor (one transaction each).
+
+    Like the journal step (``bastion.execution.runs.StepWriter``), this is on the path of every
+    model call, where SQLAlchemy's statement building cost more than the database work.
+    """
+
     def __init__(self, db: Database, clock: Clock, *, refusals: Counter | None = None) -> None:
         self.db, self.clock, self.refusals = db, clock, refusals
-        if db.engine.dialect.name == "postgresql":
-            self._insert: Any = postgresql.insert
-        else:
-            self._insert = sqlite.insert
+        self._postgres = db.engine.dialect.name == "postgresql"
+        mark = "%s" if self._postgres else "?"
+        self._add, self._hold = _ADD.replace("?", mark), _HOLD.replace("?", mark)
+        self._stale = _STALE.replace("?", mark) + (" FOR UPDATE" if self._postgres else "")
+        self._forget, self._remember = _FORGET.replace("?", mark), _REMEMBER.replace("?", mark)
+        self._used = _USED.replace("?", mark)
+
+    def _stamp(self, at: datetime) -> Any:
+        # SQLAlchemy's SQLite DateTime format, so rows read back as Core-written ones do.
+        return at if self._postgres else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    @contextmanager
+    def _cursor(self) -> Generator[Any]:
+        raw = self.db.raw_connection()
+        try:
+            with self.db.raw_write(raw) as cursor:
+                yield cursor
+        finally:
+            raw.close()
 
     def reserve(self, key: str, budgets: Sequence[Budget], *, tokens: int, cost_usd: float) -> Reservation:
         """Hold ``tokens`` and ``cost_usd`` in every limited scope, or none of them.
@@ -117,34 +156,35 @@ class BudgetLedger:
         )
         if not limited:
             return reservation
-        now = self.clock.now()
-        with self.db.write() as conn:
-            self._release(conn, key, now)  # a call made again after a crash: its old hold goes
-            for budget in limited:
-                conn.execute(
-                    self._insert(llm_usage)
-                    .values(scope=budget.scope, tokens=0, cost_nanos=0, updated_at=now)
-                    .on_conflict_do_nothing(index_elements=["scope"])
-                )
-                stmt = update(llm_usage).where(llm_usage.c.scope == budget.scope)
-                if budget.tokens is not None:
-                    stmt = stmt.where(llm_usage.c.tokens + tokens <= budget.tokens)
-                if budget.cost_usd is not None:
-                    stmt = stmt.where(llm_usage.c.cost_nanos + cost <= round(budget.cost_usd * NANOS))
-                done = conn.execute(
-                    stmt.values(
-                        tokens=llm_usage.c.tokens + tokens,
-                        cost_nanos=llm_usage.c.cost_nanos + cost,
-                        updated_at=now,
+        for budget in limited:  # a reservation bigger than the whole budget never fits
+            if tokens > _limit_tokens(budget) or cost > _limit_cost(budget):
+                raise self._refused(budget, tokens, cost, 0, 0)
+        at = self._stamp(self.clock.now())
+        refused: BudgetExceeded | None = None
+        try:
+            with self._cursor() as cursor:
+                self._release(cursor, key, at)  # a call made again after a crash: its old hold goes
+                for budget in limited:
+                    cursor.execute(
+                        self._hold,
+                        (
+                            budget.scope,
+                            tokens,
+                            cost,
+                            at,
+                            _limit_tokens(budget) - tokens,
+                            _limit_cost(budget) - cost,
+                        ),
                     )
-                )
-                if done.rowcount != 1:
-                    raise self._refused(conn, budget, tokens, cost)
-            conn.execute(
-                llm_reservations.insert().values(
-                    key=key, scopes=list(reservation.scopes), tokens=tokens, cost_nanos=cost, created_at=now
-                )
-            )
+                    if cursor.rowcount != 1:
+                        cursor.execute(self._used, (budget.scope,))
+                        row = cursor.fetchone()
+                        refused = self._refused(budget, tokens, cost, int(row[0]), int(row[1]))
+                        raise _Rollback
+                cursor.execute(self._remember, (key, json.dumps(list(reservation.scopes)), tokens, cost, at))
+        except _Rollback:
+            assert refused is not None
+            raise refused from None
         return reservation
 
     def settle(
@@ -152,27 +192,34 @@ class BudgetLedger:
     ) -> None:
         """Give the reservation back and charge the real usage to every scope (one transaction)."""
         cost = round(cost_usd * NANOS)
-        if not reservation.scopes and tokens == 0 and cost == 0:
+        held = set(reservation.scopes)
+        deltas = [
+            (
+                scope,
+                tokens - (reservation.tokens if scope in held else 0),
+                cost - (reservation.cost_nanos if scope in held else 0),
+            )
+            for scope in sorted(set(scopes) | held)
+        ]
+        deltas = [d for d in deltas if d[1] or d[2]]
+        if not deltas and not held:
             return
-        now = self.clock.now()
-        with self.db.write() as conn:
-            if reservation.scopes:
-                self._release(conn, reservation.key, now)
-            if tokens or cost:
-                for scope in sorted(scopes):
-                    insert = self._insert(llm_usage).values(
-                        scope=scope, tokens=tokens, cost_nanos=cost, updated_at=now
-                    )
-                    conn.execute(
-                        insert.on_conflict_do_update(
-                            index_elements=["scope"],
-                            set_={
-                                "tokens": llm_usage.c.tokens + insert.excluded.tokens,
-                                "cost_nanos": llm_usage.c.cost_nanos + insert.excluded.cost_nanos,
-                                "updated_at": now,
-                            },
-                        )
-                    )
+        at = self._stamp(self.clock.now())
+        with self._cursor() as cursor:
+            if held:
+                cursor.execute(self._forget, (reservation.key,))
+            for scope, delta_tokens, delta_cost in deltas:
+                cursor.execute(self._add, (scope, delta_tokens, delta_cost, at))
+
+    def _release(self, cursor: Any, key: str, at: Any) -> None:
+        cursor.execute(self._stale, (key,))
+        row = cursor.fetchone()
+        if row is None:
+            return
+        scopes = row[0] if isinstance(row[0], list) else json.loads(row[0])
+        for scope in sorted(scopes):
+            cursor.execute(self._add, (scope, -int(row[1]), -int(row[2]), at))
+        cursor.execute(self._forget, (key,))
 
     def used(self, scope: str) -> tuple[int, float]:
         """Tokens and US dollars used in a scope (reservations in flight included)."""
@@ -182,31 +229,9 @@ class BudgetLedger:
             ).first()
         return (0, 0.0) if row is None else (int(row[0]), row[1] / NANOS)
 
-    def _release(self, conn: Connection, key: str, now: datetime) -> None:
-        row = conn.execute(
-            select(llm_reservations.c.scopes, llm_reservations.c.tokens, llm_reservations.c.cost_nanos).where(
-                llm_reservations.c.key == key
-            )
-        ).first()
-        if row is None:
-            return
-        for scope in sorted(row[0]):
-            conn.execute(
-                update(llm_usage)
-                .where(llm_usage.c.scope == scope)
-                .values(
-                    tokens=llm_usage.c.tokens - row[1],
-                    cost_nanos=llm_usage.c.cost_nanos - row[2],
-                    updated_at=now,
-                )
-            )
-        conn.execute(delete(llm_reservations).where(llm_reservations.c.key == key))
-
-    def _refused(self, conn: Connection, budget: Budget, tokens: int, cost: int) -> BudgetExceeded:
-        row = conn.execute(
-            select(llm_usage.c.tokens, llm_usage.c.cost_nanos).where(llm_usage.c.scope == budget.scope)
-        ).first()
-        used_tokens, used_cost = (int(row[0]), int(row[1])) if row is not None else (0, 0)
+    def _refused(
+        self, budget: Budget, tokens: int, cost: int, used_tokens: int, used_cost: int
+    ) -> BudgetExceeded:
         if self.refusals is not None:
             self.refusals.labels(budget.name).inc()
         what = budget.scope.split(":", 1)[0]
@@ -222,3 +247,15 @@ class BudgetLedger:
             f"this call may cost up to ${cost / NANOS:.6f} and the {what} has "
             f"${max(0.0, limit - used_cost / NANOS):.6f} of its ${limit:g} left",
         )
+
+
+class _Rollback(Exception):
+    """Leaves a reservation's transaction, rolling it back."""
+
+
+def _limit_tokens(budget: Budget) -> int:
+    return budget.tokens if budget.tokens is not None else _UNLIMITED
+
+
+def _limit_cost(budget: Budget) -> int:
+    return round(budget.cost_usd * NANOS) if budget.cost_usd is not None else _UNLIMITED
