@@ -23,8 +23,10 @@ RSS: this process (Bastion: client + Bastion) and the proxy process. Throughput:
 Targets (issue 5): ≤ +1 ms p50, ≤ 0.5 ms CPU per request, ≤ 100 MB RSS. The machine is shared
 and small: expect noise; compare rows of the same run.
 
-``.venv/bin/python bench/llm_gateway.py [--calls N] [--quick]``. LiteLLM: ``pip install
-'litellm[proxy]'`` into the venv (the ``bench`` extra); without it the row is skipped.
+``.venv/bin/python bench/llm_gateway.py [--calls N] [--quick]``. LiteLLM is a manual step,
+``.venv/bin/pip install 'litellm[proxy]'``, not in the ``bench`` extra: it pins older ``rich``,
+``openai`` and ``websockets`` than the test extra needs (``pip install -e '.[test,bench]'`` puts
+them back afterwards). Without it the LiteLLM rows are skipped with that hint.
 """
 
 from __future__ import annotations
