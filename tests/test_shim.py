@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bastion.execution.llm import answer
 from bastion.execution.sandbox import DENIED, CallError, ProcessBackend, SandboxSpec
 
 TOKEN = "run-token-3b9f0c"
@@ -34,58 +35,38 @@ def post(path, body, key, base):
         return error.code, error.headers.get("Content-Type"), error.read().decode()
 """
 
-OPENAI_ANSWER = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
+RESULT = {
+    "id": "chat-1",
     "created": 1,
+    "message": {
+        "role": "assistant",
+        "content": "Hello from the gateway",
+        "toolCalls": [{"id": "call_1", "name": "lookup", "arguments": {"q": 1}}],
+    },
+    "finishReason": "tool_calls",
+    "usage": {"inputTokens": 5, "outputTokens": 4},
+    "costUsd": 0.0,
+    "provider": "scripted",
     "model": "gpt-test",
-    "choices": [
-        {
-            "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": "Hello from the gateway",
-                "tool_calls": [
-                    {
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "lookup", "arguments": '{"q": 1}'},
-                    }
-                ],
-            },
-            "finish_reason": "tool_calls",
-        }
-    ],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    "latencyMs": 1.0,
+    "attempts": 1,
 }
-ANTHROPIC_ANSWER = {
-    "id": "msg_1",
-    "type": "message",
-    "role": "assistant",
-    "model": "claude-test",
-    "content": [
-        {"type": "text", "text": "Hello from the gateway"},
-        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": 1}},
-    ],
-    "stop_reason": "tool_use",
-    "stop_sequence": None,
-    "usage": {"input_tokens": 5, "output_tokens": 4},
-}
+"""A journaled ChatResult: the gateway renders it in the caller's wire format with ``answer``."""
 
 
 class Gateway:
-    def __init__(self, *, deny: bool = False) -> None:
+    """The host end of the channel: records what the shim forwarded and answers like the gateway."""
+
+    def __init__(self, *, refuse: CallError | None = None) -> None:
         self.seen: list[dict[str, Any]] = []
-        self.deny = deny
+        self.refuse = refuse
 
     def __call__(self, method: str, params: dict[str, Any]) -> Any:
         assert method == "llm.chat", method
         self.seen.append(params)
-        if self.deny:
-            raise CallError(
-                DENIED, "denied: no model policy", {"type": "policy_denied", "reasons": ["no model policy"]}
-            )
-        return OPENAI_ANSWER if params["format"] == "openai" else ANTHROPIC_ANSWER
+        if self.refuse is not None:
+            raise self.refuse
+        return answer(params, RESULT)
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +110,15 @@ def test_openai_requests_reach_the_gateway_and_come_back(backend: ProcessBackend
         gateway,
     )
     assert result["status"] == 200 and result["kind"] == "application/json"
-    assert result["answer"] == OPENAI_ANSWER
+    body = result["answer"]
+    assert body["object"] == "chat.completion" and body["model"] == "gpt-test"
+    assert body["choices"][0]["message"]["content"] == "Hello from the gateway"
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "lookup"
+    assert body["usage"]["total_tokens"] == 9
     assert result["token_env"] is False, "the token's own variable is removed once the shim has it"
     [forwarded] = gateway.seen
     assert forwarded["format"] == "openai"
-    assert forwarded["body"] == {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+    assert forwarded["request"] == {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
     assert forwarded["_meta"] == {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
 
 
@@ -159,17 +144,12 @@ def test_a_streamed_openai_answer_is_replayed_as_chunks(backend: ProcessBackend,
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == "Hello from the gateway"
     calls = [d for c in chunks if c["choices"] for d in c["choices"][0]["delta"].get("tool_calls", [])]
-    assert calls == [
-        {
-            "index": 0,
-            "id": "call_1",
-            "type": "function",
-            "function": {"name": "lookup", "arguments": '{"q": 1}'},
-        }
-    ]
+    assert [c["function"]["name"] for c in calls if c.get("function", {}).get("name")] == ["lookup"]
+    arguments = "".join(c.get("function", {}).get("arguments") or "" for c in calls)
+    assert json.loads(arguments) == {"q": 1}
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     assert finishes[-1] == "tool_calls"
-    assert chunks[-1]["usage"] == OPENAI_ANSWER["usage"]
+    assert chunks[-1]["usage"]["total_tokens"] == 9
 
 
 def test_anthropic_messages_stream_as_events(backend: ProcessBackend, tmp_path: Path) -> None:
@@ -187,25 +167,20 @@ def test_anthropic_messages_stream_as_events(backend: ProcessBackend, tmp_path: 
         """,
         gateway,
     )
-    assert result["plain"] == [200, ANTHROPIC_ANSWER]
+    status, plain = result["plain"]
+    assert status == 200 and plain["type"] == "message" and plain["stop_reason"] == "tool_use"
+    assert [b["type"] for b in plain["content"]] == ["text", "tool_use"]
+    assert plain["content"][1]["input"] == {"q": 1}
     assert [p["format"] for p in gateway.seen] == ["anthropic", "anthropic"]
     events = [block.split("\n") for block in result["streamed"].strip().split("\n\n")]
     names = [e[0].removeprefix("event: ") for e in events]
-    assert names == [
-        "message_start",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-    ]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
     data = [json.loads(e[1].removeprefix("data: ")) for e in events]
-    assert data[2]["delta"] == {"type": "text_delta", "text": "Hello from the gateway"}
-    assert json.loads(data[5]["delta"]["partial_json"]) == {"q": 1}
-    assert data[7]["delta"]["stop_reason"] == "tool_use"
+    text = "".join(d["delta"].get("text", "") for d in data if d["type"] == "content_block_delta")
+    assert text == "Hello from the gateway"
+    partial = "".join(d["delta"].get("partial_json", "") for d in data if d["type"] == "content_block_delta")
+    assert json.loads(partial) == {"q": 1}
+    assert next(d for d in data if d["type"] == "message_delta")["delta"]["stop_reason"] == "tool_use"
 
 
 def test_a_wrong_key_is_refused_and_nothing_is_forwarded(backend: ProcessBackend, tmp_path: Path) -> None:
@@ -249,7 +224,11 @@ def test_a_denial_and_bad_bodies_answer_in_the_provider_format(
             missing = post("/embeddings", {}, key, base)
             return [denied[0], json.loads(denied[2]), bad, missing[0]]
         """,
-        Gateway(deny=True),
+        Gateway(
+            refuse=CallError(
+                DENIED, "denied: no model policy", {"type": "policy_denied", "reasons": ["no model policy"]}
+            )
+        ),
     )
     assert result[0] == 403 and "no model policy" in result[1]["error"]["message"]
     assert result[2][0] == 400 and "not JSON" in result[2][1]["error"]["message"]
@@ -268,3 +247,26 @@ def test_without_a_token_there_is_no_endpoint(backend: ProcessBackend, tmp_path:
         env={},
     )
     assert result == []
+
+
+def test_a_budget_refusal_is_a_final_429(backend: ProcessBackend, tmp_path: Path) -> None:
+    refusal = CallError(
+        DENIED, "budget exhausted", {"type": "budget_exceeded", "reasons": ["tokens per run: 0 of 100 left"]}
+    )
+    result = run_agent(
+        backend,
+        tmp_path,
+        """
+        def main(_):
+            base, key = os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
+            request = urllib.request.Request(base + "/chat/completions", data=b'{"model": "m", "messages": []}',
+                                             method="POST", headers={"Authorization": "Bearer " + key})
+            try:
+                urllib.request.urlopen(request, timeout=10)
+            except urllib.error.HTTPError as error:
+                return [error.code, error.headers.get("x-should-retry"), json.loads(error.read())]
+        """,
+        Gateway(refuse=refusal),
+    )
+    assert result[0] == 429 and result[1] == "false"
+    assert "tokens per run" in result[2]["error"]["message"]

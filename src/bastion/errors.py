@@ -9,6 +9,8 @@
     x Forbidden       -- the key's role may not do this
     x PayloadTooLarge -- a request body over the limit
   x RunError          -- a run failed (filled in by the run engine)
+    x ModelCallFailed -- every target of a ModelPolicy failed, or a stream broke mid-answer
+    x BudgetExceeded  -- a model call's reservation would not fit a token or cost budget
   x ServerError       -- Bastion itself failed; never carries internals to the caller
 
 Every error maps onto an RFC 9457 problem document with a stable ``type``; the server's one
@@ -280,6 +282,37 @@ class ToolCallFailed(RunError):
         }
 
 
+class ModelCallFailed(RunError):
+    """A model call failed on every target it may use; journaled, raised again on replay."""
+
+    slug = "model-call-failed"
+    title = "Model call failed"
+
+    def __init__(self, reason: str, attempts: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(f"the model call failed: {reason}")
+        self.reason = reason
+        self.attempts: list[dict[str, Any]] = attempts or []
+        """One ``{provider, model, error}`` per provider request that failed, in order."""
+
+    def to_record(self) -> dict[str, Any]:
+        return {"type": "model_call_failed", "reason": self.reason, "attempts": self.attempts}
+
+
+class BudgetExceeded(RunError):
+    """A model call was refused before it was made: its reservation would not fit a budget."""
+
+    slug = "budget-exceeded"
+    status = 429
+    title = "Budget exceeded"
+
+    def __init__(self, budget: str, reason: str) -> None:
+        super().__init__(f"budget {budget!r} exceeded: {reason}", field=budget)
+        self.budget, self.reason = budget, reason
+
+    def to_record(self) -> dict[str, Any]:
+        return {"type": "budget_exceeded", "budget": self.budget, "reason": self.reason}
+
+
 class RunKilled(BaseException):
     """An operator or a policy ended this run. Not an Exception: ``except Exception`` in a tool
     adapter or plugin cannot swallow it. Clean up in ``finally``."""
@@ -337,6 +370,7 @@ def error_for_problem(body: dict[str, Any], status: int) -> BastionError:
 __all__ = [
     "PROBLEM_BASE",
     "BastionError",
+    "BudgetExceeded",
     "Conflict",
     "ErrorBudgetExceeded",
     "Forbidden",
@@ -345,6 +379,7 @@ __all__ = [
     "LeaseLost",
     "LimitExceeded",
     "MethodNotAllowed",
+    "ModelCallFailed",
     "NonDeterministic",
     "NotFound",
     "PayloadTooLarge",

@@ -2,10 +2,11 @@
 
 A small HTTP server on the sandbox's loopback serves ``POST /v1/chat/completions`` (OpenAI Chat
 Completions) and ``POST /v1/messages`` (Anthropic Messages) and forwards each request over the
-channel to the gateway as ``llm.chat`` with params ``{"format": "openai" | "anthropic", "body":
-<the request body>}``. The gateway answers with the complete response body in the same format; for
-a request with ``"stream": true`` the shim replays that answer to the SDK as the provider's
-server-sent events, so streaming code works unchanged (the journaled unit is the whole answer).
+channel to the gateway as ``llm.chat`` with params ``{"format": "openai" | "anthropic", "request":
+<the request body, unchanged>}``. The gateway answers ``{"body": …}`` with the complete response in
+that format, or, for a request with ``"stream": true``, ``{"events": [{"event"?, "data"}, …]}``: the
+provider's server-sent events rendered from the whole answer, which the shim writes out as they are,
+so streaming code works unchanged (the journaled unit is the whole answer).
 
 The runner starts it and exports ``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL`` and, as both API
 keys, the run's token. The token is checked here and is worthless anywhere else: the shim only
@@ -22,7 +23,6 @@ import hmac
 import json
 import os
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
@@ -94,11 +94,14 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         meta = {"traceparent": self.headers.get("traceparent") or self.traceparent}
-        params = {"format": wire, "body": body, "_meta": {k: v for k, v in meta.items() if v}}
+        params = {"format": wire, "request": body, "_meta": {k: v for k, v in meta.items() if v}}
         try:
             answer = self.channel.request("llm.chat", params)
         except ToolDenied as denied:
-            self._error(wire, 403, "permission_error", f"denied by policy: {'; '.join(denied.reasons)}")
+            if denied.data.get("type") == "budget_exceeded":
+                self._error(wire, 429, "rate_limit_error", f"budget exhausted: {'; '.join(denied.reasons)}")
+            else:
+                self._error(wire, 403, "permission_error", f"denied by policy: {'; '.join(denied.reasons)}")
             return
         except ToolFailed as failed:
             self._error(wire, 502, "api_error", str(failed))
@@ -106,15 +109,14 @@ class _Handler(BaseHTTPRequestHandler):
         except AgentError as exc:
             self._error(wire, 400 if exc.code == -32602 else 500, "invalid_request_error", str(exc))
             return
-        if not isinstance(answer, dict):
-            self._error(wire, 502, "api_error", "the gateway's answer is not a response object")
-            return
-        answer = cast(dict[str, Any], answer)
-        if body.get("stream") is True:
-            events = _openai_events(answer, body) if wire == "openai" else _anthropic_events(answer)
-            self._stream(events)
+        answer = cast(dict[str, Any], answer) if isinstance(answer, dict) else {}
+        events, payload = answer.get("events"), answer.get("body")
+        if isinstance(events, list):
+            self._stream(cast(list[dict[str, Any]], events))
+        elif isinstance(payload, dict):
+            self._send(200, cast(dict[str, Any], payload))
         else:
-            self._send(200, answer)
+            self._error(wire, 502, "api_error", "the gateway's answer is not a response in this format")
 
     def do_GET(self) -> None:
         self._error("openai", 404, "not_found_error", "the Bastion shim serves model calls only (POST)")
@@ -145,94 +147,38 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return cast(dict[str, Any], body)
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _stream(self, events: Iterator[tuple[str | None, Any]]) -> None:
+    def _stream(self, events: list[dict[str, Any]]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        for name, data in events:
+        for event in events:
+            name, data = event.get("event"), event.get("data", "")
             text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
             head = f"event: {name}\n" if name else ""
             self.wfile.write(f"{head}data: {text}\n\n".encode())
         self.wfile.flush()
 
+    def _send(self, status: int, payload: dict[str, Any], *, retry: bool = True) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if not retry:
+            # Both official SDKs honour this: a refusal is final, retrying it would only wait.
+            self.send_header("x-should-retry", "false")
+        self.end_headers()
+        self.wfile.write(data)
+
     def _error(self, wire: str, status: int, kind: str, message: str) -> None:
+        retry = status >= 500
         if wire == "anthropic":
-            self._send(status, {"type": "error", "error": {"type": kind, "message": message}})
+            self._send(status, {"type": "error", "error": {"type": kind, "message": message}}, retry=retry)
         else:
-            self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+            body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+            self._send(status, body, retry=retry)
 
     def log_message(self, format: str, *args: Any) -> None:  # the agent's stderr is its log: keep it clean
         return
-
-
-def _openai_events(answer: dict[str, Any], request: dict[str, Any]) -> Iterator[tuple[str | None, Any]]:
-    """A complete Chat Completions answer as the chunks a streaming server sends."""
-    base = {
-        "id": answer.get("id", "chatcmpl-bastion"),
-        "object": "chat.completion.chunk",
-        "created": answer.get("created", 0),
-        "model": answer.get("model", ""),
-    }
-    choices = cast(list[dict[str, Any]], answer.get("choices") or [])
-    for choice in choices:
-        index = choice.get("index", 0)
-        message = cast(dict[str, Any], choice.get("message") or {})
-        yield (
-            None,
-            {
-                **base,
-                "choices": [
-                    {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                ],
-            },
-        )
-        if message.get("content"):
-            delta = {"content": message["content"]}
-            yield None, {**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
-        for n, call in enumerate(cast(list[dict[str, Any]], message.get("tool_calls") or [])):
-            delta = {
-                "tool_calls": [
-                    {"index": n, "id": call.get("id"), "type": "function", "function": call.get("function")}
-                ]
-            }
-            yield None, {**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
-        finish = choice.get("finish_reason") or "stop"
-        yield None, {**base, "choices": [{"index": index, "delta": {}, "finish_reason": finish}]}
-    options = request.get("stream_options")
-    if isinstance(options, dict) and cast(dict[str, Any], options).get("include_usage"):
-        yield None, {**base, "choices": [], "usage": answer.get("usage")}
-    yield None, "[DONE]"
-
-
-def _anthropic_events(answer: dict[str, Any]) -> Iterator[tuple[str | None, Any]]:
-    """A complete Messages answer as the events a streaming server sends."""
-    usage = cast(dict[str, Any], answer.get("usage") or {})
-    start: dict[str, Any] = {**answer, "content": [], "stop_reason": None, "stop_sequence": None}
-    start["usage"] = {**usage, "output_tokens": 0}
-    yield "message_start", {"type": "message_start", "message": start}
-    for index, block in enumerate(cast(list[dict[str, Any]], answer.get("content") or [])):
-        opening: dict[str, Any]
-        if block.get("type") == "tool_use":
-            opening = {**block, "input": {}}
-            delta = {"type": "input_json_delta", "partial_json": json.dumps(block.get("input", {}))}
-        else:
-            opening = {**block, "text": ""}
-            delta = {"type": "text_delta", "text": block.get("text", "")}
-        yield "content_block_start", {"type": "content_block_start", "index": index, "content_block": opening}
-        yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
-        yield "content_block_stop", {"type": "content_block_stop", "index": index}
-    stop = {"stop_reason": answer.get("stop_reason"), "stop_sequence": answer.get("stop_sequence")}
-    final = {"output_tokens": usage.get("output_tokens", 0)}
-    yield "message_delta", {"type": "message_delta", "delta": stop, "usage": final}
-    yield "message_stop", {"type": "message_stop"}

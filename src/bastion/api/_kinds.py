@@ -304,6 +304,25 @@ class Secret(Resource):
 # --- ModelPolicy ------------------------------------------------------------------------------
 
 
+class ScriptedCall(Model):
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    """The tool the scripted model calls."""
+    arguments: dict[str, Any] = Field(default_factory=dict[str, Any])
+
+
+class ScriptTurn(Model):
+    """One answer of the ``scripted`` provider: text, tool calls, or both."""
+
+    text: str | None = Field(default=None, max_length=100_000)
+    tool_calls: list[ScriptedCall] = Field(default_factory=list[ScriptedCall])
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ScriptTurn:
+        if self.text is None and not self.tool_calls:
+            raise ValueError("a script turn needs text, toolCalls, or both")
+        return self
+
+
 class ModelTarget(Model):
     provider: Provider
     model: Annotated[str, Field(min_length=1, max_length=256)]
@@ -311,6 +330,9 @@ class ModelTarget(Model):
     secret: Name | None = None
     """The Secret holding this provider's API key."""
     timeout_seconds: PositiveFloat = 60.0
+    script: list[ScriptTurn] = Field(default_factory=list[ScriptTurn], max_length=1000)
+    """For ``scripted``: the answers, in order; a conversation's n-th model turn gets the n-th.
+    Without a script, the scripted model echoes the last user message."""
 
 
 class Budgets(Model):

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from bastion.api import Clock, IdSource, RandomIds, SystemClock
 from bastion.execution.gateway import Gateway, GatewayMetrics
+from bastion.execution.llm import BudgetLedger, Models
 from bastion.execution.runs import RunStore, TrustStore, Worker, WorkerConfig
 from bastion.execution.sandbox import ProcessBackend
 from bastion.execution.tools import builtin_tools
@@ -18,6 +19,7 @@ from bastion.observe import Telemetry
 from bastion.observe.journal import Journal
 from bastion.secrets import LocalKeyProvider, Sealer, load_or_create_master_key, parse_master_key
 
+from ._completions import CompletionService
 from ._records import RecordService
 from ._resources import ResourceService, StoreResourceReader
 from .settings import Settings
@@ -55,6 +57,7 @@ class Bastion:
         self.trust = TrustStore()
         self.journal = Journal(self.store, clock)
         self.telemetry = Telemetry(otlp_endpoint=settings.otlp_endpoint, console=settings.trace_console)
+        self.models = Models.build(BudgetLedger(self.store, clock), self.registry)
         self.gateway = Gateway(
             self.store,
             self.journal,
@@ -64,9 +67,13 @@ class Bastion:
             ids=ids,
             metrics=GatewayMetrics(self.registry),
             telemetry=self.telemetry,
+            models=self.models,
         )
         self.records = RecordService(
             self.store, self.sealer, self.journal, StoreResourceReader(self.store, self.resources)
+        )
+        self.completions = CompletionService(
+            self.store, self.runs, self.gateway, clock, ids, settings.resolved_workspace_dir
         )
         self._backend: ProcessBackend | None = None
 
@@ -103,5 +110,6 @@ class Bastion:
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+        self.models.router.close()
         self.telemetry.shutdown()
         self.store.close()

@@ -19,7 +19,7 @@ from bastion.control._bastion import Bastion
 from bastion.errors import Unavailable
 from bastion.execution.runs import RunState, runs
 
-from . import _routes_admin, _routes_approvals, _routes_resources, _routes_runs, _routes_trust
+from . import _routes_admin, _routes_approvals, _routes_llm, _routes_resources, _routes_runs, _routes_trust
 from ._middleware import BodyLimit, Metrics
 from ._problems import ProblemResponse, install_problem_handlers, problem_response
 
@@ -79,6 +79,7 @@ def create_app(bastion: Bastion) -> FastAPI:
     app.include_router(_routes_runs.router)
     app.include_router(_routes_approvals.router)
     app.include_router(_routes_trust.router)
+    app.include_router(_routes_llm.router)
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     def healthz() -> dict[str, str]:  # pyright: ignore[reportUnusedFunction]

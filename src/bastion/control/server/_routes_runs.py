@@ -68,14 +68,7 @@ async def create_run(
                 field="agent",
                 hint=f"apply it first, or list agents with `bastion get agents -n {namespace}`",
             )
-        if row.spec.get("runtime") != "python":
-            raise UserError(
-                f"agent {body.agent!r} has runtime {row.spec.get('runtime')!r}; this release runs 'python' agents",
-                field="agent",
-                hint="declarative 'llm' agents arrive with the models release",
-                status=422,
-            )
-        if not row.spec.get("source"):
+        if row.spec.get("runtime") == "python" and not row.spec.get("source"):
             raise UserError(
                 f"agent {body.agent!r} has no source",
                 field="agent",

@@ -19,6 +19,7 @@ from sqlalchemy import (
 )
 
 from bastion.execution.gateway import approvals_metadata
+from bastion.execution.llm import metadata as llm_metadata
 from bastion.execution.runs import metadata as runs_metadata
 from bastion.observe import UtcDateTime as Timestamp
 from bastion.observe.journal import metadata as journal_metadata
@@ -116,7 +117,7 @@ idempotency_keys = Table(
 def all_metadata() -> MetaData:
     """Every plane's tables in one MetaData: what the migrations must produce."""
     combined = MetaData()
-    for source in (control_metadata, runs_metadata, journal_metadata, approvals_metadata):
+    for source in (control_metadata, runs_metadata, journal_metadata, approvals_metadata, llm_metadata):
         for table in source.tables.values():
             table.to_metadata(combined)
     return combined

@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 
 from bastion.api import Clock, IdSource, parse_duration
 from bastion.errors import ErrorBudgetExceeded, NonDeterministic, RunError, RunSuspended, ToolCallFailed
+from bastion.execution.llm import Models, answer
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
 from bastion.observe import Database, RunSpan, Telemetry, ToolSpan
@@ -38,6 +39,7 @@ from bastion.policy import (
 )
 
 from ._approvals import Approval, ApprovalState, ApprovalStore
+from ._llm import ModelCalls
 from ._metrics import GatewayMetrics
 from ._policy import PolicyCache, RateWindows
 from ._resources import ResourceReader
@@ -49,7 +51,13 @@ POLICY_TTL_SECONDS = 1.0
 """How long a session keeps its namespace's Policies and ToolGrants before reading them again."""
 _NO_SPAN = ToolSpan(None)
 """Time, randomness and ids get no span (see ``bastion.observe.Telemetry``)."""
-KINDS = {"tool.call": "tool", "time.now": "time", "random.random": "random", "random.uuid": "uuid"}
+KINDS = {
+    "tool.call": "tool",
+    "llm.chat": "llm",
+    "time.now": "time",
+    "random.random": "random",
+    "random.uuid": "uuid",
+}
 
 
 Fence = Callable[[Connection], None]
@@ -93,8 +101,12 @@ class Gateway:
         metrics: GatewayMetrics | None = None,
         limits: ToolLimits | None = None,
         telemetry: Telemetry | None = None,
+        models: Models | None = None,
     ) -> None:
         self.db, self.journal, self.resources = db, journal, resources
+        self.models = models
+        """The LLM router, budgets and metrics behind ``llm.chat``; None answers every model call
+        with a failure."""
         self.tools, self.clock, self.ids = tools, clock, ids
         self.metrics = metrics or GatewayMetrics()
         self.limits = limits or ToolLimits()
@@ -136,6 +148,8 @@ class GatewaySession:
         self.secrets.preload([m for name, m in self.tool_manifests.items() if name in self.subject.tools])
         self._policy_cache: tuple[float, CompiledPolicy, dict[str, dict[str, Any]]] | None = None
         self._tool_infos: dict[str, ToolInfo] = {}
+        self.model_calls = ModelCalls(self, gateway.models)
+        self.model_calls.preload()
 
     @property
     def journal_head(self) -> tuple[int, str]:
@@ -236,7 +250,9 @@ class GatewaySession:
             return self._answer(value, error)
         span.outcome(recorded.decision, recorded.error)
         self._check_budget(seq)
-        return self._answer(self.g.journal.resolve(recorded.response), recorded.error)
+        return self._answer(
+            self._shaped(kind, request, self.g.journal.resolve(recorded.response)), recorded.error
+        )
 
     # --- live ------------------------------------------------------------------------
 
@@ -248,6 +264,8 @@ class GatewaySession:
         error: dict[str, Any] | None = None
         if kind == "tool":
             decision, value, error = self._tool_call(seq, request["params"], request_hash, started_at)
+        elif kind == "llm":
+            decision, value, error = self.model_calls.call(seq, request["params"], started_at)
         else:
             decision = Decision(
                 effect="allow",
@@ -289,6 +307,9 @@ class GatewaySession:
         }
         if kind == "tool":
             event["tool"] = request["params"].get("name")
+        elif kind == "llm" and isinstance(value, dict):
+            result = cast(dict[str, Any], value)
+            event.update(model=result.get("model"), usage=result.get("usage"))
         if error is not None:
             event["error"] = error.get("reason") or error.get("message")
         if decision.effect != "allow":
@@ -301,7 +322,14 @@ class GatewaySession:
             name = str(request["params"].get("name", ""))
             self._account(seq, name, decision.effect, decision.rule_ids, list(decision.reasons), error)
             self._check_budget(seq)
-        return self._answer(value, error)
+        return self._answer(self._shaped(kind, request, value), error)
+
+    @staticmethod
+    def _shaped(kind: str, request: dict[str, Any], value: Any) -> Any:
+        """A model call's journaled result in the wire format the caller asked for."""
+        if kind != "llm" or value is None:
+            return value
+        return answer(request["params"], value)
 
     def _account(
         self,
@@ -515,10 +543,14 @@ class GatewaySession:
     def _answer(value: Any, error: dict[str, Any] | None) -> Any:
         if error is None:
             return value
+        if error.get("type") == "budget_exceeded":
+            raise CallError(DENIED, f"budget {error.get('budget')!r} exceeded: {error.get('reason')}", error)
         if error.get("type") == "policy_denied":
             raise CallError(DENIED, f"denied: {'; '.join(error.get('reasons', []))}", error)
         if error.get("type") == "invalid_request":
             raise CallError(INVALID, str(error.get("reason", "invalid request")), error)
+        if error.get("type") == "model_call_failed":
+            raise CallError(TOOL_FAILED, f"the model call failed: {error.get('reason')}", error)
         raise CallError(TOOL_FAILED, str(error.get("reason", "tool failed")), error)
 
 

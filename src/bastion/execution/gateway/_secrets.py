@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from bastion.errors import BastionError, ToolCallFailed
+from bastion.errors import BastionError, ModelCallFailed, ToolCallFailed
 
 from ._resources import ResourceReader
 from ._scrub import Redactor
@@ -70,6 +70,42 @@ class SecretResolver:
 
     def headers(self, tool: str, declared: list[str], templates: Mapping[str, str]) -> dict[str, str]:
         return {name: self.fill(tool, declared, value) for name, value in templates.items()}
+
+    def provider_key(self, provider: str, name: str) -> str:
+        """The API key a model provider gets from Secret ``name`` (its one value, or its ``apiKey``),
+        if the Secret lets that provider use it; the value goes into the redactor.
+
+        Raises:
+            ModelCallFailed: no such Secret, not usable by the provider, or ambiguous.
+        """
+        cache_key = f"provider:{name}"
+        if cache_key not in self._cache:
+            manifest = self._resources.resource(self._tenant_id, "Secret", self._namespace, name)
+            if manifest is None:
+                raise ModelCallFailed(f"secret {name!r} does not exist in namespace {self._namespace!r}")
+            allowed: list[str] = manifest["spec"].get("usableBy", {}).get("providers", [])
+            if provider not in allowed:
+                raise ModelCallFailed(
+                    f"secret {name!r} may not be used by provider {provider!r} (spec.usableBy.providers)"
+                )
+            try:
+                values = self._resources.secret_values(self._tenant_id, self._namespace, name)
+            except BastionError:
+                raise ModelCallFailed(f"secret {name!r} could not be opened") from None
+            for key, value in values.items():
+                try:
+                    self._redactor.add(f"{name}/{key}" if len(values) > 1 else name, value)
+                except ValueError:
+                    raise ModelCallFailed(
+                        f"secret {name!r} is too short to be redacted safely; use a longer value"
+                    ) from None
+            self._cache[cache_key] = values
+        values = self._cache[cache_key]
+        if len(values) == 1:
+            return next(iter(values.values()))
+        if "apiKey" in values:
+            return values["apiKey"]
+        raise ModelCallFailed(f"secret {name!r} has several keys; name the provider's key 'apiKey'")
 
     def preload(self, tool_manifests: list[dict[str, Any]]) -> None:
         """Teach the redactor every secret these tools may use, before the agent runs at all."""

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from bastion.errors import LimitExceeded, RunKilled, SandboxError
+from bastion.errors import LimitExceeded, RunError, RunKilled, SandboxError
+from bastion.execution.llm import answer
 from bastion.execution.sandbox import (
     DENIED,
     INVALID,
@@ -30,7 +31,9 @@ from bastion.execution.sandbox import (
 from bastion.execution.tools import Tool, ToolContext
 from bastion.observe.journal import canonical
 
-_KINDS = {"tool.call", "time.now", "random.random", "random.uuid"}
+from ._llm_loop import run_llm_agent
+
+_KINDS = {"tool.call", "llm.chat", "time.now", "random.random", "random.uuid"}
 
 
 @dataclass(kw_only=True)
@@ -77,9 +80,12 @@ class Replayer:
         self, workspace: Path, *, until: int | None = None, on_step: Callable[[int, str], None] | None = None
     ) -> ReplayReport:
         spec: dict[str, Any] = self.record["agent"]["spec"]
-        module = str(spec["entrypoint"]).split(":")[0]
-        (workspace / (module.replace(".", "/") + ".py")).parent.mkdir(parents=True, exist_ok=True)
-        (workspace / (module.replace(".", "/") + ".py")).write_text(spec.get("source", ""), encoding="utf-8")
+        if spec.get("entrypoint"):
+            module = str(spec["entrypoint"]).split(":")[0]
+            (workspace / (module.replace(".", "/") + ".py")).parent.mkdir(parents=True, exist_ok=True)
+            (workspace / (module.replace(".", "/") + ".py")).write_text(
+                spec.get("source", ""), encoding="utf-8"
+            )
         report = ReplayReport()
         seq = 0
 
@@ -112,13 +118,28 @@ class Replayer:
                 raise _Stop(f"stopped after seq {seq}")
             error = cast(dict[str, Any] | None, entry["error"])
             if error is not None:
-                code = {"policy_denied": DENIED, "invalid_request": INVALID}.get(
+                code = {"policy_denied": DENIED, "budget_exceeded": DENIED, "invalid_request": INVALID}.get(
                     str(error.get("type")), TOOL_FAILED
                 )
-                raise CallError(
-                    code, str(error.get("reason") or "; ".join(error.get("reasons", [])) or "failed"), error
-                )
-            return self._resolve(entry["response"])
+                message = str(error.get("reason") or "; ".join(error.get("reasons", [])) or "failed")
+                if error.get("type") == "model_call_failed":  # worded as the gateway words them
+                    message = f"the model call failed: {message}"
+                elif error.get("type") == "budget_exceeded":
+                    message = f"budget {error.get('budget')!r} exceeded: {message}"
+                raise CallError(code, message, error)
+            response = self._resolve(entry["response"])
+            return answer(params, response) if method == "llm.chat" else response
+
+        if spec.get("runtime") == "llm":
+            return self._run_loop(report, handle, spec)
+        if spec.get("runtime") == "completion":  # an API client's one model call
+            try:
+                report.result = handle("llm.chat", self.record["run"].get("input"))
+            except _Stop:
+                return report
+            except CallError as exc:
+                report.result = {"error": exc.message}
+            return self._finish(report)
 
         sandbox = self.backend.start(
             SandboxSpec(workspace=workspace, limits=SandboxLimits(wall_seconds=300)), on_log=lambda _: None
@@ -137,6 +158,9 @@ class Replayer:
             report.reason = exc.detail
         finally:
             sandbox.stop()
+        return self._finish(report)
+
+    def _finish(self, report: ReplayReport) -> ReplayReport:
         if report.divergence is None and len(report.verified) < len(self.entries):
             report.divergence = len(report.verified) + 1
             report.reason = (
@@ -152,6 +176,20 @@ class Replayer:
                 )
             )
         return report
+
+    def _run_loop(
+        self, report: ReplayReport, handle: Callable[[str, dict[str, Any]], Any], spec: dict[str, Any]
+    ) -> ReplayReport:
+        """``runtime: llm``: Bastion's loop again, every call answered from the record."""
+        try:
+            report.result = run_llm_agent(
+                spec=spec, input=self.record["run"].get("input"), tools=self.tool_manifests, handle=handle
+            )
+        except _Stop:
+            return report
+        except RunError as exc:
+            report.result = {"error": exc.detail}
+        return self._finish(report)
 
     def _redo_workspace_effect(
         self, entry: dict[str, Any], params: dict[str, Any], workspace: Path, seq: int

@@ -35,6 +35,7 @@ from bastion.observe import RunSpan, Telemetry
 from bastion.observe.journal import Prepared
 from bastion.policy import Attempted, RunOutcome, TrustSettings, build_handoff, evaluate_trust
 
+from ._llm_loop import run_llm_agent
 from ._states import RunState
 from ._step import HeldStepWriter, StepWriter
 from ._store import Claim, RunStore
@@ -269,6 +270,14 @@ class _AttemptRunner:
             self.w.runs.transition(conn, self.run_, self.claim.owner, RunState.RUNNING)
         return self._call_agent(workspace)
 
+    def _cancelled(self) -> _Outcome:
+        """How a run stopped by flag ends: Revoked (with a handoff) if its agent was revoked, else Cancelled."""
+        trust = self._trust()
+        if trust.revoked:
+            reason = f"agent revoked: {trust.reason}"
+            return _Outcome(RunState.REVOKED, reason, {"handoff": self._handoff(reason)})
+        return _Outcome(RunState.CANCELLED, "cancelled by request")
+
     def _trust(self) -> TrustState:
         """The agent's earned tier and whether it is revoked (its declared tier until a change)."""
         run = self.run_
@@ -315,9 +324,13 @@ class _AttemptRunner:
         spec: dict[str, Any] = self.run_.agent_spec["spec"]
         session = self.session
         assert session is not None
+        if spec.get("runtime") == "llm":
+            return self._llm_loop(session)
         try:
             # The run span's context, so agent code (and the coming shim) can continue the trace.
             env = {"TRACEPARENT": self.span.traceparent} if self.span is not None else {}
+            # The in-sandbox model endpoint's key: fresh per attempt, checked in the sandbox, never forwarded.
+            env["BASTION_RUN_TOKEN"] = f"bst-run-{self.w.runs.ids.token(24)}"
             self.sandbox = self.w.backend.start(
                 SandboxSpec(workspace=workspace, limits=self._limits(), env=env), on_log=self.on_log
             )
@@ -341,11 +354,7 @@ class _AttemptRunner:
             if self.lost.is_set():
                 raise LeaseLost("the lease was lost while the agent ran") from None
             if self.cancelled.is_set():
-                trust = self._trust()
-                if trust.revoked:
-                    reason = f"agent revoked: {trust.reason}"
-                    raise _Outcome(RunState.REVOKED, reason, {"handoff": self._handoff(reason)}) from None
-                raise _Outcome(RunState.CANCELLED, "cancelled by request") from None
+                raise self._cancelled() from None
             raise _Outcome(RunState.FAILED, session.redactor.scrub_text(exc.detail)) from None
         finally:
             self.sandbox.stop()
@@ -377,6 +386,25 @@ class _AttemptRunner:
             log.warning(
                 "run %s asked for an approval, but attempt %s had lost its lease", run.id, run.attempt
             )
+
+    def _llm_loop(self, session: GatewaySession) -> Any:
+        """``runtime: llm``: Bastion's own loop, in this thread, every call through the session."""
+        spec: dict[str, Any] = self.run_.agent_spec["spec"]
+        wall = self._limits().wall_seconds
+        started = time.monotonic()
+
+        def check() -> None:
+            if self.lost.is_set():
+                raise LeaseLost("the lease was lost while the agent loop ran")
+            if self.cancelled.is_set():
+                raise self._cancelled()
+            if time.monotonic() - started > wall:
+                raise _Outcome(RunState.FAILED, f"limit exceeded: wall_time: the loop ran past {wall:g} s")
+
+        value = run_llm_agent(
+            spec=spec, input=self.run_.input, tools=session.tool_manifests, handle=session.handle, check=check
+        )
+        return session.redactor.scrub(value)
 
     def _heartbeat(self) -> None:
         interval = self.w.config.lease_seconds / 3

@@ -1,0 +1,155 @@
+"""The ``llm.chat`` call kind: one model call through the gateway's pipeline.
+
+In order: parse the params (a bad request is refused and journaled like any other); policy (the
+agent must name a ModelPolicy that exists: default deny); the lease fence (a zombie makes no
+paid call); the budget reservation; then the router, which asks for each target's key only when
+it is about to use it (secrets after the decision); settle the budget with the real usage; the
+``chat {model}`` span and the metrics. The session scrubs and journals what this returns.
+
+Streaming: the provider's stream is collected here and the whole answer is journaled and
+returned at once (the journaled unit is the answer, so a replay gives the same answer in one
+piece); the in-sandbox shim re-streams it to the SDK as SSE. Fallback to the next target is
+still allowed only before the provider's first streamed byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.trace import Status, StatusCode
+
+from bastion.errors import BudgetExceeded, ModelCallFailed
+from bastion.execution.llm import BadChat, Models, Route, Target, budgets_for, parse_params
+from bastion.observe.journal import digest
+from bastion.policy import Decision
+
+if TYPE_CHECKING:
+    from ._gateway import GatewaySession
+
+Outcome = tuple[Decision, Any, "dict[str, Any] | None"]
+
+
+def _deny(rule: str, reason: str, error_type: str = "policy_denied") -> Outcome:
+    decision = Decision(effect="deny", reasons=(reason,), rule_ids=(rule,))
+    error: dict[str, Any] = {"type": error_type, "reasons": [reason], "rule_ids": [rule]}
+    if error_type == "invalid_request":
+        error = {"type": error_type, "reason": reason}
+    return decision, None, error
+
+
+class ModelCalls:
+    """A session's model calls (one per session; the router, ledger and metrics are shared)."""
+
+    def __init__(self, session: GatewaySession, models: Models | None) -> None:
+        self.s = session
+        self.models = models
+        self.policy_name: str | None = session.attempt.agent_spec["spec"].get("modelPolicy")
+        self._policy: dict[str, Any] | None = None
+
+    def policy(self) -> dict[str, Any] | None:
+        if self._policy is None and self.policy_name is not None:
+            s = self.s
+            self._policy = s.g.resources.resource(s.tenant_id, "ModelPolicy", s.namespace, self.policy_name)
+        return self._policy
+
+    def preload(self) -> None:
+        """Teach the redactor the provider keys this agent's calls may use, before the agent runs."""
+        policy = self.policy()
+        if policy is None:
+            return
+        for target in Route.from_spec(policy["spec"]).targets:
+            if target.secret is not None:
+                try:
+                    self.s.secrets.provider_key(target.provider, target.secret)
+                except ModelCallFailed:
+                    continue  # the call that needs it fails with the reason
+
+    def call(self, seq: int, params: Mapping[str, Any], now: datetime) -> Outcome:
+        try:
+            request, stream, _ = parse_params(params)
+        except BadChat as exc:
+            return _deny("request/invalid", f"llm.chat: {exc}", "invalid_request")
+        if self.policy_name is None:
+            return _deny(
+                "model/no-policy", "the agent names no spec.modelPolicy: its model calls have nowhere to go"
+            )
+        policy = self.policy()
+        if policy is None:
+            return _deny(
+                "model/no-policy",
+                f"ModelPolicy {self.policy_name!r} does not exist in namespace {self.s.namespace!r}",
+            )
+        decision = Decision(
+            effect="allow",
+            reasons=(f"the agent's model calls go through ModelPolicy {self.policy_name!r}",),
+            rule_ids=(f"model/{self.policy_name}",),
+        )
+        if self.models is None:
+            return decision, None, ModelCallFailed("this Bastion has no model router").to_record()
+        s, attempt, models = self.s, self.s.attempt, self.models
+        with s.g.db.read() as conn:
+            attempt.fence(conn)  # no paid call from an attempt that lost its run
+        route = Route.from_spec(policy["spec"])
+        spec: dict[str, Any] = attempt.agent_spec["spec"]
+        budgets = budgets_for(
+            policy=policy["spec"],
+            agent_limits=spec.get("limits") or {},
+            run_id=attempt.run_id,
+            tenant_id=attempt.tenant_id,
+            namespace=attempt.namespace,
+            agent=attempt.agent,
+            day=now.date().isoformat(),
+        )
+        key = f"{attempt.run_id}:{seq}"
+        tokens, cost = route.estimate(request)
+        try:
+            reservation = models.ledger.reserve(key, budgets, tokens=tokens, cost_usd=cost)
+        except BudgetExceeded as exc:
+            refusal = Decision(effect="deny", reasons=(exc.detail,), rule_ids=(f"budget/{exc.budget}",))
+            return refusal, None, exc.to_record()
+        first = route.targets[0]
+        with s.g.telemetry.chat_span(
+            attempt.span, provider=first.provider, model=first.model, seq=seq
+        ) as span:
+            try:
+                result = models.router.complete(
+                    route,
+                    request,
+                    stream=stream,
+                    key_for=self._key,
+                    idempotency_key=key,
+                    call_id=digest(key.encode())[:24],
+                    created=int(now.timestamp()),
+                )
+            except ModelCallFailed as exc:
+                models.ledger.settle(reservation, (), tokens=0, cost_usd=0.0)
+                models.metrics.failed(tenant=attempt.tenant_id, agent=attempt.agent)
+                span.span.set_attribute("error.type", "model_call_failed")
+                span.span.set_status(Status(StatusCode.ERROR, s.redactor.scrub_text(exc.reason)[:1024]))
+                return decision, None, exc.to_record()
+            span.span.set_attribute("gen_ai.provider.name", result.provider)
+            span.usage(
+                input_tokens=result.usage.input_tokens,
+                output_tokens=result.usage.output_tokens,
+                response_model=result.model,
+                finish_reasons=(result.finish_reason,),
+            )
+        models.ledger.settle(
+            reservation, [b.scope for b in budgets], tokens=result.usage.total, cost_usd=result.cost_usd
+        )
+        models.metrics.used(
+            tenant=attempt.tenant_id,
+            agent=attempt.agent,
+            model=result.model,
+            input_tokens=result.usage.input_tokens,
+            output_tokens=result.usage.output_tokens,
+            cost_usd=result.cost_usd,
+        )
+        return decision, result.to_json(), None
+
+    def _key(self, target: Target) -> str | None:
+        if target.secret is None:
+            return None
+        return self.s.secrets.provider_key(target.provider, target.secret)

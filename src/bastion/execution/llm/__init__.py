@@ -1,0 +1,89 @@
+"""The LLM router (DESIGN §3): providers, routing, retries, breakers, budgets, wire formats.
+
+It knows nothing of journals or policy: the gateway's ``llm.chat`` call kind wraps it once.
+"""
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from ._anthropic import AnthropicProvider, anthropic_answer, anthropic_body, request_from_anthropic
+from ._budgets import Budget, BudgetLedger, Reservation, budgets_for
+from ._formats import FORMATS, Format, answer, parse_params
+from ._metrics import LlmMetrics
+from ._openai import OpenAIProvider, openai_answer, openai_body, request_from_openai
+from ._provider import Call, Provider, ProviderFailure, Target, wire_names
+from ._router import DEFAULT_MAX_OUTPUT_TOKENS, Breaker, Price, Route, Router
+from ._scripted import ScriptedProvider, load_script
+from ._tables import llm_reservations, llm_usage, metadata
+from ._types import BadChat, ChatRequest, ChatResult, Message, Reply, ToolCall, ToolDef, Usage
+
+
+def default_providers() -> dict[str, Provider]:
+    """One of each provider Bastion ships, by name."""
+    providers: list[Provider] = [OpenAIProvider(), AnthropicProvider(), ScriptedProvider()]
+    return {p.name: p for p in providers}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Models:
+    """What the gateway needs for model calls: the router, the budget ledger and the metrics."""
+
+    router: Router
+    ledger: BudgetLedger
+    metrics: LlmMetrics
+
+    @staticmethod
+    def build(
+        ledger: BudgetLedger, registry: CollectorRegistry | None = None, router: Router | None = None
+    ) -> "Models":
+        metrics = LlmMetrics(registry)
+        if ledger.refusals is None:
+            ledger.refusals = metrics.refusals
+        return Models(router=router or Router(default_providers()), ledger=ledger, metrics=metrics)
+
+
+__all__ = [
+    "DEFAULT_MAX_OUTPUT_TOKENS",
+    "FORMATS",
+    "AnthropicProvider",
+    "BadChat",
+    "Breaker",
+    "Budget",
+    "BudgetLedger",
+    "Call",
+    "ChatRequest",
+    "ChatResult",
+    "Format",
+    "LlmMetrics",
+    "Message",
+    "Models",
+    "OpenAIProvider",
+    "Price",
+    "Provider",
+    "ProviderFailure",
+    "Reply",
+    "Reservation",
+    "Route",
+    "Router",
+    "ScriptedProvider",
+    "Target",
+    "ToolCall",
+    "ToolDef",
+    "Usage",
+    "answer",
+    "anthropic_answer",
+    "anthropic_body",
+    "budgets_for",
+    "default_providers",
+    "llm_reservations",
+    "llm_usage",
+    "load_script",
+    "metadata",
+    "openai_answer",
+    "openai_body",
+    "parse_params",
+    "request_from_anthropic",
+    "request_from_openai",
+    "wire_names",
+]
