@@ -2,10 +2,10 @@
 
 from ._base import (
     DENIED,
-    BackendReport,
     INVALID,
     MIB,
     TOOL_FAILED,
+    BackendReport,
     CallError,
     Handler,
     Image,

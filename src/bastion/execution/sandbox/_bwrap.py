@@ -114,7 +114,9 @@ class BwrapBackend:
         SandboxError: bwrap is missing or the state directory is not usable (the detail says how to fix it).
         """
         if problem := unavailable():
-            raise SandboxError(problem)
+            raise SandboxError(
+                f"{problem}; to fix: apt-get install bubblewrap", hint="apt-get install bubblewrap"
+            )
         self._root = os.geteuid() == 0
         self._cgroups = self._root and _cgroup.unavailable() is None
         self._uids = uids
@@ -126,10 +128,13 @@ class BwrapBackend:
         if blocked := unreachable(self._runtime / "ws"):
             raise SandboxError(
                 f"{blocked} cannot be traversed by other users, so the unprivileged sandbox cannot "
-                f"reach its files under {self._runtime}: run `chmod o+x {blocked}` or choose a "
-                "state directory whose parents are all o+x (e.g. under /var/lib)"
+                f"reach its files under {self._runtime}; to fix: run `chmod o+x {blocked}` or choose "
+                "a state directory whose parents are all o+x (e.g. under /var/lib)",
+                hint=f"chmod o+x {blocked}",
             )
         self._sdk = shared_sdk(self._runtime / "sdk")
+        if self._root:
+            self._sweep()
         self._seccomp = _seccomp.program()
         self._closed = False
         self._finalizer = weakref.finalize(self, lambda: None)
@@ -159,7 +164,11 @@ class BwrapBackend:
                 )
             if self._root:
                 workspace = Workspace(
-                    spec.workspace, self._runtime / "ws" / name, size=limits.workspace_mib * MIB, uid=uid, gid=gid
+                    spec.workspace,
+                    self._runtime / "ws" / name,
+                    size=limits.workspace_mib * MIB,
+                    uid=uid,
+                    gid=gid,
                 )
                 source = workspace.mountpoint
             else:
@@ -172,10 +181,18 @@ class BwrapBackend:
                 raise
             raise SandboxError(f"could not prepare the sandbox for {spec.workspace}: {exc}") from exc
         interpreter = self._interpreter(spec.image)
-        argv += [interpreter, *bootstrap_argv(interpreter, SDK_PATH, packages, rlimits(limits, processes=cgroup is None))[1:]]
+        argv += [
+            interpreter,
+            *bootstrap_argv(interpreter, SDK_PATH, packages, rlimits(limits, processes=cgroup is None))[1:],
+        ]
         cleanup = [lease.release] if lease is not None else []
         confinement = HostConfinement(
-            limits, cgroup=cgroup, workspace=workspace, workspace_dir=directory, signal_status=True, cleanup=cleanup
+            limits,
+            cgroup=cgroup,
+            workspace=workspace,
+            workspace_dir=directory,
+            signal_status=True,
+            cleanup=cleanup,
         )
         filter_read, filter_write = os.pipe()
         try:
@@ -224,10 +241,18 @@ class BwrapBackend:
             for hidden in sorted(glob.glob(pattern)):
                 argv += ["--perms", "0555", "--tmpfs", hidden, "--remount-ro", hidden]
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        argv += ["--perms", "1777", "--size", str(limits.workspace_mib * MIB), "--tmpfs", "/tmp"]
+        argv += ["--perms", "1777", "--size", str(limits.workspace_mib * MIB), "--tmpfs", "/tmp"]  # noqa: S108 -- the sandbox's own
         argv += ["--ro-bind", str(self._sdk), SDK_PATH]
         packages = ""
         if spec.image is not None:
+            for source in (_image_root(spec.image), spec.image.site_packages):
+                if source is not None and (blocked := unreachable(source)) is not None:
+                    raise SandboxError(
+                        f"the image {spec.image.name} ({source}) cannot be traversed by the sandbox's "
+                        f"unprivileged uid at {blocked}; to fix: run `chmod o+x {blocked}` or build "
+                        "images under a directory whose parents are all o+x",
+                        hint=f"chmod o+x {blocked}",
+                    )
             root = _image_root(spec.image)
             if root is not None:
                 argv += ["--ro-bind", str(root), IMAGE_PATH]
@@ -259,6 +284,24 @@ class BwrapBackend:
         with contextlib.suppress(FileNotFoundError):
             mountpoint.rmdir()
 
+    def _sweep(self) -> None:
+        """Clean up after workers killed with SIGKILL: every sandbox uid with a mount or a cgroup
+        left behind and no lease held on it."""
+        names = {p.name for p in (self._runtime / "ws").iterdir()}
+        names |= {p.name for p in (_cgroup.ROOT / "pids" / _cgroup.PARENT).glob("bwrap-*")}
+        for name in sorted(names):
+            uid = name.removeprefix("bwrap-")
+            if not uid.isdigit() or int(uid) not in self._uids:
+                continue
+            try:
+                lease = UidLease(self._runtime / "uids", range(int(uid), int(uid) + 1))
+            except SandboxError:
+                continue  # a live sandbox holds it
+            try:
+                self._clean_leftovers(name)
+            finally:
+                lease.release()
+
     def close(self) -> None:
         """New sandboxes cannot start; the shared SDK copy stays for the next backend."""
         self._closed = True
@@ -278,7 +321,9 @@ def _image_root(image: Image) -> Path | None:
     return image.interpreter.parent.parent
 
 
-def _undo(workspace: Workspace | None, cgroup: _cgroup.Cgroup | None, directory: int | None, lease: UidLease | None) -> None:
+def _undo(
+    workspace: Workspace | None, cgroup: _cgroup.Cgroup | None, directory: int | None, lease: UidLease | None
+) -> None:
     if workspace is not None:
         workspace.close(copy_back=False)
     if cgroup is not None:

@@ -452,8 +452,10 @@ def rlimits(
 
 # Runs as the child's first code: limits first, then the SDK copy ahead of the stdlib so a workspace
 # cannot shadow it, the image's packages after it, and the workspace last so its modules cannot
-# replace what the runner imports. The workspace entry is "." -- resolved against the cwd at each
-# import, never frozen to a path: a warm sandbox's workspace may be renamed on the host after start.
+# replace what the runner imports. The workspace entry is "." -- the cwd, not its path: a warm
+# sandbox's workspace may be renamed on the host after start. Python turns "." into the cwd's path
+# when it first makes a finder for it, so the finder made while starting up is dropped before the
+# runner waits for its first call; the next one is made at the first import from the workspace.
 BOOTSTRAP = """\
 import json, resource, sys
 sdk, packages, limits = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -465,11 +467,14 @@ if packages:
     sys.path.insert(1, packages)
 sys.path.append(".")
 from bastion.agent._runner import main
+sys.path_importer_cache.pop(".", None)
 main()
 """
 
 
-def bootstrap_argv(interpreter: str, sdk: str, packages: str, limits: list[tuple[str, int, int]]) -> list[str]:
+def bootstrap_argv(
+    interpreter: str, sdk: str, packages: str, limits: list[tuple[str, int, int]]
+) -> list[str]:
     return [interpreter, "-I", "-S", "-B", "-c", BOOTSTRAP, sdk, packages, json.dumps(limits)]
 
 

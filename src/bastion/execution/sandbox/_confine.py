@@ -66,22 +66,29 @@ class HostConfinement(Confinement):
                     "cpu", f"the sandbox used {used:.1f} s of CPU, the limit is {limits.cpu_seconds:g} s"
                 )
             if self.cgroup.oom_kills() > 0:
-                return LimitExceeded("memory", f"the sandbox used more than {limits.memory_mib} MiB of memory")
+                return LimitExceeded(
+                    "memory", f"the sandbox used more than {limits.memory_mib} MiB of memory"
+                )
             if self.cgroup.pids_exhausted():
-                return LimitExceeded("processes", f"the sandbox tried to run more than {limits.processes} processes")
+                return LimitExceeded(
+                    "processes", f"the sandbox tried to run more than {limits.processes} processes"
+                )
         if self.workspace is not None and self.workspace.full():
             return LimitExceeded("workspace", f"the workspace is full ({limits.workspace_mib} MiB)")
         if self._workspace_dir is not None:
             used = _disk_usage(self._workspace_dir)
             if used > limits.workspace_mib * MIB:
                 return LimitExceeded(
-                    "workspace", f"the workspace uses {used // MIB} MiB, the limit is {limits.workspace_mib} MiB"
+                    "workspace",
+                    f"the workspace uses {used // MIB} MiB, the limit is {limits.workspace_mib} MiB",
                 )
         return None
 
     def blame(self, exit_code: int | None) -> LimitExceeded | None:
         if self.cgroup is not None and self.cgroup.oom_kills() > 0:
-            return LimitExceeded("memory", f"the sandbox used more than {self.limits.memory_mib} MiB of memory")
+            return LimitExceeded(
+                "memory", f"the sandbox used more than {self.limits.memory_mib} MiB of memory"
+            )
         return None
 
     def before_call(self) -> None:

@@ -61,7 +61,10 @@ def unavailable() -> tuple[str, str] | None:
     if not Path(RUNSC).exists():
         return f"gVisor is not installed ({RUNSC} is missing)", "apt-get install runsc"
     if os.geteuid() != 0:
-        return "the gvisor backend needs root (runsc sets up namespaces and cgroups)", "run the worker as root"
+        return (
+            "the gvisor backend needs root (runsc sets up namespaces and cgroups)",
+            "run the worker as root",
+        )
     if problem := _cgroup.unavailable():
         return problem, "mount the cgroup v1 memory, pids, cpu and cpuacct controllers"
     return None
@@ -118,7 +121,9 @@ class GvisorBackend:
         try:
             # Made here, not by runsc: runsc removes the cgroups it made as soon as the sandbox dies,
             # and the host must still read why it died (an OOM kill, the pids limit).
-            cgroup = _cgroup.Cgroup(name, memory_bytes=_memory(limits) * MIB, processes=limits.processes + _RUNSC_TASKS)
+            cgroup = _cgroup.Cgroup(
+                name, memory_bytes=_memory(limits) * MIB, processes=limits.processes + _RUNSC_TASKS
+            )
         except OSError as exc:
             workspace.close(copy_back=False)
             shutil.rmtree(bundle, ignore_errors=True)
@@ -146,26 +151,40 @@ class GvisorBackend:
         ]
         if Path("/etc/ld.so.cache").exists():
             mounts.append(
-                {"destination": "/etc/ld.so.cache", "type": "bind", "source": "/etc/ld.so.cache", "options": ["bind", "ro"]}
+                {
+                    "destination": "/etc/ld.so.cache",
+                    "type": "bind",
+                    "source": "/etc/ld.so.cache",
+                    "options": ["bind", "ro"],
+                }
             )
         for pattern in _HIDDEN:
             for hidden in sorted(glob.glob(pattern)):
-                mounts.append({"destination": hidden, "type": "tmpfs", "source": "tmpfs", "options": ["ro", "size=4k"]})
+                mounts.append(
+                    {"destination": hidden, "type": "tmpfs", "source": "tmpfs", "options": ["ro", "size=4k"]}
+                )
         mounts += [
             {
-                "destination": "/tmp",
+                "destination": "/tmp",  # noqa: S108 -- the sandbox's own tmpfs
                 "type": "tmpfs",
                 "source": "tmpfs",
                 "options": ["nosuid", "nodev", "mode=1777", f"size={limits.workspace_mib * MIB}"],
             },
             {"destination": SDK_PATH, "type": "bind", "source": str(self._sdk), "options": ["bind", "ro"]},
-            {"destination": "/workspace", "type": "bind", "source": str(workspace), "options": ["bind", "rw"]},
+            {
+                "destination": "/workspace",
+                "type": "bind",
+                "source": str(workspace),
+                "options": ["bind", "rw"],
+            },
         ]
         if spec.image is not None:
             interpreter, image_mounts, packages = _image(spec.image)
             mounts += image_mounts
         env = base_env("/workspace", spec.env)
-        no_caps: dict[str, list[str]] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
+        no_caps: dict[str, list[str]] = {
+            k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
+        }
         memory = _memory(limits) * MIB
         # Inside: CPU, AS, FSIZE, NOFILE (the bootstrap sets them; gVisor ignores RLIMIT_NPROC).
         inside = rlimits(limits, processes=False)
@@ -245,12 +264,16 @@ def _image(image: Image) -> tuple[str, list[dict[str, Any]], str]:
     interpreter = str(image.interpreter.resolve())
     if not image.interpreter.resolve().is_relative_to("/usr"):
         root = image.interpreter.parent.parent
-        mounts.append({"destination": IMAGE_PATH, "type": "bind", "source": str(root), "options": ["bind", "ro"]})
+        mounts.append(
+            {"destination": IMAGE_PATH, "type": "bind", "source": str(root), "options": ["bind", "ro"]}
+        )
         interpreter = f"{IMAGE_PATH}/{image.interpreter.relative_to(root)}"
     packages = ""
     if image.site_packages is not None:
         source = str(image.site_packages)
-        mounts.append({"destination": PACKAGES_PATH, "type": "bind", "source": source, "options": ["bind", "ro"]})
+        mounts.append(
+            {"destination": PACKAGES_PATH, "type": "bind", "source": source, "options": ["bind", "ro"]}
+        )
         packages = PACKAGES_PATH
     return interpreter, mounts, packages
 
@@ -260,7 +283,18 @@ def _build_rootfs(root: Path) -> Path:
     complete = root.with_name(root.name + ".complete")
     if complete.exists():
         return root
-    for directory in ("usr", "etc", "tmp", "workspace", "proc", "dev", "sys", SDK_PATH[1:], IMAGE_PATH[1:], PACKAGES_PATH[1:]):
+    for directory in (
+        "usr",
+        "etc",
+        "tmp",
+        "workspace",
+        "proc",
+        "dev",
+        "sys",
+        SDK_PATH[1:],
+        IMAGE_PATH[1:],
+        PACKAGES_PATH[1:],
+    ):
         (root / directory).mkdir(parents=True, exist_ok=True)
     (root / "etc" / "ld.so.cache").touch()
     for link in ("bin", "lib", "lib64", "sbin"):

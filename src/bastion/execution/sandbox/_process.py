@@ -65,7 +65,10 @@ class ProcessBackend:
             raise SandboxError("the process backend is closed")
         workspace = spec.workspace.resolve()
         limits = spec.limits
-        argv = bootstrap_argv(sys.executable, str(self._sdk), "", rlimits(limits))
+        image = spec.image
+        interpreter = str(image.interpreter) if image is not None else sys.executable
+        packages = str(image.site_packages) if image is not None and image.site_packages is not None else ""
+        argv = bootstrap_argv(interpreter, str(self._sdk), packages, rlimits(limits))
         cgroup: _cgroup.Cgroup | None = None
         try:
             if self._cgroups:
@@ -74,7 +77,9 @@ class ProcessBackend:
                     memory_bytes=limits.memory_mib * 1024 * 1024,
                     processes=limits.processes,
                 )
-            process, write_fd, read_fd, log_fd = spawn(argv, cwd=workspace, env=base_env(str(workspace), spec.env))
+            process, write_fd, read_fd, log_fd = spawn(
+                argv, cwd=workspace, env=base_env(str(workspace), spec.env)
+            )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             if cgroup is not None:
                 cgroup.remove()

@@ -165,7 +165,9 @@ def _copy_file(source: int, target: int, name: str, mode: int, owner: tuple[int,
     try:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             os.unlink(name, dir_fd=target)
-        writer = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode | 0o600, dir_fd=target)
+        writer = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode | 0o600, dir_fd=target
+        )
         try:
             if owner is not None:
                 os.fchown(writer, *owner)
