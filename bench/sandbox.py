@@ -106,7 +106,7 @@ def round_trip(backend: SandboxBackend, root: Path, calls: int) -> list[float]:
 
 
 def raw_pipes(calls: int) -> list[float]:
-    child = subprocess.Popen(  # noqa: S603 -- this interpreter, fixed code
+    child = subprocess.Popen(
         ["/usr/bin/python3", "-I", "-S", "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     assert child.stdin is not None and child.stdout is not None
@@ -128,7 +128,7 @@ def raw_pipes(calls: int) -> list[float]:
 
 
 def _memory(sandbox: Any) -> int:
-    cgroup = getattr(sandbox._confinement, "cgroup", None)  # noqa: SLF001 -- the bench looks inside
+    cgroup = getattr(sandbox._confinement, "cgroup", None)
     if cgroup is not None:
         return cgroup.memory_bytes()
     status = Path(f"/proc/{sandbox.status().pid}/status").read_text()
@@ -192,7 +192,7 @@ def main() -> None:
     samples, calls = (5, 500) if args.quick else (30, 5000)
     if args.quick:
         args.max, args.seconds = 20, 15.0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"sandbox benchmark: {os.cpu_count()} CPUs, uid {os.geteuid()}, python {sys.version.split()[0]}")
     print("shared, noisy machine: indicative figures\n")
