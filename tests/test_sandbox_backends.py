@@ -88,7 +88,8 @@ def test_the_host_sees_the_workspace_after_stop_and_its_changes_before_each_call
             with open("out/result.txt", "w") as f:
                 f.write(open(name).read().upper())
             os.mkfifo("a-fifo")
-            os.symlink("/etc/passwd", "a-link")
+            os.symlink("out/result.txt", "a-link")
+            os.symlink("/etc/passwd", "host-link")
             return sorted(os.listdir("."))
         """)
     )
@@ -101,8 +102,11 @@ def test_the_host_sees_the_workspace_after_stop_and_its_changes_before_each_call
         sandbox.stop()
     assert (workspace / "out" / "result.txt").read_text() == "FROM THE HOST"
     assert (workspace / "a-link").is_symlink()
-    if backend.name != "process":  # copied back: the FIFO is not (a host read of it would block)
+    assert (workspace / "a-link").read_text() == "FROM THE HOST"
+    if backend.name != "process":
+        # Copied back: not the FIFO (a host read of it would block), not a link out of the workspace.
         assert not (workspace / "a-fifo").exists()
+        assert not (workspace / "host-link").is_symlink()
 
 
 def test_an_image_puts_its_packages_between_the_sdk_and_the_workspace(

@@ -40,7 +40,7 @@ from ._base import (
 _log = logging.getLogger(__name__)
 
 # Mirrors of bastion.agent._runner's constants: the SDK cannot import the host's packages.
-_LIMIT_EXCEEDED = -32010
+LIMIT_EXCEEDED = -32010
 EXIT_MEMORY = 86
 _REPORTED_LIMITS = frozenset({"memory", "file_size"})
 """The limits the runner reports itself; any other ``limit`` in its errors is not believed."""
@@ -305,7 +305,7 @@ class ChannelSandbox:
     def _error_answer(self, error: dict[str, Any]) -> CallError:
         code, message, data = error.get("code"), str(error.get("message", "")), error.get("data")
         data = cast(dict[str, Any], data) if isinstance(data, dict) else {}
-        if code == _LIMIT_EXCEEDED and data.get("limit") in _REPORTED_LIMITS:
+        if code == LIMIT_EXCEEDED and data.get("limit") in _REPORTED_LIMITS:
             raise self._end(LimitExceeded(str(data["limit"]), f"the agent reported: {message}"))
         if not isinstance(code, int):
             raise self._protocol_error(f"an error answer without an integer code: {error!r:.200}")

@@ -26,11 +26,13 @@ from bastion.errors import SandboxError
 
 from . import _cgroup
 from ._base import LogSink, SandboxSpec
-from ._channel import ChannelSandbox, base_env, bootstrap_argv, rlimits, spawn
+from ._channel import EXIT_MEMORY, LIMIT_EXCEEDED, ChannelSandbox, base_env, bootstrap_argv, rlimits, spawn
 from ._confine import HostConfinement
 from ._sdk import copy_sdk, remove_tree, shared_sdk
 
 _numbers = itertools.count(1)
+# The runner's codes, as the host reads them (kept here too: tests compare them with the SDK's).
+_LIMIT_EXCEEDED, _EXIT_MEMORY = LIMIT_EXCEEDED, EXIT_MEMORY
 
 
 class ProcessBackend:

@@ -19,7 +19,8 @@ The caller's directory stays the host's view of the workspace:
 
 The copy never follows a symlink and copies only directories, regular files and symlinks (as
 symlinks): the agent controls the tree, and a FIFO or a link to a host path cannot make the host
-block or write outside the directory. Tmpfs pages are charged to the memory cgroup of the process
+block or write outside the directory. Copying back, a link that is absolute or climbs out of the
+workspace is dropped: on the host it would name the host's files. Tmpfs pages are charged to the memory cgroup of the process
 that writes them, so backends add the workspace size to the cgroup's memory limit.
 """
 
@@ -152,12 +153,22 @@ def _copy_tree(
                 seen[key] = version
         elif stat.S_ISLNK(info.st_mode):
             link = os.readlink(name, dir_fd=source)
+            if owner is None and _escapes(prefix, link):
+                continue  # back on the host, it would point at the host's files
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=target)
             with contextlib.suppress(OSError):
                 os.symlink(link, name, dir_fd=target)
                 if owner is not None:
                     os.chown(name, *owner, dir_fd=target, follow_symlinks=False)
+
+
+def _escapes(prefix: str, link: str) -> bool:
+    """True when a link at ``prefix`` (relative to the workspace) points outside the workspace."""
+    if os.path.isabs(link):
+        return True
+    resolved = os.path.normpath(os.path.join(prefix, link))
+    return resolved == ".." or resolved.startswith("../")
 
 
 def _copy_file(source: int, target: int, name: str, mode: int, owner: tuple[int, int] | None) -> None:
