@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from bastion.execution.sandbox import (
     open_backend,
     probe_backend,
 )
+from bastion.execution.sandbox._sdk import remove_tree
 
 _AGENT = textwrap.dedent("""\
     import time
@@ -205,6 +207,7 @@ def main() -> None:
         report = probe_backend(name, state_dir=state)
         if not report.works:
             print(f"\n{name}: does not work here: {report.detail}")
+            remove_tree(state)
             continue
         backend = open_backend(name, state_dir=state)
         root = Path(tempfile.mkdtemp(prefix="bastion-bench-ws-"))
@@ -214,6 +217,8 @@ def main() -> None:
             most, memories, why = density(backend, root, args)
         finally:
             backend.close()
+            remove_tree(state)
+            shutil.rmtree(root, ignore_errors=True)
         p50 = statistics.median(trips)
         print(f"\n{name}")
         print(

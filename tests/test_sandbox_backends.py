@@ -32,6 +32,7 @@ from bastion.execution.sandbox import (
     probe_backend,
     probe_backends,
 )
+from bastion.execution.sandbox._sdk import remove_tree  # pyright: ignore[reportPrivateUsage]
 
 from .conftest import _unavailable
 
@@ -40,8 +41,19 @@ def _no_requests(method: str, params: dict[str, Any]) -> Any:
     raise AssertionError(f"unexpected request {method}")
 
 
+_ROOT = Path(tempfile.mkdtemp(prefix="bastion-backends-"))
+_ROOT.chmod(0o711)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_state_dirs() -> Iterator[None]:
+    """State directories live outside tmp_path (its parents are not o+x); removed at the end."""
+    yield
+    remove_tree(_ROOT)
+
+
 def _state_dir() -> Path:
-    state = Path(tempfile.mkdtemp(prefix="bastion-backends-"))
+    state = Path(tempfile.mkdtemp(dir=_ROOT))
     state.chmod(0o711)
     return state
 
@@ -113,7 +125,7 @@ def test_an_image_puts_its_packages_between_the_sdk_and_the_workspace(
     backend: SandboxBackend, tmp_path: Path
 ) -> None:
     # Images live where the sandbox's unprivileged uid can traverse to them (o+x all the way).
-    image_dir = Path(tempfile.mkdtemp(prefix="bastion-image-"))
+    image_dir = Path(tempfile.mkdtemp(dir=_ROOT))
     packages = image_dir / "site-packages"
     packages.mkdir(parents=True)
     (packages / "imagepkg.py").write_text("WHERE = 'image'\n")

@@ -34,6 +34,7 @@ from bastion.execution.sandbox import (
     open_backend,
     probe_backend,
 )
+from bastion.execution.sandbox._sdk import remove_tree  # pyright: ignore[reportPrivateUsage]
 
 from .conftest import _unavailable
 
@@ -133,6 +134,7 @@ def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     state_dir.chmod(0o711)
     report = probe_backend(name, state_dir=state_dir)
     if not report.works:
+        remove_tree(state_dir)
         _unavailable(f"the {name} sandbox backend does not work here: {report.detail} (fix: {report.fix})")
     backend = open_backend(name, state_dir=state_dir)
     found = Box(name, backend, state_dir, tmp_path_factory.mktemp(f"conformance-{name}"))
@@ -140,6 +142,7 @@ def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     for sandbox in found.started:
         sandbox.stop()
     backend.close()
+    remove_tree(state_dir)
 
 
 @pytest.fixture(autouse=True)
