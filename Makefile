@@ -29,6 +29,7 @@ up: $(VENV)/.installed
 ## test: install the test extras, run the linters, the type checker and the whole suite
 test: $(VENV)/.installed-test
 	bash scripts/services.sh
+	bash scripts/install-sandboxes.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports

@@ -5,6 +5,7 @@ from ._base import (
     INVALID,
     MIB,
     TOOL_FAILED,
+    BackendReport,
     CallError,
     Handler,
     Image,
@@ -17,14 +18,23 @@ from ._base import (
     SandboxState,
     SandboxStatus,
 )
+from ._bwrap import BwrapBackend
+from ._channel import ChannelSandbox
+from ._gvisor import GvisorBackend
 from ._process import ProcessBackend, ProcessSandbox
+from ._select import BACKENDS, default_backend, open_backend, probe_backend, probe_backends
 
 __all__ = [
+    "BACKENDS",
     "DENIED",
     "INVALID",
     "MIB",
     "TOOL_FAILED",
+    "BackendReport",
+    "BwrapBackend",
     "CallError",
+    "ChannelSandbox",
+    "GvisorBackend",
     "Handler",
     "Image",
     "LogSink",
@@ -37,4 +47,8 @@ __all__ = [
     "SandboxSpec",
     "SandboxState",
     "SandboxStatus",
+    "default_backend",
+    "open_backend",
+    "probe_backend",
+    "probe_backends",
 ]

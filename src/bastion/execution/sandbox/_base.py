@@ -36,6 +36,9 @@ class SandboxLimits:
     """Largest single channel message; past it the agent is stopped (limit ``message_size``)."""
     file_bytes: int = 64 * MIB
     """Largest file the agent may write (RLIMIT_FSIZE)."""
+    workspace_mib: int = 256
+    """Disk the workspace may use (a size-capped tmpfs on ``bwrap`` and ``gvisor``; polled on
+    ``process``); past it the agent is stopped (limit ``workspace``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +133,18 @@ class Sandbox(Protocol):
         ...
 
     def status(self) -> SandboxStatus: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendReport:
+    """Whether a backend works on this machine, found by starting a tiny sandbox on it."""
+
+    name: str
+    works: bool
+    detail: str
+    """What was seen: the isolation and limits in force, or why it failed."""
+    fix: str | None = None
+    """How to make it work, when it does not."""
 
 
 class SandboxBackend(Protocol):

@@ -1,0 +1,317 @@
+"""The ``gvisor`` backend: the agent on gVisor's user-space kernel, ``runsc run`` with an OCI bundle.
+
+``runsc --network=none --platform=ptrace run --bundle DIR ID`` with a ``config.json`` that gives:
+a dedicated read-only root directory (built once under the state directory, never the host's
+``/``) with ``/usr`` and ``/etc/ld.so.cache`` bound read-only and the host's Python packages hidden;
+the SDK (and the image, if any) read-only under ``/opt/bastion``; ``/workspace`` bound from a
+size-capped tmpfs (see ``_workspace``); a size-capped ``/tmp``; user 65534, no capabilities,
+``noNewPrivileges``, an explicit environment (``runsc do`` would copy the worker's); no network
+but loopback. gVisor's own kernel answers the agent's system calls; the host sees only the sentry.
+
+Limits: ``linux.resources`` (memory, pids, one CPU) in the cgroup at ``linux.cgroupsPath``, which
+the backend creates (runsc joins it and enforces it on the whole sandbox: sentry, gofer, the
+agent's processes); the host reads CPU time, OOM kills and pid exhaustion from it, also after the
+sandbox died. RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE and
+RLIMIT_NOFILE are set inside by the bootstrap, never RLIMIT_AS on runsc itself (its Go runtime
+crashes). gVisor ignores RLIMIT_NPROC inside, so the process limit is the cgroup's, with room for
+the sentry's own threads (``_RUNSC_TASKS``): a fork bomb exhausts it and the sandbox is ended.
+
+Cleanup on stop, also after a kill: the sandbox's processes (through its cgroup), ``runsc delete
+--force``, its state and bundle directories, and the cgroup directories runsc leaves behind.
+Runs as root only (runsc needs it to set up its namespaces and cgroups).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import itertools
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import SandboxError
+
+from . import _cgroup
+from ._base import MIB, Image, LogSink, SandboxLimits, SandboxSpec
+from ._channel import ChannelSandbox, base_env, bootstrap_argv, rlimits, spawn
+from ._confine import HostConfinement
+from ._sdk import shared_sdk
+from ._workspace import Workspace, is_mountpoint, unmount
+
+RUNSC = "/usr/bin/runsc"
+USER = 65534
+SDK_PATH = "/opt/bastion/sdk"
+IMAGE_PATH = "/opt/bastion/image"
+PACKAGES_PATH = "/opt/bastion/packages"
+DEFAULT_INTERPRETER = "/usr/bin/python3"
+_OVERHEAD_MIB = 96
+"""Memory the cgroup allows beyond the agent's own limit: the sentry and the gofer."""
+_RUNSC_TASKS = 192
+"""Host tasks of the sandbox that are not the agent's: the sentry's and gofer's threads."""
+_HIDDEN = ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3*")
+_numbers = itertools.count(1)
+
+
+def unavailable() -> tuple[str, str] | None:
+    """None when runsc can be tried here, else (why, how to fix)."""
+    if not Path(RUNSC).exists():
+        return f"gVisor is not installed ({RUNSC} is missing)", "apt-get install runsc"
+    if os.geteuid() != 0:
+        return (
+            "the gvisor backend needs root (runsc sets up namespaces and cgroups)",
+            "run the worker as root",
+        )
+    if problem := _cgroup.unavailable():
+        return problem, "mount the cgroup v1 memory, pids, cpu and cpuacct controllers"
+    return None
+
+
+class GvisorBackend:
+    """Starts sandboxes with ``runsc run``; see the module's docstring for what is enforced."""
+
+    name = "gvisor"
+
+    def __init__(self, *, state_dir: Path) -> None:
+        """Raises:
+        SandboxError: runsc is missing or this process is not root (the detail says how to fix it).
+        """
+        if problem := unavailable():
+            why, fix = problem
+            raise SandboxError(f"{why}; to fix: {fix}", hint=fix)
+        self._home = state_dir.resolve() / "gvisor"
+        for name in ("sdk", "ws", "bundles", "state"):
+            (self._home / name).mkdir(parents=True, exist_ok=True)
+        self._home.chmod(0o711)
+        self._sdk = shared_sdk(self._home / "sdk")
+        self._rootfs = _build_rootfs(self._home / "rootfs")
+        self._prefix = f"gvisor-{os.getpid()}-"
+        self._sweep()
+        self._closed = False
+
+    def start(self, spec: SandboxSpec, *, on_log: LogSink) -> ChannelSandbox:
+        """Start a sandbox, ready for ``call``.
+
+        Raises:
+            SandboxError: the backend is closed or the sandbox could not be set up.
+        """
+        if self._closed:
+            raise SandboxError("the gvisor backend is closed")
+        name = f"{self._prefix}{next(_numbers)}"
+        limits = spec.limits
+        bundle = self._home / "bundles" / name
+        workspace: Workspace | None = None
+        try:
+            workspace = Workspace(
+                spec.workspace, self._home / "ws" / name, size=limits.workspace_mib * MIB, uid=USER, gid=USER
+            )
+            bundle.mkdir(mode=0o700)
+            config = self._config(spec, name, workspace.mountpoint)
+            (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        except OSError as exc:
+            if workspace is not None:
+                workspace.close(copy_back=False)
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise SandboxError(f"could not prepare the sandbox for {spec.workspace}: {exc}") from exc
+        argv = [RUNSC, "--root", str(self._home / "state"), "--network=none", "--platform=ptrace"]
+        argv += ["run", "--bundle", str(bundle), name]
+        try:
+            # Made here, not by runsc: runsc removes the cgroups it made as soon as the sandbox dies,
+            # and the host must still read why it died (an OOM kill, the pids limit).
+            cgroup = _cgroup.Cgroup(
+                name, memory_bytes=_memory(limits) * MIB, processes=limits.processes + _RUNSC_TASKS
+            )
+        except OSError as exc:
+            workspace.close(copy_back=False)
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise SandboxError(f"could not create the sandbox's cgroup: {exc}") from exc
+        confinement = HostConfinement(
+            limits,
+            cgroup=cgroup,
+            workspace=workspace,
+            signal_status=True,
+            cleanup=[lambda: self._delete(name)],
+        )
+        try:
+            process, write_fd, read_fd, log_fd = spawn(argv, cwd="/", env={"PATH": "/usr/bin:/bin"})
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            confinement.release()
+            raise SandboxError(f"could not start runsc: {exc}") from exc
+        return ChannelSandbox(process, write_fd, read_fd, log_fd, limits, on_log, confinement)
+
+    def _config(self, spec: SandboxSpec, name: str, workspace: Path) -> dict[str, Any]:
+        limits = spec.limits
+        interpreter, packages = DEFAULT_INTERPRETER, ""
+        mounts: list[dict[str, Any]] = [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
+        ]
+        if Path("/etc/ld.so.cache").exists():
+            mounts.append(
+                {
+                    "destination": "/etc/ld.so.cache",
+                    "type": "bind",
+                    "source": "/etc/ld.so.cache",
+                    "options": ["bind", "ro"],
+                }
+            )
+        for pattern in _HIDDEN:
+            for hidden in sorted(glob.glob(pattern)):
+                mounts.append(
+                    {"destination": hidden, "type": "tmpfs", "source": "tmpfs", "options": ["ro", "size=4k"]}
+                )
+        mounts += [
+            {
+                "destination": "/tmp",  # noqa: S108 -- the sandbox's own tmpfs
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777", f"size={limits.workspace_mib * MIB}"],
+            },
+            {"destination": SDK_PATH, "type": "bind", "source": str(self._sdk), "options": ["bind", "ro"]},
+            {
+                "destination": "/workspace",
+                "type": "bind",
+                "source": str(workspace),
+                "options": ["bind", "rw"],
+            },
+        ]
+        if spec.image is not None:
+            interpreter, image_mounts, packages = _image(spec.image)
+            mounts += image_mounts
+        env = base_env("/workspace", spec.env)
+        no_caps: dict[str, list[str]] = {
+            k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
+        }
+        memory = _memory(limits) * MIB
+        # Inside: CPU, AS, FSIZE, NOFILE (the bootstrap sets them; gVisor ignores RLIMIT_NPROC).
+        inside = rlimits(limits, processes=False)
+        return {
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": False,
+                "user": {"uid": USER, "gid": USER},
+                "args": bootstrap_argv(interpreter, SDK_PATH, packages, inside),
+                "env": [f"{key}={value}" for key, value in env.items()],
+                "cwd": "/workspace",
+                "capabilities": no_caps,
+                "noNewPrivileges": True,
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": limits.open_files, "soft": limits.open_files}],
+            },
+            "root": {"path": str(self._rootfs), "readonly": True},
+            "hostname": "sandbox",
+            "mounts": mounts,
+            "linux": {
+                "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+                "resources": {
+                    "memory": {"limit": memory, "swap": memory},
+                    "pids": {"limit": limits.processes + _RUNSC_TASKS},
+                    "cpu": {"quota": 100_000, "period": 100_000},
+                },
+                "cgroupsPath": f"/{_cgroup.PARENT}/{name}",
+            },
+        }
+
+    def _delete(self, name: str) -> None:
+        """Remove everything runsc and this backend made for ``name``."""
+        state = str(self._home / "state")
+        subprocess.run(  # noqa: S603 -- fixed program and arguments
+            [RUNSC, "--root", state, "delete", "--force", name],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            timeout=30,
+        )
+        _cgroup.sweep(lambda leftover: leftover in (name, f"runsc-{name}"))
+        shutil.rmtree(self._home / "bundles" / name, ignore_errors=True)
+        for leftover in glob.glob(str(self._home / "state" / f"{name}*")):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(leftover) if os.path.isdir(leftover) else os.unlink(leftover)
+
+    def _sweep(self) -> None:
+        """Remove what workers killed with SIGKILL left: sandboxes whose worker pid is gone."""
+        for bundle in (self._home / "bundles").iterdir():
+            pid = bundle.name.split("-")[1] if bundle.name.count("-") >= 2 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                mountpoint = self._home / "ws" / bundle.name
+                self._delete(bundle.name)
+                if is_mountpoint(mountpoint):
+                    unmount(mountpoint)
+                with contextlib.suppress(OSError):
+                    mountpoint.rmdir()
+
+    def close(self) -> None:
+        """New sandboxes cannot start; running ones keep working."""
+        self._closed = True
+
+    def __enter__(self) -> GvisorBackend:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _memory(limits: SandboxLimits) -> int:
+    """MiB for the sandbox's cgroup: the agent's, its workspace and /tmp tmpfs, gVisor's own."""
+    return limits.memory_mib + 2 * limits.workspace_mib + _OVERHEAD_MIB
+
+
+def _image(image: Image) -> tuple[str, list[dict[str, Any]], str]:
+    mounts: list[dict[str, Any]] = []
+    interpreter = str(image.interpreter.resolve())
+    if not image.interpreter.resolve().is_relative_to("/usr"):
+        root = image.interpreter.parent.parent
+        mounts.append(
+            {"destination": IMAGE_PATH, "type": "bind", "source": str(root), "options": ["bind", "ro"]}
+        )
+        interpreter = f"{IMAGE_PATH}/{image.interpreter.relative_to(root)}"
+    packages = ""
+    if image.site_packages is not None:
+        source = str(image.site_packages)
+        mounts.append(
+            {"destination": PACKAGES_PATH, "type": "bind", "source": source, "options": ["bind", "ro"]}
+        )
+        packages = PACKAGES_PATH
+    return interpreter, mounts, packages
+
+
+def _build_rootfs(root: Path) -> Path:
+    """The sandbox's root: empty mountpoints and the merged-/usr links, root-owned, made once."""
+    complete = root.with_name(root.name + ".complete")
+    if complete.exists():
+        return root
+    for directory in (
+        "usr",
+        "etc",
+        "tmp",
+        "workspace",
+        "proc",
+        "dev",
+        "sys",
+        SDK_PATH[1:],
+        IMAGE_PATH[1:],
+        PACKAGES_PATH[1:],
+    ):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "ld.so.cache").touch()
+    for link in ("bin", "lib", "lib64", "sbin"):
+        host, target = Path("/") / link, root / link
+        if host.is_symlink() and not target.is_symlink():
+            target.symlink_to(os.readlink(host))
+        elif host.is_dir() and not host.is_symlink():
+            target.mkdir(exist_ok=True)
+    complete.touch()
+    return root
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,206 @@
+"""A size-capped workspace for isolating backends: a tmpfs per sandbox, synced with the caller's
+directory.
+
+Why a tmpfs and a copy rather than binding the caller's directory: ext4 here has no quotas, so a
+bound host directory cannot be capped by the kernel, and the caller's directory may sit under a path
+the sandbox's unprivileged uid cannot traverse. So the backend mounts a tmpfs of
+``SandboxLimits.workspace_mib`` (``size=`` and ``nr_inodes=``, owned by the sandbox uid, ``nosuid,
+nodev``) in its own runtime directory and binds that as ``/workspace``. The kernel enforces the cap:
+a write past it fails with ENOSPC, and the host reports the ``workspace`` limit when it finds the
+tmpfs full.
+
+The caller's directory stays the host's view of the workspace:
+
+* ``sync_in`` (at start and before every call) copies what the host put there and the tmpfs does not
+  have yet or has older; a warm sandbox is thus given its agent after it started. The directory is
+  held by an open descriptor, so it may be renamed meanwhile.
+* ``close`` (on stop, also after a kill) copies the tmpfs back over it, so the host can inspect what
+  the agent left; then unmounts the tmpfs and removes its mountpoint.
+
+The copy never follows a symlink and copies only directories, regular files and symlinks (as
+symlinks): the agent controls the tree, and a FIFO or a link to a host path cannot make the host
+block or write outside the directory. Copying back, a link that is absolute or climbs out of the
+workspace is dropped: on the host it would name the host's files. Tmpfs pages are charged to the memory cgroup of the process
+that writes them, so backends add the workspace size to the cgroup's memory limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import stat
+from pathlib import Path
+
+_MS_NOSUID, _MS_NODEV = 0x2, 0x4
+_MNT_DETACH = 0x2
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_COPY_CHUNK = 1024 * 1024
+
+
+def mount_tmpfs(target: Path, *, size: int, inodes: int, uid: int, gid: int, mode: int = 0o700) -> None:
+    options = f"size={size},nr_inodes={inodes},mode={mode:o},uid={uid},gid={gid}"
+    if _libc.mount(b"tmpfs", os.fsencode(target), b"tmpfs", _MS_NOSUID | _MS_NODEV, options.encode()) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"mount tmpfs on {target}: {os.strerror(number)}")
+
+
+def unmount(target: Path) -> None:
+    if _libc.umount2(os.fsencode(target), _MNT_DETACH) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"umount {target}: {os.strerror(number)}")
+
+
+def is_mountpoint(path: Path) -> bool:
+    try:
+        return os.path.ismount(path)
+    except OSError:
+        return False
+
+
+class Workspace:
+    """The caller's workspace directory mirrored into a size-capped tmpfs at ``mountpoint``."""
+
+    def __init__(self, source: Path, mountpoint: Path, *, size: int, uid: int, gid: int) -> None:
+        self.mountpoint, self.size, self._uid, self._gid = mountpoint, size, uid, gid
+        self._source = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._mounted = False
+        try:
+            mountpoint.mkdir(mode=0o700)
+            mount_tmpfs(mountpoint, size=size, inodes=max(1024, size // 4096), uid=uid, gid=gid)
+            self._mounted = True
+            self.sync_in()
+        except BaseException:
+            self.close(copy_back=False)
+            raise
+
+    def sync_in(self) -> None:
+        """Copy what the host added or changed in its directory since the last sync."""
+        target = os.open(self.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            _copy_tree(self._source, target, "", self._seen, owner=(self._uid, self._gid))
+        finally:
+            os.close(target)
+
+    def full(self) -> bool:
+        """True when the tmpfs has no block or no inode left: the agent hit the cap."""
+        try:
+            usage = os.statvfs(self.mountpoint)
+        except OSError:
+            return False
+        return usage.f_bavail == 0 or usage.f_favail == 0
+
+    def used_bytes(self) -> int:
+        usage = os.statvfs(self.mountpoint)
+        return (usage.f_blocks - usage.f_bfree) * usage.f_frsize
+
+    def close(self, *, copy_back: bool = True) -> None:
+        """Copy the tmpfs back to the host's directory (replacing its content), unmount, remove."""
+        if self._mounted:
+            if copy_back:
+                source = os.open(self.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    _clear(self._source)
+                    _copy_tree(source, self._source, "", None, owner=None)
+                finally:
+                    os.close(source)
+            unmount(self.mountpoint)
+            self._mounted = False
+        with contextlib.suppress(FileNotFoundError):
+            self.mountpoint.rmdir()
+        if self._source >= 0:
+            os.close(self._source)
+            self._source = -1
+
+
+def _copy_tree(
+    source: int,
+    target: int,
+    prefix: str,
+    seen: dict[str, tuple[int, int]] | None,
+    *,
+    owner: tuple[int, int] | None,
+) -> None:
+    """Copy directories, regular files and symlinks from the directory fd ``source`` into
+    ``target`` without following any link; with ``seen``, skip files whose (size, mtime) it has."""
+    for entry in os.scandir(source):
+        name, key = entry.name, prefix + entry.name
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=target)
+                if owner is not None:
+                    os.chown(name, *owner, dir_fd=target, follow_symlinks=False)
+            child_source = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=source)
+            try:
+                child_target = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=target)
+            except OSError:
+                os.close(child_source)
+                continue  # the agent replaced the directory by something else: leave it
+            try:
+                _copy_tree(child_source, child_target, key + "/", seen, owner=owner)
+            finally:
+                os.close(child_source)
+                os.close(child_target)
+        elif stat.S_ISREG(info.st_mode):
+            version = (info.st_size, info.st_mtime_ns)
+            if seen is not None and seen.get(key) == version:
+                continue
+            _copy_file(source, target, name, info.st_mode & 0o755, owner)
+            if seen is not None:
+                seen[key] = version
+        elif stat.S_ISLNK(info.st_mode):
+            link = os.readlink(name, dir_fd=source)
+            if owner is None and _escapes(prefix, link):
+                continue  # back on the host, it would point at the host's files
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=target)
+            with contextlib.suppress(OSError):
+                os.symlink(link, name, dir_fd=target)
+                if owner is not None:
+                    os.chown(name, *owner, dir_fd=target, follow_symlinks=False)
+
+
+def _escapes(prefix: str, link: str) -> bool:
+    """True when a link at ``prefix`` (relative to the workspace) points outside the workspace."""
+    if os.path.isabs(link):
+        return True
+    resolved = os.path.normpath(os.path.join(prefix, link))
+    return resolved == ".." or resolved.startswith("../")
+
+
+def _copy_file(source: int, target: int, name: str, mode: int, owner: tuple[int, int] | None) -> None:
+    reader = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=source)
+    try:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            os.unlink(name, dir_fd=target)
+        writer = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode | 0o600, dir_fd=target
+        )
+        try:
+            if owner is not None:
+                os.fchown(writer, *owner)
+            while chunk := os.read(reader, _COPY_CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(writer, view) :]
+        finally:
+            os.close(writer)
+    finally:
+        os.close(reader)
+
+
+def _clear(directory: int) -> None:
+    """Remove everything inside the directory fd (never following a link)."""
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+            try:
+                _clear(child)
+            finally:
+                os.close(child)
+            os.rmdir(entry.name, dir_fd=directory)
+        else:
+            os.unlink(entry.name, dir_fd=directory)

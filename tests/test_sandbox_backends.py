@@ -1,0 +1,297 @@
+"""What every backend shares beyond the conformance suite: the workspace model (a warm sandbox's
+directory renamed and filled after start, the host's view after stop), images, selection and
+diagnosis, the seccomp program, and the bwrap backend's privilege drop and crash cleanup."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.errors import SandboxError
+from bastion.execution.sandbox import (
+    BACKENDS,
+    BackendReport,
+    Image,
+    SandboxBackend,
+    SandboxSpec,
+    _seccomp,  # pyright: ignore[reportPrivateUsage]
+    default_backend,
+    open_backend,
+    probe_backend,
+    probe_backends,
+)
+from bastion.execution.sandbox._sdk import remove_tree  # pyright: ignore[reportPrivateUsage]
+
+from .conftest import _unavailable
+
+
+def _no_requests(method: str, params: dict[str, Any]) -> Any:
+    raise AssertionError(f"unexpected request {method}")
+
+
+_ROOT = Path(tempfile.mkdtemp(prefix="bastion-backends-"))
+_ROOT.chmod(0o711)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_state_dirs() -> Iterator[None]:
+    """State directories live outside tmp_path (its parents are not o+x); removed at the end."""
+    yield
+    remove_tree(_ROOT)
+
+
+def _state_dir() -> Path:
+    state = Path(tempfile.mkdtemp(dir=_ROOT))
+    state.chmod(0o711)
+    return state
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[SandboxBackend]:
+    state = _state_dir()
+    report = probe_backend(request.param, state_dir=state)
+    if not report.works:
+        _unavailable(f"the {request.param} sandbox backend does not work here: {report.detail}")
+    opened = open_backend(request.param, state_dir=state)
+    yield opened
+    opened.close()
+
+
+def test_a_warm_sandbox_takes_its_agent_after_its_directory_is_renamed(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    pool_dir = tmp_path / "pool-slot"
+    pool_dir.mkdir(mode=0o700)
+    sandbox = backend.start(SandboxSpec(workspace=pool_dir), on_log=print)
+    try:
+        time.sleep(0.2)  # the interpreter has started and imported the runner meanwhile
+        run_dir = tmp_path / "run-42"
+        pool_dir.rename(run_dir)
+        (run_dir / "agent.py").write_text("import helper\ndef main(x):\n    return helper.double(x)\n")
+        (run_dir / "helper.py").write_text("def double(x):\n    return 2 * x\n")
+        params = {"entrypoint": "agent:main", "input": 21}
+        assert sandbox.call("run", params, handler=_no_requests) == 42
+    finally:
+        sandbox.stop()
+
+
+def test_the_host_sees_the_workspace_after_stop_and_its_changes_before_each_call(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "agent.py").write_text(
+        textwrap.dedent("""
+        import os
+        def main(name):
+            os.makedirs("out", exist_ok=True)
+            with open("out/result.txt", "w") as f:
+                f.write(open(name).read().upper())
+            os.mkfifo("a-fifo")
+            os.symlink("out/result.txt", "a-link")
+            os.symlink("/etc/passwd", "host-link")
+            return sorted(os.listdir("."))
+        """)
+    )
+    sandbox = backend.start(SandboxSpec(workspace=workspace), on_log=print)
+    try:
+        (workspace / "input.txt").write_text("from the host")
+        seen = sandbox.call("run", {"entrypoint": "agent:main", "input": "input.txt"}, handler=_no_requests)
+        assert "input.txt" in seen
+    finally:
+        sandbox.stop()
+    assert (workspace / "out" / "result.txt").read_text() == "FROM THE HOST"
+    assert (workspace / "a-link").is_symlink()
+    assert (workspace / "a-link").read_text() == "FROM THE HOST"
+    if backend.name != "process":
+        # Copied back: not the FIFO (a host read of it would block), not a link out of the workspace.
+        assert not (workspace / "a-fifo").exists()
+        assert not (workspace / "host-link").is_symlink()
+
+
+def test_an_image_puts_its_packages_between_the_sdk_and_the_workspace(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    # Images live where the sandbox's unprivileged uid can traverse to them (o+x all the way).
+    image_dir = Path(tempfile.mkdtemp(dir=_ROOT))
+    packages = image_dir / "site-packages"
+    packages.mkdir(parents=True)
+    (packages / "imagepkg.py").write_text("WHERE = 'image'\n")
+    for path in (image_dir, packages):
+        path.chmod(0o755)
+    (packages / "imagepkg.py").chmod(0o644)
+    interpreter = Path("/usr/bin/python3") if backend.name != "process" else Path(sys.executable)
+    image = Image(name="python3", digest="0" * 64, interpreter=interpreter, site_packages=packages)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "imagepkg.py").write_text("WHERE = 'workspace'\n")
+    (workspace / "agent.py").write_text(
+        "import sys, imagepkg\ndef main(_):\n    return [imagepkg.WHERE, sys.path, sys.executable]\n"
+    )
+    sandbox = backend.start(SandboxSpec(workspace=workspace, image=image), on_log=print)
+    try:
+        where, path, executable = sandbox.call(
+            "run", {"entrypoint": "agent:main", "input": None}, handler=_no_requests
+        )
+    finally:
+        sandbox.stop()
+    assert where == "image"
+    assert path[-1] == "."
+    assert path.index(next(p for p in path if p.endswith(("site-packages", "packages")))) == 1
+    assert not [p for p in path if "dist-packages" in p]
+    assert Path(executable).resolve() == interpreter.resolve()
+
+
+def test_probe_reports_every_backend_and_the_default_prefers_bwrap() -> None:
+    reports = probe_backends(state_dir=_state_dir())
+    assert [report.name for report in reports] == list(BACKENDS)
+    for report in reports:
+        assert report.detail
+        assert report.works or report.fix
+    process = next(report for report in reports if report.name == "process")
+    assert process.works, process.detail
+    bwrap = next(report for report in reports if report.name == "bwrap")
+    assert default_backend(reports) == ("bwrap" if bwrap.works else "process")
+
+
+def test_default_backend_is_bwrap_only_when_its_probe_worked() -> None:
+    def reports(*working: str) -> list[BackendReport]:
+        return [BackendReport(name=n, works=n in working, detail="x", fix=None) for n in BACKENDS]
+
+    assert default_backend(reports("process", "bwrap", "gvisor")) == "bwrap"
+    assert default_backend(reports("process", "gvisor")) == "process"
+    assert default_backend(reports()) == "process"
+
+
+def test_a_state_dir_the_sandbox_cannot_reach_is_refused_with_the_fix(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or not Path("/usr/bin/bwrap").exists():
+        _unavailable("needs root and bubblewrap")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with pytest.raises(SandboxError, match=r"cannot be traversed by other users.*run `chmod o\+x "):
+        open_backend("bwrap", state_dir=private / "state")
+
+
+def test_an_image_the_sandbox_cannot_reach_is_refused_with_the_fix(bwrap_state: Path, tmp_path: Path) -> None:
+    private = tmp_path / "private-image"
+    (private / "site-packages").mkdir(parents=True, mode=0o700)
+    image = Image(
+        name="python3",
+        digest="1" * 64,
+        interpreter=Path("/usr/bin/python3"),
+        site_packages=private / "site-packages",
+    )
+    backend = open_backend("bwrap", state_dir=bwrap_state)
+    try:
+        with pytest.raises(SandboxError, match=r"image.*cannot be traversed.*chmod o\+x"):
+            backend.start(SandboxSpec(workspace=tmp_path, image=image), on_log=print)
+    finally:
+        backend.close()
+    assert list((bwrap_state / "bwrap" / "ws").iterdir()) == []
+
+
+def test_the_seccomp_numbers_match_this_kernels_headers() -> None:
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    if not header.exists():
+        pytest.skip("the x86_64 kernel headers are not installed (linux-libc-dev)")
+    numbers = {
+        m.group(1): int(m.group(2)) for m in re.finditer(r"#define __NR_(\w+) (\d+)", header.read_text())
+    }
+    for name, number in _seccomp.BLOCKED.items():
+        assert numbers[name] == number, name
+
+
+def test_the_seccomp_program_checks_the_architecture_and_denies_each_blocked_call() -> None:
+    program = _seccomp.program()
+    assert len(program) % 8 == 0
+    instructions = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
+    assert instructions[0] == (0x20, 0, 0, 4)  # load the arch
+    assert instructions[1][3] == 0xC000003E
+    kill, deny, allow = instructions[-1], instructions[-2], instructions[-3]
+    assert (kill[3], deny[3], allow[3]) == (0x80000000, 0x00050000 | 1, 0x7FFF0000)
+    # Each comparison jumps exactly onto the deny instruction.
+    for index, (code, true, _, number) in enumerate(instructions[4:-3], start=4):
+        assert code == 0x15 and number in _seccomp.BLOCKED.values()
+        assert index + 1 + true == len(instructions) - 2
+    assert instructions[1][2] + 2 == len(instructions) - 1
+    assert instructions[3][1] + 4 == len(instructions) - 1
+
+
+@pytest.fixture
+def bwrap_state() -> Path:
+    if os.geteuid() != 0:
+        _unavailable("the bwrap privilege drop is tested as root, the way production runs it")
+    state = _state_dir()
+    report = probe_backend("bwrap", state_dir=state)
+    if not report.works:
+        _unavailable(f"the bwrap sandbox backend does not work here: {report.detail}")
+    return state
+
+
+def test_bwrap_is_never_running_as_root(bwrap_state: Path, tmp_path: Path) -> None:
+    (tmp_path / "agent.py").write_text("import os, time\ndef main(_):\n    return os.getuid()\n")
+    backend = open_backend("bwrap", state_dir=bwrap_state)
+    sandbox = backend.start(SandboxSpec(workspace=tmp_path), on_log=print)
+    try:
+        inside = sandbox.call("run", {"entrypoint": "agent:main", "input": None}, handler=_no_requests)
+        pid = sandbox.status().pid
+        status = Path(f"/proc/{pid}/status").read_text()
+    finally:
+        sandbox.stop()
+        backend.close()
+    uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", status, re.M)
+    groups = re.search(r"^Groups:(.*)$", status, re.M)
+    assert uids is not None and groups is not None
+    assert {int(uid) for uid in uids.groups()} == {inside}
+    assert inside != 0
+    assert groups.group(1).strip() == ""
+
+
+def test_bwrap_cleans_what_a_killed_worker_left(bwrap_state: Path, tmp_path: Path) -> None:
+    (tmp_path / "agent.py").write_text("def main(_):\n    return 1\n")
+    worker = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from bastion.execution.sandbox import open_backend, SandboxSpec
+        backend = open_backend("bwrap", state_dir=Path({str(bwrap_state)!r}))
+        sandbox = backend.start(SandboxSpec(workspace=Path({str(tmp_path)!r})), on_log=print)
+        print(sandbox.status().pid, flush=True)
+        time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", worker], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.strip().isdigit(), line
+    mounts = list((bwrap_state / "bwrap" / "ws").iterdir())
+    assert len(mounts) == 1
+    process.kill()
+    process.wait()
+    process.stdout.close()
+    leftover = mounts[0].name
+    assert os.path.ismount(mounts[0])  # a SIGKILL'd worker cleans nothing itself
+    # The next backend opened on the state directory removes the mount and the cgroup.
+    backend = open_backend("bwrap", state_dir=bwrap_state)
+    assert not (bwrap_state / "bwrap" / "ws" / leftover).exists()
+    done = threading.Event()
+    sandbox = backend.start(SandboxSpec(workspace=tmp_path), on_log=print)
+    try:
+        assert sandbox.call("run", {"entrypoint": "agent:main", "input": None}, handler=_no_requests) == 1
+        done.set()
+    finally:
+        sandbox.stop()
+        backend.close()
+    assert done.is_set()
+    assert not (bwrap_state / "bwrap" / "ws" / leftover).exists()
+    assert not list(Path("/sys/fs/cgroup/pids/bastion").glob(leftover))

@@ -1,0 +1,560 @@
+"""The sandbox conformance suite: every backend against the same hostile agents.
+
+Each ``check_*`` function is an attack or an abuse, written as agent code and run through the
+normal call path. Every probe must fail or be contained, and a limit that ends it must be named in
+``LimitExceeded.limit``. The ``process`` backend is exempt from the isolation checks (it does not
+isolate) but not from the limit checks. A backend that cannot start here skips with the probe's
+reason, and fails where ``CI=true``.
+
+Runs as the worker does in production: as root, with the backends dropping privileges themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.errors import LimitExceeded, SandboxError
+from bastion.execution.sandbox import (
+    BACKENDS,
+    ChannelSandbox,
+    SandboxBackend,
+    SandboxLimits,
+    SandboxSpec,
+    SandboxState,
+    open_backend,
+    probe_backend,
+)
+from bastion.execution.sandbox._sdk import remove_tree  # pyright: ignore[reportPrivateUsage]
+
+from .conftest import _unavailable
+
+PROJECT = Path(__file__).resolve().parents[1]
+CANARY = "BASTION_CONFORMANCE_CANARY"
+CANARY_VALUE = "canary-8d1f0c2e-must-not-leak"
+
+
+@dataclass
+class Box:
+    """One backend under test, and a way to run agent code in it."""
+
+    name: str
+    backend: SandboxBackend
+    state_dir: Path
+    tmp: Path
+    started: list[ChannelSandbox] = field(default_factory=list[ChannelSandbox])
+
+    def start(self, source: str, **limits: Any) -> tuple[ChannelSandbox, Path, list[str]]:
+        workspace = Path(tempfile.mkdtemp(dir=self.tmp, prefix="ws-"))
+        (workspace / "agent.py").write_text(textwrap.dedent(source))
+        logs: list[str] = []
+        spec = SandboxSpec(workspace=workspace, limits=SandboxLimits(**{"wall_seconds": 20.0, **limits}))
+        sandbox: Any = self.backend.start(spec, on_log=logs.append)
+        self.started.append(sandbox)
+        return sandbox, workspace, logs
+
+    def run(self, source: str, payload: Any = None, **limits: Any) -> Any:
+        """Run ``agent:main(payload)`` in a fresh sandbox and stop it; the result or the error."""
+        sandbox, _, _ = self.start(source, **limits)
+        try:
+            return sandbox.call("run", {"entrypoint": "agent:main", "input": payload}, handler=_no_requests)
+        finally:
+            sandbox.stop()
+
+    def limit(self, source: str, payload: Any = None, **limits: Any) -> str:
+        """Run an agent that must hit a limit: the limit's name, after checking nothing is left."""
+        before = _bastion_cgroups()
+        began = time.monotonic()
+        with pytest.raises(LimitExceeded) as raised:
+            self.run(source, payload, **limits)
+        assert time.monotonic() - began < 30
+        sandbox = self.started[-1]
+        status = sandbox.status()
+        assert status.state is SandboxState.FAILED
+        assert status.reason is not None and raised.value.limit in status.reason
+        assert_nothing_left(self, before)
+        return raised.value.limit
+
+
+def _no_requests(method: str, params: dict[str, Any]) -> Any:
+    raise AssertionError(f"unexpected request {method}")
+
+
+def _bastion_cgroups() -> set[str]:
+    return {str(p) for p in Path("/sys/fs/cgroup").glob("*/bastion/*") if p.is_dir()}
+
+
+def _mounts_under(path: Path) -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line]
+
+
+def _processes_with(marker: str) -> list[int]:
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def assert_nothing_left(box: Box, cgroups_before: set[str]) -> None:
+    """No process, cgroup, mount or temporary directory of a stopped sandbox remains."""
+    until = time.monotonic() + 5
+    while time.monotonic() < until and _bastion_cgroups() - cgroups_before:
+        time.sleep(0.05)
+    assert _bastion_cgroups() - cgroups_before == set()
+    assert _mounts_under(box.state_dir) == []
+    for leftovers in ("bwrap/ws", "gvisor/ws", "gvisor/bundles"):
+        directory = box.state_dir / leftovers
+        assert not directory.exists() or list(directory.iterdir()) == []
+    state = box.state_dir / "gvisor" / "state"
+    assert not state.exists() or [p for p in state.iterdir() if not p.name.startswith("runsc")] == []
+
+
+_reports: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+    name: str = request.param
+    # The sandbox's unprivileged uid must be able to traverse to its files under the state dir.
+    state_dir = Path(tempfile.mkdtemp(prefix=f"bastion-conformance-{name}-"))
+    state_dir.chmod(0o711)
+    report = probe_backend(name, state_dir=state_dir)
+    if not report.works:
+        remove_tree(state_dir)
+        _unavailable(f"the {name} sandbox backend does not work here: {report.detail} (fix: {report.fix})")
+    backend = open_backend(name, state_dir=state_dir)
+    found = Box(name, backend, state_dir, tmp_path_factory.mktemp(f"conformance-{name}"))
+    yield found
+    for sandbox in found.started:
+        sandbox.stop()
+    backend.close()
+    remove_tree(state_dir)
+
+
+@pytest.fixture(autouse=True)
+def _canary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secret in the worker's environment that no sandbox may see."""
+    monkeypatch.setenv(CANARY, CANARY_VALUE)
+
+
+# --- isolation checks (not for `process`) ------------------------------------------------------
+
+
+def check_no_tcp_or_udp_to_the_host_or_outside(box: Box) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        seen = box.run(
+            """
+            import socket
+            def attempt(kind, address):
+                try:
+                    with socket.socket(socket.AF_INET, kind) as s:
+                        s.settimeout(2)
+                        s.connect(address)
+                        if kind == socket.SOCK_DGRAM:
+                            s.send(b"x")
+                            s.recv(1)
+                        return "connected"
+                except OSError as exc:
+                    return type(exc).__name__
+            def main(port):
+                return {
+                    "host tcp": attempt(socket.SOCK_STREAM, ("127.0.0.1", port)),
+                    "outside tcp": attempt(socket.SOCK_STREAM, ("1.1.1.1", 443)),
+                    "outside udp": attempt(socket.SOCK_DGRAM, ("8.8.8.8", 53)),
+                    "host udp": attempt(socket.SOCK_DGRAM, ("127.0.0.1", port)),
+                }
+            """,
+            port,
+        )
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.accept()
+    assert "connected" not in seen.values(), seen
+
+
+def check_no_dns(box: Box) -> None:
+    seen = box.run("""
+        import socket
+        def main(_):
+            try:
+                return socket.getaddrinfo("example.com", 443)
+            except OSError as exc:
+                return "failed: " + type(exc).__name__
+    """)
+    assert isinstance(seen, str) and seen.startswith("failed"), seen
+
+
+def check_no_host_unix_socket(box: Box) -> None:
+    directory = Path(tempfile.mkdtemp(dir=box.tmp))
+    directory.chmod(0o777)
+    path = directory / "host.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        path.chmod(0o777)
+        server.listen()
+        targets = [str(path), "/run/postgresql/.s.PGSQL.5432", "/var/run/docker.sock"]
+        seen = box.run(
+            """
+            import socket
+            def main(paths):
+                out = {}
+                for path in paths:
+                    try:
+                        with socket.socket(socket.AF_UNIX) as s:
+                            s.connect(path)
+                            out[path] = "connected"
+                    except OSError as exc:
+                        out[path] = type(exc).__name__
+                return out
+            """,
+            targets,
+        )
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.accept()
+    assert "connected" not in seen.values(), seen
+
+
+def check_no_host_secrets_or_files(box: Box) -> None:
+    secret_file = PROJECT / "pyproject.toml"
+    seen = box.run(
+        """
+        import os
+        def attempt(read):
+            try:
+                return read()
+            except OSError as exc:
+                return "denied: " + type(exc).__name__
+        def environs():
+            found = []
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        found.append(open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace"))
+                    except OSError:
+                        pass
+            return found
+        def main(paths):
+            return {
+                "shadow": attempt(lambda: open("/etc/shadow").read()),
+                "proc1": attempt(lambda: open("/proc/1/environ", "rb").read().decode(errors="replace")),
+                "environs": environs(),
+                "env": dict(os.environ),
+                "root": attempt(lambda: os.listdir("/root")),
+                "project": attempt(lambda: os.listdir(paths["project"])),
+                "project file": attempt(lambda: open(paths["file"]).read()),
+                "home": attempt(lambda: os.listdir("/home")),
+            }
+        """,
+        {"project": str(PROJECT), "file": str(secret_file)},
+    )
+    assert CANARY_VALUE not in str(seen)
+    assert CANARY not in seen["env"]
+    for key in ("shadow", "root", "project", "project file", "home"):
+        assert isinstance(seen[key], str) and seen[key].startswith("denied"), (key, seen[key])
+
+
+def check_no_write_outside_the_workspace(box: Box) -> None:
+    host_dir = Path(tempfile.mkdtemp(dir=box.tmp))
+    host_dir.chmod(0o777)
+    marker = f"written-{os.getpid()}-{time.monotonic_ns()}"
+    seen = box.run(
+        """
+        import os
+        def main(args):
+            out = {}
+            for path in ["/usr/escape", "/etc/escape", "/escape", "/opt/bastion/sdk/escape",
+                         "/usr/lib/python3/dist-packages/escape.py", args["host"] + "/escape",
+                         "/proc/sys/kernel/hostname"]:
+                try:
+                    with open(path, "w") as f:
+                        f.write("x")
+                    out[path] = "written"
+                except OSError as exc:
+                    out[path] = type(exc).__name__
+            with open("/tmp/" + args["marker"], "w") as f:
+                f.write("private")
+            return out
+        """,
+        {"host": str(host_dir), "marker": marker},
+    )
+    assert "written" not in seen.values(), seen
+    assert list(host_dir.iterdir()) == []
+    assert not (Path(tempfile.gettempdir()) / marker).exists()
+
+
+def check_no_escape_by_symlink_or_dotdot(box: Box) -> None:
+    target = Path(tempfile.mkdtemp(dir=box.tmp)) / "host-file"
+    target.write_text("host")
+    target.parent.chmod(0o777)
+    target.chmod(0o666)
+    sandbox, workspace, _ = box.start(
+        """
+        import os
+        def attempt(do):
+            try:
+                return do()
+            except OSError as exc:
+                return "denied: " + type(exc).__name__
+        def main(target):
+            os.symlink("/etc/shadow", "shadow")
+            os.symlink(target, "host")
+            os.symlink("/", "root")
+            os.symlink("../../..", "up")
+            return {
+                "shadow": attempt(lambda: open("shadow").read()),
+                "host read": attempt(lambda: open("host").read()),
+                "host write": attempt(lambda: open("host", "w").write("agent")),
+                "dotdot": attempt(lambda: open("../../../../../../etc/shadow").read()),
+                "via root": attempt(lambda: open("root/etc/shadow").read()),
+            }
+        """
+    )
+    seen = sandbox.call("run", {"entrypoint": "agent:main", "input": str(target)}, handler=_no_requests)
+    sandbox.stop()
+    for key, value in seen.items():
+        assert isinstance(value, str) and value.startswith("denied"), (key, value)
+    assert target.read_text() == "host"
+    assert target.read_text() == "host"
+    if box.name != "process":
+        # Copied back to the host, a link that points outside the workspace is dropped.
+        assert sorted(p.name for p in workspace.iterdir()) == ["agent.py"]
+
+
+def check_no_host_processes(box: Box) -> None:
+    seen = box.run(
+        """
+        import os, signal
+        def main(host_pid):
+            try:
+                os.kill(host_pid, signal.SIGTERM)
+                killed = "signalled"
+            except OSError as exc:
+                killed = type(exc).__name__
+            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+            return {"killed": killed, "pids": pids}
+        """,
+        os.getpid(),
+    )
+    assert seen["killed"] != "signalled"
+    assert os.getpid() not in seen["pids"]
+    assert len(seen["pids"]) < 10, seen["pids"]
+
+
+def check_no_ptrace_modules_mounts_or_namespaces(box: Box) -> None:
+    seen = box.run(
+        """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def syscall(number, *args):
+            result = libc.syscall(number, *args)
+            return "ok" if result >= 0 else os.strerror(ctypes.get_errno())
+        def main(host_pid):
+            return {
+                "ptrace attach host": syscall(101, 16, host_pid, 0, 0),
+                "ptrace attach init": syscall(101, 16, 1, 0, 0),
+                "init_module": syscall(175, 0, 0, b""),
+                "finit_module": syscall(313, -1, b"", 0),
+                "delete_module": syscall(176, b"ext4", 0),
+                "mount": syscall(165, b"none", b"/tmp", b"tmpfs", 0, 0),
+                "umount": syscall(166, b"/workspace", 0),
+                "chroot": syscall(161, b"/tmp"),
+                "kexec_load": syscall(246, 0, 0, 0, 0),
+                "bpf": syscall(321, 0, 0, 0),
+                "keyctl": syscall(250, 0, 0, 0, 0, 0),
+                "reboot": syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0),
+                # Last: where it succeeds (inside gVisor) it would grant capabilities to what follows.
+                "unshare mount": syscall(272, 0x00020000),
+                "unshare user": syscall(272, 0x10000000),
+            }
+        """,
+        os.getpid(),
+    )
+    if box.name == "gvisor":
+        # gVisor's kernel lets a process make namespaces of its own; they are gVisor's, not the
+        # host's (the host kernel never sees the call). Everything else is refused.
+        del seen["unshare user"], seen["unshare mount"]
+    assert "ok" not in seen.values(), seen
+    if box.name == "bwrap":
+        # The seccomp filter, not only missing privileges: every one is refused with EPERM.
+        assert set(seen.values()) == {os.strerror(1)}, seen
+
+
+# --- limit checks (every backend) ---------------------------------------------------------------
+
+
+def check_fork_bomb_is_bounded(box: Box) -> None:
+    limit = box.limit(
+        """
+        import os, time
+        def main(_):
+            children = 0
+            for _ in range(5000):
+                try:
+                    if os.fork() == 0:
+                        time.sleep(60)
+                        os._exit(0)
+                    children += 1
+                except OSError:
+                    time.sleep(0.01)
+            return children
+        """,
+        processes=32,
+    )
+    assert limit == "processes"
+
+
+def check_memory_past_the_limit(box: Box) -> None:
+    assert box.limit("def main(_):\n    return len(bytearray(1 << 30))\n", memory_mib=128) == "memory"
+
+
+def check_memory_across_processes(box: Box) -> None:
+    if box.name == "process" and os.geteuid() != 0:
+        pytest.skip("without root's cgroup the process backend limits memory per process only")
+    source = """
+        import os, time
+        def main(_):
+            for _ in range(4):
+                if os.fork() == 0:
+                    block = bytearray(90 << 20)
+                    for i in range(0, len(block), 4096):
+                        block[i] = 1
+                    time.sleep(30)
+                    os._exit(0)
+            time.sleep(30)
+        """
+    # The cgroup also allows the workspace and /tmp tmpfs pages: keep them small here.
+    assert box.limit(source, memory_mib=160, processes=16, workspace_mib=16) == "memory"
+
+
+def check_cpu_past_the_limit(box: Box) -> None:
+    assert box.limit("def main(_):\n    while True: pass\n", cpu_seconds=1) == "cpu"
+
+
+def check_cpu_across_processes(box: Box) -> None:
+    if box.name == "process" and os.geteuid() != 0:
+        pytest.skip("without root's cgroup RLIMIT_CPU counts per process")
+    source = """
+        import os, signal
+        def main(_):
+            signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+            for _ in range(3):
+                if os.fork() == 0:
+                    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+                    while True: pass
+            while True: pass
+        """
+    assert box.limit(source, cpu_seconds=2, processes=16) == "cpu"
+
+
+def check_wall_time(box: Box) -> None:
+    assert box.limit("import time\ndef main(_):\n    time.sleep(60)\n", wall_seconds=1) == "wall_time"
+
+
+def check_stdout_flood(box: Box) -> None:
+    source = "def main(_):\n    while True: print('x' * 1000)\n"
+    assert box.limit(source, log_bytes=256 * 1024) == "output"
+
+
+def check_fill_the_workspace(box: Box) -> None:
+    source = """
+        import os
+        def main(_):
+            written = 0
+            for n in range(200):
+                try:
+                    with open(f"fill-{n}.bin", "wb") as f:
+                        f.write(b"x" * (1 << 20))
+                    written += 1
+                except OSError:
+                    pass
+            return written
+        """
+    assert box.limit(source, workspace_mib=16) == "workspace"
+
+
+def check_nothing_left_after_stop(box: Box) -> None:
+    before = _bastion_cgroups()
+    marker = str(900_000 + os.getpid() % 1000)
+    sandbox, _, _ = box.start(
+        """
+        import os, subprocess
+        def main(marker):
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    os.execv("/bin/sleep", ["sleep", marker])
+                os._exit(0)
+            subprocess.Popen(["sleep", marker], start_new_session=True)
+            return "left"
+        """
+    )
+    assert sandbox.call("run", {"entrypoint": "agent:main", "input": marker}, handler=_no_requests) == "left"
+    if box.name != "gvisor":  # gVisor's processes are not host processes
+        until = time.monotonic() + 3
+        while len(_processes_with(f"sleep\0{marker}")) < 2 and time.monotonic() < until:
+            time.sleep(0.02)
+        assert len(_processes_with(f"sleep\0{marker}")) == 2
+    sandbox.stop()
+    until = time.monotonic() + 3
+    while _processes_with(f"sleep\0{marker}") and time.monotonic() < until:
+        time.sleep(0.02)
+    assert _processes_with(f"sleep\0{marker}") == []
+    assert_nothing_left(box, before)
+
+
+ISOLATION: list[Callable[[Box], None]] = [
+    check_no_tcp_or_udp_to_the_host_or_outside,
+    check_no_dns,
+    check_no_host_unix_socket,
+    check_no_host_secrets_or_files,
+    check_no_write_outside_the_workspace,
+    check_no_escape_by_symlink_or_dotdot,
+    check_no_host_processes,
+    check_no_ptrace_modules_mounts_or_namespaces,
+]
+LIMITS: list[Callable[[Box], None]] = [
+    check_fork_bomb_is_bounded,
+    check_memory_past_the_limit,
+    check_memory_across_processes,
+    check_cpu_past_the_limit,
+    check_cpu_across_processes,
+    check_wall_time,
+    check_stdout_flood,
+    check_fill_the_workspace,
+    check_nothing_left_after_stop,
+]
+
+
+@pytest.mark.parametrize("box", [name for name in BACKENDS if name != "process"], indirect=True)
+@pytest.mark.parametrize("check", ISOLATION, ids=lambda check: check.__name__)
+def test_isolation(box: Box, check: Callable[[Box], None]) -> None:
+    """Not on ``process``: it does not isolate (development only) and does not claim to."""
+    check(box)
+
+
+@pytest.mark.parametrize("check", LIMITS, ids=lambda check: check.__name__)
+def test_limits(box: Box, check: Callable[[Box], None]) -> None:
+    check(box)
+
+
+def test_an_unknown_backend_is_refused_with_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="choose one of process, bwrap, gvisor"):
+        open_backend("docker", state_dir=tmp_path)
