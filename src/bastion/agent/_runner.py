@@ -1,7 +1,8 @@
 """The sandbox's main program: serve the host's ``run`` requests over the channel.
 
-For ``run`` with params ``{"entrypoint": "module:function", "input": ...}`` it imports the module
-from the workspace, calls ``function(input)`` and answers with the result. Errors become JSON-RPC
+For ``run`` with params ``{"entrypoint": "module:function", "input": ..., "env": {...}}`` it sets
+the environment variables ``env`` gives (a warm sandbox started before its run was known), imports
+the module from the workspace, calls ``function(input)`` and answers with the result. Errors become JSON-RPC
 errors the host can tell apart:
 
 * ``AGENT_ERROR`` (-32000): the agent raised; ``data`` has ``type="agent_error"``, ``exception`` and
@@ -51,11 +52,11 @@ def main() -> None:
     # Ignored, a write past RLIMIT_FSIZE fails with EFBIG instead of killing the process silently,
     # so it can be reported as the file_size limit (subprocesses inherit the ignored signal too).
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    workspace = Path.cwd().resolve()
     try:
         while (message := channel.receive()) is not None:
             if "id" in message:
-                channel.write(_answer(message, workspace))
+                # Resolved per call: the host may rename the workspace between the start and a run.
+                channel.write(_answer(message, Path.cwd().resolve()))
     except MemoryError:
         os._exit(EXIT_MEMORY)
 
@@ -84,6 +85,10 @@ def _run(params: dict[str, Any], workspace: Path) -> Any:
     module_name, _, function_name = str(entrypoint).partition(":")
     if not isinstance(entrypoint, str) or not module_name or not function_name:
         raise _Failure(INVALID_PARAMS, f"entrypoint must be 'module:function', got {entrypoint!r}", {})
+    env = params.get("env")
+    if isinstance(env, dict):
+        # The sandbox's own environment, which the host gave for this run.
+        os.environ.update({str(k): str(v) for k, v in env.items()})  # noqa: TID251  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
     begin_run()
     returned: Any = None
     limit: str | None = None

@@ -68,12 +68,14 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 # cannot shadow it, the workspace last so its modules cannot replace what the runner imports.
 _BOOTSTRAP = """\
 import json, resource, sys
-sdk, workspace, limits = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+sdk, packages, limits = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 for name, soft, hard in limits:
     resource.setrlimit(getattr(resource, name), (soft, hard))
 del sys.argv[1:]
 sys.path.insert(0, sdk)
-sys.path.append(workspace)
+if packages:
+    sys.path.append(packages)
+sys.path.append("")  # the workspace: the cwd, looked up per import (the host may rename it)
 from bastion.agent._runner import main
 main()
 """
@@ -118,8 +120,11 @@ class ProcessBackend:
             "MALLOC_ARENA_MAX": "2",
             **spec.env,
         }
-        argv = [sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP]
-        argv += [str(self._sdk), str(workspace), json.dumps(_rlimits(spec.limits))]
+        image = spec.image
+        interpreter = str(image.interpreter) if image is not None else sys.executable
+        packages = str(image.site_packages) if image is not None and image.site_packages else ""
+        argv = [interpreter, "-I", "-S", "-B", "-c", _BOOTSTRAP]
+        argv += [str(self._sdk), packages, json.dumps(_rlimits(spec.limits))]
         to_child, from_child, errors = os.pipe(), os.pipe(), os.pipe()
         try:
             process = subprocess.Popen(  # noqa: S603 -- our interpreter with fixed arguments
