@@ -2,6 +2,7 @@
 
 from . import _admin as _admin  # registers the keys, tenants and namespaces commands
 from . import _demo as _demo  # registers demo
+from . import _doctor as _doctor  # registers doctor
 from . import _record as _record  # registers record export|verify|key
 from . import _runs as _runs  # registers run, runs, logs, cancel, audit and worker
 from ._app import app, load_manifests, main

@@ -304,6 +304,8 @@ class ImageCache:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
         if code == 0:
             return None
         if code < 0 and not timer.is_alive():
