@@ -298,7 +298,7 @@ def test_unknown_bases_and_unsafe_requirements_are_refused_at_apply(tenant: Tena
             ("evil @ https://example.com/evil.whl", "URL or a path"),
             ("../../etc/passwd", "URL or a path"),
             ("six; rm -rf ~", "not a package requirement"),
-                ("six\n--trusted-host=evil", "not a package requirement"),
+            ("six\n--trusted-host=evil", "not a package requirement"),
         ]:
             agent = image_agent("reqs", "def main(input):\n    return 1\n", [requirement])
             with pytest.raises(InvalidManifest) as caught:
