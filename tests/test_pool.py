@@ -23,7 +23,9 @@ from bastion.control._sandboxes import SandboxRegistry, list_sandboxes
 from bastion.control.store._tables import sandboxes
 from bastion.errors import Forbidden, SandboxError
 from bastion.execution.sandbox import (
+    MEMORY_ESTIMATE_MIB,
     CallError,
+    Image,
     PoolKey,
     SandboxInfo,
     SandboxLimits,
@@ -200,7 +202,7 @@ def test_the_refill_thread_replaces_sandboxes_that_die_while_warm(
 def test_the_memory_budget_bounds_the_pool_and_recent_keys_get_the_room(
     make_pool: Callable[..., tuple[WarmPool, list[SandboxInfo]]], tmp_path: Path
 ) -> None:
-    pool, _ = make_pool(size=5, memory_budget_mib=24, default_keys=[])  # process: 12 MiB each
+    pool, _ = make_pool(size=5, memory_budget_mib=2 * MEMORY_ESTIMATE_MIB["process"] + 1, default_keys=[])
     pool.start()
     small = PoolKey(backend="process", limits=SandboxLimits(memory_mib=200))
     other = PoolKey(backend="process", limits=SandboxLimits(memory_mib=300))
@@ -389,3 +391,22 @@ def test_the_worker_fails_closed_on_a_backend_that_does_not_work_here(
     assert done["reason"].startswith("the sandbox did not start: ")
     assert broken[0].detail in done["reason"] and "(fix: " in done["reason"]
     assert not [e for e in events if e["type"] in {"sandbox", "log"}], "nothing ran anywhere"
+
+
+def test_a_key_whose_sandboxes_cannot_start_fails_its_acquire_and_is_not_retried_in_a_loop(
+    make_pool: Callable[..., tuple[WarmPool, list[SandboxInfo]]],
+) -> None:
+    pool, seen = make_pool(default_keys=[])
+    pool.start()
+    broken = PoolKey(
+        backend="process",
+        image=Image(name="python3.11", digest="0" * 64, interpreter=Path("/nonexistent/python3.11")),
+    )
+    with pytest.raises(SandboxError, match="could not start"):
+        pool.acquire(broken, run_id="r", on_log=lambda _: None)
+    time.sleep(0.5)
+    failed = [info for info in seen if info.state is SandboxState.FAILED]
+    assert len(failed) == 2, "the cold start, then one warming attempt; then the key waits"
+    assert all("/nonexistent/python3.11" in (info.reason or "") for info in failed)
+    assert pool.warm_count() == 0
+    assert not list(pool.workspace_dir.iterdir())

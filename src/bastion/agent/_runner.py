@@ -11,6 +11,9 @@ errors the host can tell apart:
 * ``LIMIT_EXCEEDED`` (-32010): the agent ran out of memory (``MemoryError``) or wrote a file past
   its size limit (``EFBIG``); ``data`` has ``type="limit_exceeded"`` and ``limit``.
 
+``ping`` answers ``{"ready": true}``: the host's warm pool asks it once after a start, so that a
+sandbox counted warm has its interpreter up and this loop serving.
+
 The host may send ``run`` any number of times (modules imported by one run stay imported for the
 next, with their state); the runner exits when the host closes the channel.
 """
@@ -64,6 +67,8 @@ def main() -> None:
 def _answer(message: dict[str, Any], workspace: Path) -> bytes:
     reply: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
     method, params = message.get("method"), message.get("params")
+    if method == "ping":
+        return encode({**reply, "result": {"ready": True}})
     if method != "run":
         reply["error"] = {"code": METHOD_NOT_FOUND, "message": f"the sandbox has no method {method!r}"}
         return encode(reply)

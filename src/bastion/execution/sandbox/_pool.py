@@ -32,20 +32,31 @@ from datetime import datetime
 from pathlib import Path
 
 from bastion.api import Clock, IdSource
-from bastion.errors import SandboxError
+from bastion.errors import RunError, SandboxError
 
-from ._base import Image, LogSink, Sandbox, SandboxBackend, SandboxLimits, SandboxSpec, SandboxState
+from ._base import (
+    CallError,
+    Image,
+    LogSink,
+    Sandbox,
+    SandboxBackend,
+    SandboxLimits,
+    SandboxSpec,
+    SandboxState,
+)
 
 log = logging.getLogger("bastion.pool")
 
-MEMORY_ESTIMATE_MIB = {"process": 12, "bwrap": 8, "gvisor": 32}
-"""What one idle warm sandbox costs, per backend (measured: process ~10 MiB RSS of an idle
-interpreter, bwrap ~4.5 MiB in its cgroup, gVisor 22-26 MiB), rounded up."""
+MEMORY_ESTIMATE_MIB = {"process": 14, "bwrap": 8, "gvisor": 32}
+"""What one idle warm sandbox costs, per backend (measured: process ~12.7 MiB resident for an idle
+interpreter with the runner loaded, see bench/pool.py; bwrap ~4.5 MiB in its cgroup, gVisor
+22-26 MiB, from the isolation issue), rounded up."""
 _UNKNOWN_ESTIMATE_MIB = 32
 _ENDED_KEPT = 64
 """Ended sandboxes kept in ``snapshot`` (and reported once) before they are forgotten."""
 _RETRY_SECONDS = 30.0
 """After a key's sandbox fails to start, the pool waits this long before warming that key again."""
+_METHOD_NOT_FOUND = -32601
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +140,7 @@ class WarmPool:
         default_keys: Sequence[PoolKey] = (),
         idle_seconds: float = 600.0,
         check_seconds: float = 1.0,
+        refill_delay_seconds: float = 0.05,
         on_change: Callable[[SandboxInfo], None] | None = None,
     ) -> None:
         """Args:
@@ -140,6 +152,8 @@ class WarmPool:
         default_keys: keys kept warm from the start, whether used or not.
         idle_seconds: a key not acquired for this long is no longer kept warm.
         check_seconds: how often the refill thread checks warm sandboxes are alive.
+        refill_delay_seconds: how long after a handoff the refill waits before starting a
+            replacement, so that starting one does not take the CPU from the run just handed one.
         on_change: called with a sandbox's new view on every state change (from any thread).
         """
         self._open_backend = open_backend
@@ -147,6 +161,8 @@ class WarmPool:
         self.clock, self.ids = clock, ids
         self.size, self.memory_budget_mib = size, memory_budget_mib
         self.idle_seconds, self.check_seconds = idle_seconds, check_seconds
+        self.refill_delay_seconds = refill_delay_seconds
+        self._handed_at = 0.0
         self._on_change = on_change
         self._defaults = list(dict.fromkeys(default_keys))
         self._lock = threading.Lock()
@@ -201,7 +217,7 @@ class WarmPool:
         with self._lock:
             if self._closed:
                 raise SandboxError("the sandbox pool is closed")
-            self._last_used[key] = time.monotonic()
+            self._last_used[key] = self._handed_at = time.monotonic()
             queue = self._warm.get(key)
             while queue:
                 candidate = queue.popleft()
@@ -298,12 +314,18 @@ class WarmPool:
             workspace.mkdir(mode=0o700)
             spec = SandboxSpec(workspace=workspace, limits=key.limits, image=key.image)
             pooled.sandbox = backend.start(spec, on_log=pooled.log_router)
-        except (SandboxError, OSError) as exc:
+            if not for_run:
+                _wait_ready(pooled.sandbox)
+        except (RunError, OSError) as exc:
+            if pooled.sandbox is not None:
+                pooled.sandbox.stop()
             _remove_dir(workspace)
-            reason = exc.detail if isinstance(exc, SandboxError) else str(exc)
+            reason = exc.detail if isinstance(exc, RunError) else str(exc)
             self._change(pooled, SandboxState.FAILED, reason=reason)
             if isinstance(exc, SandboxError):
                 raise
+            if isinstance(exc, RunError):
+                raise SandboxError(f"the sandbox did not become ready: {exc.detail}") from exc
             raise SandboxError(f"could not make the sandbox's workspace: {exc}") from exc
         pooled.warm = not for_run
         if not for_run:
@@ -338,6 +360,10 @@ class WarmPool:
             with self._lock:
                 if self._closed:
                     return
+                settle = self._handed_at + self.refill_delay_seconds - time.monotonic()
+                if settle > 0:
+                    self._wake.wait(settle)
+                    continue
             try:
                 self._reap_dead()
                 self._reconcile()
@@ -416,6 +442,20 @@ class WarmPool:
             if late:
                 self._destroy(pooled, SandboxState.TERMINATED, None)
                 return
+
+
+def _refuse(method: str, params: object) -> object:
+    raise CallError(_METHOD_NOT_FOUND, f"a warm sandbox may not call {method!r}")
+
+
+def _wait_ready(sandbox: Sandbox) -> None:
+    """One ``ping`` round trip: the interpreter is up and the runner serves (a runner without
+    ``ping`` says so, which proves the same)."""
+    try:
+        sandbox.call("ping", {}, handler=_refuse)
+    except CallError as exc:
+        if exc.code != _METHOD_NOT_FOUND:
+            raise SandboxError(f"the sandbox did not become ready: {exc.message}") from None
 
 
 def _alive(sandbox: Sandbox) -> bool:
