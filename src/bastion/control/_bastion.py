@@ -110,14 +110,14 @@ class Bastion:
         settings = self.settings
         token = self.ids.token(4)
         owner = owner or f"{socket.gethostname()}:{os.getpid()}:{token}"
-        backend = self.default_backend
+        # Chosen when first needed, off the path to the first claim: ``auto`` probes every backend.
         config = WorkerConfig(
             owner=owner,
             workspace_root=settings.resolved_workspace_dir,
             lease_seconds=settings.lease_seconds,
             poll_seconds=settings.poll_seconds,
             concurrency=settings.worker_concurrency,
-            default_backend=backend,
+            default_backend=lambda: self.default_backend,
         )
         pools_dir = settings.resolved_workspace_dir / ".pool"
         remove_stale_pool_dirs(pools_dir)
@@ -129,7 +129,7 @@ class Bastion:
             ids=self.ids,
             size=settings.pool_size,
             memory_budget_mib=settings.pool_memory_mib,
-            default_keys=[PoolKey(backend=backend, limits=config.sandbox_defaults)],
+            default_keys=lambda: [PoolKey(backend=self.default_backend, limits=config.sandbox_defaults)],
             idle_seconds=settings.pool_idle_seconds,
             on_change=registry.report,
         )

@@ -60,8 +60,9 @@ class WorkerConfig:
     concurrency: int = 4
     log_flush_seconds: float = 0.25
     sandbox_defaults: SandboxLimits = field(default_factory=SandboxLimits)
-    default_backend: str = "process"
-    """The sandbox backend of agents whose spec names none (resolved: never ``auto``)."""
+    default_backend: str | Callable[[], str] = "process"
+    """The sandbox backend of agents whose spec names none, or a function choosing it (called
+    once, when a run first needs it: choosing may probe the machine's backends)."""
 
 
 class _Outcome(Exception):
@@ -91,6 +92,7 @@ class Worker:
         self.runs, self.gateway, self.sandboxes, self.config = runs, gateway, sandboxes, config
         self.images = images
         self.telemetry = telemetry or gateway.telemetry
+        self._default_backend: str | None = None
         self.steps = StepWriter(runs.db)
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bastion-attempt")
         self._active: set[Future[None]] = set()
@@ -108,6 +110,14 @@ class Worker:
         finally:
             self._pool.shutdown(wait=True)
             self.sandboxes.close()
+
+    def default_backend(self) -> str:
+        """The backend of agents that name none (chosen on first use, then kept)."""
+        with self._lock:
+            if self._default_backend is None:
+                chosen = self.config.default_backend
+                self._default_backend = chosen() if callable(chosen) else chosen
+            return self._default_backend
 
     def claim_into_pool(self) -> bool:
         with self._lock:
@@ -278,7 +288,7 @@ class _AttemptRunner:
         spec: dict[str, Any] = self.run_.agent_spec["spec"]
         session = self.session
         assert session is not None
-        backend = str(spec.get("sandbox") or self.w.config.default_backend)
+        backend = str(spec.get("sandbox") or self.w.default_backend())
         key = PoolKey(backend=backend, image=self._image(spec), limits=self._limits())
         if self.cancelled.is_set():
             raise _Outcome(RunState.CANCELLED, "cancelled by request")

@@ -137,7 +137,7 @@ class WarmPool:
         ids: IdSource,
         size: int = 2,
         memory_budget_mib: int = 256,
-        default_keys: Sequence[PoolKey] = (),
+        default_keys: Sequence[PoolKey] | Callable[[], Sequence[PoolKey]] = (),
         idle_seconds: float = 600.0,
         check_seconds: float = 1.0,
         refill_delay_seconds: float = 0.05,
@@ -149,7 +149,8 @@ class WarmPool:
             ``close``. Must be on the same filesystem as the runs' workspaces (they are renamed).
         size: warm sandboxes per key; 0 makes every ``acquire`` a cold start.
         memory_budget_mib: the most that warm sandboxes may use together, by estimate.
-        default_keys: keys kept warm from the start, whether used or not.
+        default_keys: keys kept warm from the start, whether used or not; or a function giving
+            them, called once on the refill thread (choosing them may take a while: a probe).
         idle_seconds: a key not acquired for this long is no longer kept warm.
         check_seconds: how often the refill thread checks warm sandboxes are alive.
         refill_delay_seconds: how long after a handoff the refill waits before starting a
@@ -164,7 +165,8 @@ class WarmPool:
         self.refill_delay_seconds = refill_delay_seconds
         self._handed_at = 0.0
         self._on_change = on_change
-        self._defaults = list(dict.fromkeys(default_keys))
+        self._default_keys = default_keys
+        self._defaults: list[PoolKey] = []
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._backends: dict[str, SandboxBackend] = {}
@@ -356,6 +358,14 @@ class WarmPool:
     # --- the refill thread -------------------------------------------------------------------
 
     def _refill_loop(self) -> None:
+        keys: Sequence[PoolKey]
+        try:
+            keys = self._default_keys() if callable(self._default_keys) else self._default_keys
+        except Exception:
+            log.exception("choosing the sandbox pool's default keys failed; warming on demand only")
+            keys = []
+        with self._lock:
+            self._defaults = list(dict.fromkeys(keys))
         while True:
             with self._lock:
                 if self._closed:
