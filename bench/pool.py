@@ -6,8 +6,8 @@
   path, the agent's source written there, then the ``run`` call until its answer: what a run waits
   for with the pool. Target: p95 <= 5 ms on every backend. Each acquire waits (unmeasured) until
   the background refill has a warm sandbox ready, so every measured handoff is a warm one.
-* memory per warm sandbox: the resident set of the sandbox's processes (``/proc``), beside the
-  estimate the pool budgets with (``MEMORY_ESTIMATE_MIB``).
+* memory per warm sandbox: the proportional set size of the sandbox's processes (``/proc``), beside
+  the estimate the pool budgets with (``MEMORY_ESTIMATE_MIB``).
 
 The agent is trivial (returns its input), so the figures are the sandbox's own cost. Run
 ``.venv/bin/python bench/pool.py [--backend process|bwrap|gvisor] [--runs N]``. The machine is
@@ -68,14 +68,15 @@ def cold(backend_name: str, root: Path, runs: int) -> Stats:
     return Stats.of_ns(durations)
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of ``pid`` and its descendants, in MiB."""
+def pss_mib(pid: int) -> float:
+    """Proportional set size of ``pid`` and its descendants, in MiB: resident pages, the shared
+    ones (the interpreter's code, shared by every sandbox) divided among the processes using them."""
     total, todo = 0, [pid]
     while todo:
         current = todo.pop()
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1])
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
@@ -106,7 +107,7 @@ def warm(backend_name: str, root: Path, runs: int, size: int) -> tuple[Stats, in
                 time.sleep(0.002)
             if n == 0:
                 pids = [p.started.status().pid for p in pool._warm[key]]  # pyright: ignore[reportPrivateUsage]
-                memory = [rss_mib(pid) for pid in pids if pid]
+                memory = [pss_mib(pid) for pid in pids if pid]
             target = root / "runs" / str(n)
             target.parent.mkdir(parents=True, exist_ok=True)
             began = time.perf_counter_ns()
@@ -133,6 +134,7 @@ def main() -> None:
     print(f"backend {args.backend}, {args.runs} runs of a trivial agent, pool size {args.size}\n")
     with tempfile.TemporaryDirectory(prefix="bastion-bench-pool-") as scratch:
         root = Path(scratch)
+        root.chmod(0o711)  # bwrap's unprivileged uid must traverse to the SDK copy in state/
         baseline = cold(args.backend, root, args.runs)
         handoff, cold_ones, memory = warm(args.backend, root, args.runs, args.size)
     print(f"{'':<34}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'vs cold p95':>13}")
@@ -145,7 +147,7 @@ def main() -> None:
     print(f"\nwarm handoff p95 {handoff.p95:.2f} ms {verdict} the target of {TARGET_P95_MS:g} ms")
     print(f"handoffs that found no warm sandbox (started cold): {cold_ones} of {args.runs}")
     estimate = MEMORY_ESTIMATE_MIB.get(args.backend)
-    print(f"memory per warm sandbox: {memory:.1f} MiB resident (the pool budgets {estimate} MiB each)")
+    print(f"memory per warm sandbox: {memory:.1f} MiB PSS (the pool budgets {estimate} MiB each)")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from bastion.execution.sandbox import (
     SandboxState,
     WarmPool,
     open_backend,
-    probe_backends,
 )
 from bastion.testing import serve_in_thread
 
@@ -218,7 +217,7 @@ def test_the_memory_budget_bounds_the_pool_and_recent_keys_get_the_room(
 def test_keys_unused_for_a_while_are_no_longer_kept_warm(
     make_pool: Callable[..., tuple[WarmPool, list[SandboxInfo]]],
 ) -> None:
-    pool, _ = make_pool(idle_seconds=0.5)
+    pool, _ = make_pool(idle_seconds=3.0)
     pool.start()
     used = PoolKey(backend="process", limits=SandboxLimits(memory_mib=200))
     pool.release(pool.acquire(used, run_id="a", on_log=lambda _: None))
@@ -367,13 +366,12 @@ def test_a_dead_workers_rows_expire_and_a_closed_workers_rows_are_removed(
 
 
 def test_the_worker_fails_closed_on_a_backend_that_does_not_work_here(
-    make_bastion: Callable[..., Any], tmp_path: Path
+    make_bastion: Callable[..., Any],
 ) -> None:
-    reports = probe_backends(state_dir=tmp_path / "probe")
-    broken = [r for r in reports if not r.works]
+    bastion = make_bastion(poll_seconds=0.05, pool_size=0)
+    broken = [r for r in bastion.backend_reports() if not r.works]
     if not broken:
         pytest.skip("every sandbox backend works on this machine: none to fail closed on")
-    bastion = make_bastion(poll_seconds=0.05, pool_size=0)
     first = bastion.bootstrap()
     assert first is not None
     thread, stop = bastion.start_worker()

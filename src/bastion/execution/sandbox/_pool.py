@@ -47,10 +47,9 @@ from ._base import (
 
 log = logging.getLogger("bastion.pool")
 
-MEMORY_ESTIMATE_MIB = {"process": 14, "bwrap": 8, "gvisor": 32}
-"""What one idle warm sandbox costs, per backend (measured: process ~12.7 MiB resident for an idle
-interpreter with the runner loaded, see bench/pool.py; bwrap ~4.5 MiB in its cgroup, gVisor
-22-26 MiB, from the isolation issue), rounded up."""
+MEMORY_ESTIMATE_MIB = {"process": 10, "bwrap": 10, "gvisor": 32}
+"""What one idle warm sandbox costs, per backend, rounded up from bench/pool.py's proportional set
+size of its processes (process 7.0 MiB, bwrap 8.6 MiB with bwrap itself, gVisor 29.4 MiB)."""
 _UNKNOWN_ESTIMATE_MIB = 32
 _ENDED_KEPT = 64
 """Ended sandboxes kept in ``snapshot`` (and reported once) before they are forgotten."""
