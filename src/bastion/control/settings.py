@@ -76,8 +76,13 @@ class Settings(BaseSettings):
     """The most memory a worker's warm sandboxes may take together (by an estimate per backend)."""
     pool_idle_seconds: float = Field(default=600.0, gt=0)
     """A (backend, image, limits) no run asked for in this long is no longer kept warm."""
+    sandbox_dir: Path | None = None
+    """Where sandbox backends keep their files (SDK copies, root filesystems); default
+    ``home/sandbox``. bwrap's unprivileged uid must traverse every parent (o+x), which the data
+    directory (0700) does not allow: point this and ``image_dir`` elsewhere (e.g. under /var/lib)."""
     image_dir: Path | None = None
-    """Where agent images are built and cached; default ``home/images``."""
+    """Where agent images are built and cached; default ``home/images``. Like ``sandbox_dir``, its
+    parents must be traversable by the sandboxes' unprivileged uids."""
     image_build_timeout_seconds: float = Field(default=900.0, gt=0)
     """An image build (pip) running longer is stopped and its run fails."""
 
@@ -96,7 +101,7 @@ class Settings(BaseSettings):
     @property
     def sandbox_state_dir(self) -> Path:
         """Where sandbox backends keep their files (SDK copies, root filesystems)."""
-        return self.home / "sandbox"
+        return self.sandbox_dir or self.home / "sandbox"
 
     @property
     def resolved_master_key_file(self) -> Path:
