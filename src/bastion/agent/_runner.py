@@ -1,7 +1,8 @@
 """The sandbox's main program: serve the host's ``run`` requests over the channel.
 
-For ``run`` with params ``{"entrypoint": "module:function", "input": ...}`` it imports the module
-from the workspace, calls ``function(input)`` and answers with the result. Errors become JSON-RPC
+For ``run`` with params ``{"entrypoint": "module:function", "input": ..., "env": {...}}`` it sets
+the environment variables ``env`` gives (a warm sandbox started before its run was known), imports
+the module from the workspace, calls ``function(input)`` and answers with the result. Errors become JSON-RPC
 errors the host can tell apart:
 
 * ``AGENT_ERROR`` (-32000): the agent raised; ``data`` has ``type="agent_error"``, ``exception`` and
@@ -9,6 +10,9 @@ errors the host can tell apart:
   is not JSON.
 * ``LIMIT_EXCEEDED`` (-32010): the agent ran out of memory (``MemoryError``) or wrote a file past
   its size limit (``EFBIG``); ``data`` has ``type="limit_exceeded"`` and ``limit``.
+
+``ping`` answers ``{"ready": true}``: the host's warm pool asks it once after a start, so that a
+sandbox counted warm has its interpreter up and this loop serving.
 
 The host may send ``run`` any number of times (modules imported by one run stay imported for the
 next, with their state); the runner exits when the host closes the channel.
@@ -18,14 +22,16 @@ from __future__ import annotations
 
 import errno
 import importlib
+import importlib.util
 import os
 import signal
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 from ._api import begin_run, end_run
-from ._channel import Channel, encode, install
+from ._channel import Channel, current, encode, install
 from ._shim import start_from_environment
 
 AGENT_ERROR = -32000
@@ -66,6 +72,9 @@ def main() -> None:
 def _answer(message: dict[str, Any], workspace: Path) -> bytes:
     reply: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
     method, params = message.get("method"), message.get("params")
+    if method == "ping":
+        _warm_up()
+        return encode({**reply, "result": {"ready": True}})
     if method != "run":
         reply["error"] = {"code": METHOD_NOT_FOUND, "message": f"the sandbox has no method {method!r}"}
         return encode(reply)
@@ -82,11 +91,26 @@ def _answer(message: dict[str, Any], workspace: Path) -> bytes:
         )
 
 
+def _warm_up() -> None:
+    """Look for a module that does not exist: the import system lists every ``sys.path`` directory
+    once and caches it, so the agent's first import does not pay for that (in gVisor, much)."""
+    importlib.util.find_spec("_bastion_warm_up_no_such_module")
+    # Not the workspace's finder, though: it holds the workspace's path, which the host may rename.
+    for entry in ("", ".", os.getcwd()):
+        sys.path_importer_cache.pop(entry, None)
+
+
 def _run(params: dict[str, Any], workspace: Path) -> Any:
     entrypoint = params.get("entrypoint")
     module_name, _, function_name = str(entrypoint).partition(":")
     if not isinstance(entrypoint, str) or not module_name or not function_name:
         raise _Failure(INVALID_PARAMS, f"entrypoint must be 'module:function', got {entrypoint!r}", {})
+    env = params.get("env")
+    if isinstance(env, dict):
+        # The sandbox's own environment, which the host gave for this run.
+        os.environ.update({str(k): str(v) for k, v in env.items()})  # noqa: TID251  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+        # A warm sandbox learns its run's token only now: start the model endpoint if it is new.
+        start_from_environment(current())
     begin_run()
     returned: Any = None
     limit: str | None = None

@@ -1,6 +1,7 @@
 """Resource models and manifests (DESIGN §2). No I/O happens here."""
 
 from ._kinds import (
+    IMAGE_BASES,
     KINDS,
     SECRET_PLACEHOLDER,
     TIERS,
@@ -39,6 +40,7 @@ ROLES = ("viewer", "developer", "operator", "admin")
 __all__ = [
     "API_VERSION",
     "DEFAULT_NAMESPACE",
+    "IMAGE_BASES",
     "KINDS",
     "NAMESPACE_HINT",
     "NAME_HINT",

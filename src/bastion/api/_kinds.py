@@ -21,6 +21,16 @@ TIERS: tuple[Tier, ...] = ("T0", "T1", "T2", "T3", "T4")
 """Trust tiers, lowest first."""
 Provider = Literal["openai", "anthropic", "scripted"]
 SandboxBackend = Literal["process", "bwrap", "gvisor"]
+IMAGE_BASES = ("python3.11",)
+"""The agent image bases a worker knows (``spec.image``); each names an interpreter on the host."""
+# PEP 508 without URLs, paths or options: a name, extras, version specifiers, an environment marker.
+_REQUIREMENT = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+    r"(?:\[\s*[A-Za-z0-9._-]+(?:\s*,\s*[A-Za-z0-9._-]+)*\s*\])?"
+    r"\s*(?:\(?\s*(?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+"
+    r"(?:\s*,\s*(?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*\s*\)?)?"
+    r"(?:\s*;\s*[A-Za-z0-9_.<>=!~'\" ()]+)?"
+)
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
@@ -38,6 +48,29 @@ def _check_duration(text: str) -> str:
     return text
 
 
+def _check_image(name: str) -> str:
+    if name not in IMAGE_BASES:
+        raise ValueError(f"unknown image {name!r}: the known bases are {', '.join(IMAGE_BASES)}")
+    return name
+
+
+def _check_requirement(text: str) -> str:
+    stripped = text.strip()
+    if stripped.startswith("-"):
+        raise ValueError(
+            f"requirement {text!r} is a pip option: only requirements like 'six==1.17.0' are allowed"
+        )
+    if "://" in stripped or "@" in stripped or "/" in stripped or "\\" in stripped:
+        raise ValueError(
+            f"requirement {text!r} names a URL or a path: only packages from the registries, like 'six==1.17.0'"
+        )
+    if _REQUIREMENT.fullmatch(stripped) is None:
+        raise ValueError(
+            f"requirement {text!r} is not a package requirement: write it like 'six', 'six==1.17.0' or 'attrs[tests]>=23'"
+        )
+    return stripped
+
+
 def _check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
     try:
         Draft202012Validator.check_schema(schema)
@@ -49,6 +82,8 @@ def _check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 Duration = Annotated[str, AfterValidator(_check_duration)]
 JsonSchema = Annotated[dict[str, Any], AfterValidator(_check_json_schema)]
+ImageName = Annotated[str, Field(max_length=256), AfterValidator(_check_image)]
+PipRequirement = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_requirement)]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 ToolName = Name
@@ -109,8 +144,13 @@ class AgentSpec(Model):
     """For ``python``: the entrypoint module's source, shipped into the run's workspace as
     ``<module>.py``. In a manifest, ``sourceFile: path`` (relative to the manifest) is read into
     this field by the CLI."""
-    image: str | None = Field(default=None, max_length=256)
-    """For ``python``: the agent image (packages available in the sandbox)."""
+    image: ImageName | None = None
+    """For ``python``: the agent image's base (``python3.11``); unset means the sandbox backend's
+    default interpreter with the standard library only."""
+    requirements: Annotated[list[PipRequirement], Field(max_length=100)] = Field(default_factory=list[str])
+    """For ``python``: packages installed into the image before the agent starts (the sandbox has
+    no network), like ``six==1.17.0``; wheels from the registries the worker's pip reaches. Needs
+    ``image``."""
     instructions: str | None = Field(default=None, min_length=1, max_length=100_000)
     """For ``llm``: the system instructions."""
     model_policy: Name | None = None
@@ -131,6 +171,10 @@ class AgentSpec(Model):
     def _runtime_fields(self) -> AgentSpec:
         if self.runtime == "python" and self.entrypoint is None:
             raise ValueError("runtime 'python' needs spec.entrypoint, e.g. 'agent:main'")
+        if self.requirements and self.image is None:
+            raise ValueError(
+                f"spec.requirements needs spec.image naming a base to install them into: one of {', '.join(IMAGE_BASES)}"
+            )
         if self.runtime == "llm":
             if self.instructions is None:
                 raise ValueError("runtime 'llm' needs spec.instructions")

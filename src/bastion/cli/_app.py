@@ -16,7 +16,7 @@ from bastion.client import BastionClient
 from bastion.control.settings import ClientSettings
 from bastion.errors import BastionError, UserError
 
-from ._output import out, print_error, print_resources
+from ._output import out, print_error, print_resources, print_sandboxes
 
 app = typer.Typer(
     name="bastion",
@@ -182,7 +182,10 @@ def diff(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
 @app.command()
 def get(
     kind: Annotated[
-        str, typer.Argument(help="Agent, Tool, ToolGrant, Secret, ModelPolicy, MemoryScope or Policy.")
+        str,
+        typer.Argument(
+            help="Agent, Tool, ToolGrant, Secret, ModelPolicy, MemoryScope or Policy; or sandboxes."
+        ),
     ],
     name: Annotated[str | None, typer.Argument(help="One resource; all when left out.")] = None,
     namespace: NsOpt = "default",
@@ -203,6 +206,10 @@ def get(
             raise UserError(
                 f"unknown output format {output!r}", field="--output", hint="use table, yaml or json"
             )
+        if kind.lower() in {"sandbox", "sandboxes"}:
+            with client_for(url, api_key) as client:
+                print_sandboxes(client.list_sandboxes(), output)
+            return
         kind_name = _kind_name(kind)
         with client_for(url, api_key) as client:
             if name is not None:

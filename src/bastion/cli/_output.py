@@ -85,3 +85,34 @@ def print_error(error: BastionError) -> None:
         err.print(f"  [red]-[/] {problem.located()}", markup=True)
     if error.hint and not error.problems:
         err.print(f"  [dim]hint:[/] {error.hint}", markup=True)
+
+
+SANDBOX_STYLE = {"Warm": "green", "Hot": "yellow", "Cold": "cyan", "Failed": "red", "Terminated": "dim"}
+
+
+def print_sandboxes(items: list[dict[str, Any]], output: str) -> None:
+    """The workers' pooled sandboxes, grouped by worker."""
+    if output == "json":
+        out.print_json(json.dumps(items))
+        return
+    if output == "yaml":
+        out.print(yaml.safe_dump(items, sort_keys=False), end="", markup=False)
+        return
+    if not items:
+        out.print("No sandboxes: no worker is running, or its pool is empty (BASTION_POOL_SIZE=0).")
+        return
+    table = Table("WORKER", "ID", "BACKEND", "IMAGE", "STATE", "RUN", "AGE", box=None)
+    for item in items:
+        state = str(item.get("state", ""))
+        style = SANDBOX_STYLE.get(state, "white")
+        reason = f" ({item['reason']})" if item.get("reason") else ""
+        table.add_row(
+            str(item.get("worker", "")),
+            str(item.get("id", "")),
+            str(item.get("backend", "")),
+            str(item.get("image", "")),
+            f"[{style}]{state}[/]{reason}",
+            str(item.get("runId") or "-"),
+            age(item.get("startedAt")),
+        )
+    out.print(table)

@@ -58,6 +58,22 @@ def show_event(event: dict[str, Any]) -> None:
                 by = f" by {data['by']}" if data.get("by") else ""
                 why = f": {data['reason']}" if data.get("reason") else ""
                 out.print(f"{at} approval {data['id']} {data['state']}{by}{why}", markup=False)
+        case "image":
+            style = {"failed": "red", "done": "green", "cached": "green"}.get(data.get("phase", ""), "cyan")
+            if data.get("phase") == "output":
+                out.print(f"{at}   pip | {data.get('message', '')}", markup=False)
+            else:
+                out.print(
+                    f"{at} [{style}]image {data.get('phase')}[/] {data.get('message', '')}", highlight=False
+                )
+        case "sandbox":
+            how = "warm" if data.get("warm") else "cold start"
+            out.print(
+                f"{at} sandbox {data.get('id')} ({data.get('backend')}, image {data.get('image')}, {how})",
+                markup=False,
+            )
+            if data.get("warning"):
+                out.print(f"{at} [bold red]WARNING:[/] {data['warning']}", highlight=False)
         case _:
             out.print(f"{at} {event['type']} {json.dumps(data)}", markup=False)
 

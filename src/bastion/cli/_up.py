@@ -13,6 +13,7 @@ from bastion.control import Bastion, Settings, create_app
 from bastion.control.settings import write_credentials
 from bastion.errors import UserError
 
+from ._doctor import PROCESS_WARNING
 from ._output import err, out
 
 
@@ -52,10 +53,14 @@ def serve(overrides: dict[str, Any]) -> None:
     out.print(f"Data directory: {settings.home}    database: {bastion.store.backend}")
     out.print(f"API: {url}/api/v1    OpenAPI: {url}/api/v1/openapi.json    stop with Ctrl-C")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    backend = bastion.default_backend
     worker, stop = bastion.start_worker()
     out.print(
         f"Worker: in-process, {settings.worker_concurrency} runs at a time; workspaces in {settings.resolved_workspace_dir}"
     )
+    out.print(f"Sandbox: {backend} by default, {settings.pool_size} warm per image (`bastion doctor` checks)")
+    if backend == "process":
+        err.print(PROCESS_WARNING)
     try:
         uvicorn.run(
             create_app(bastion), host=settings.host, port=settings.port, log_level="warning", access_log=False

@@ -174,6 +174,10 @@ class BastionClient:
     def delete_namespace(self, name: str) -> None:
         self._request("DELETE", f"/api/v1/namespaces/{quote(name, safe='')}")
 
+    def list_sandboxes(self) -> list[dict[str, Any]]:
+        """Every live worker's pooled sandboxes (operators and admins)."""
+        return self._request("GET", "/api/v1/sandboxes")["items"]
+
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/readyz")
 

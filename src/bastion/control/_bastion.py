@@ -13,7 +13,18 @@ from bastion.api import Clock, IdSource, RandomIds, SystemClock
 from bastion.execution.gateway import Gateway, GatewayMetrics
 from bastion.execution.llm import BudgetLedger, Models
 from bastion.execution.runs import RunStore, TrustStore, Worker, WorkerConfig
-from bastion.execution.sandbox import ProcessBackend
+from bastion.execution.sandbox import (
+    BackendReport,
+    ImageCache,
+    PoolKey,
+    SandboxBackend,
+    WarmPool,
+    default_backend,
+    open_backend,
+    pool_dir_name,
+    probe_backends,
+    remove_stale_pool_dirs,
+)
 from bastion.execution.tools import builtin_tools
 from bastion.observe import Telemetry
 from bastion.observe.journal import Journal
@@ -22,6 +33,7 @@ from bastion.secrets import LocalKeyProvider, Sealer, load_or_create_master_key,
 from ._completions import CompletionService
 from ._records import RecordService
 from ._resources import ResourceService, StoreResourceReader
+from ._sandboxes import SandboxRegistry
 from .settings import Settings
 from .store import Store
 
@@ -75,20 +87,64 @@ class Bastion:
         self.completions = CompletionService(
             self.store, self.runs, self.gateway, clock, ids, settings.resolved_workspace_dir
         )
-        self._backend: ProcessBackend | None = None
+        self.images = ImageCache(
+            settings.resolved_image_dir, timeout_seconds=settings.image_build_timeout_seconds
+        )
+        self._reports: list[BackendReport] | None = None
+        self._pools: list[WarmPool] = []
+        self._registries: list[SandboxRegistry] = []
+        self._lock = threading.Lock()
+
+    def backend_reports(self) -> list[BackendReport]:
+        """Which sandbox backends work on this machine (probed once)."""
+        with self._lock:
+            if self._reports is None:
+                self._reports = probe_backends(state_dir=self.settings.sandbox_state_dir)
+            return self._reports
+
+    @property
+    def default_backend(self) -> str:
+        """The backend of agents that name none: ``BASTION_SANDBOX``, with ``auto`` resolved."""
+        if self.settings.sandbox != "auto":
+            return self.settings.sandbox
+        return default_backend(self.backend_reports())
+
+    def open_backend(self, name: str) -> SandboxBackend:
+        """Open a sandbox backend by name (raises SandboxError with the reason and the fix)."""
+        return open_backend(name, state_dir=self.settings.sandbox_state_dir)
 
     def worker(self, *, owner: str | None = None) -> Worker:
-        """A worker over this Bastion's store, with the configured sandbox backend."""
-        if self._backend is None:
-            self._backend = ProcessBackend(sdk_cache=self.settings.home / "sdk")
+        """A worker over this Bastion's store, with its own warm pool on the configured backend."""
+        settings = self.settings
+        token = self.ids.token(4)
+        owner = owner or f"{socket.gethostname()}:{os.getpid()}:{token}"
+        # Chosen when first needed, off the path to the first claim: ``auto`` probes every backend.
         config = WorkerConfig(
-            owner=owner or f"{socket.gethostname()}:{os.getpid()}:{self.ids.token(4)}",
-            workspace_root=self.settings.resolved_workspace_dir,
-            lease_seconds=self.settings.lease_seconds,
-            poll_seconds=self.settings.poll_seconds,
-            concurrency=self.settings.worker_concurrency,
+            owner=owner,
+            workspace_root=settings.resolved_workspace_dir,
+            lease_seconds=settings.lease_seconds,
+            poll_seconds=settings.poll_seconds,
+            concurrency=settings.worker_concurrency,
+            default_backend=lambda: self.default_backend,
         )
-        return Worker(self.runs, self.gateway, self._backend, config, telemetry=self.telemetry)
+        pools_dir = settings.resolved_workspace_dir / ".pool"
+        remove_stale_pool_dirs(pools_dir)
+        registry = SandboxRegistry(self.store, owner, self.clock)
+        pool = WarmPool(
+            open_backend=self.open_backend,
+            workspace_dir=pools_dir / pool_dir_name(os.getpid(), token),
+            clock=self.clock,
+            ids=self.ids,
+            size=settings.pool_size,
+            memory_budget_mib=settings.pool_memory_mib,
+            default_keys=lambda: [PoolKey(backend=self.default_backend, limits=config.sandbox_defaults)],
+            idle_seconds=settings.pool_idle_seconds,
+            on_change=registry.report,
+        )
+        with self._lock:
+            self._pools.append(pool)
+            self._registries.append(registry)
+        return Worker(self.runs, self.gateway, pool, config, images=self.images, telemetry=self.telemetry)
 
     def start_worker(self) -> tuple[threading.Thread, threading.Event]:
         """Run one worker in a background thread (what ``bastion up`` does); set the event to stop it."""
@@ -108,8 +164,10 @@ class Bastion:
         return Bootstrap(tenant=tenant.name, admin_key=token)
 
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
         self.models.router.close()
+        for pool in self._pools:
+            pool.close()
+        for registry in self._registries:
+            registry.close()
         self.telemetry.shutdown()
         self.store.close()

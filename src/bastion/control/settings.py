@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +66,25 @@ class Settings(BaseSettings):
     ``{otlp_endpoint}/v1/traces``. Unset, no span leaves the process (and none is recorded)."""
     trace_console: bool = False
     """Print every finished span to stdout (development)."""
+    sandbox: Literal["auto", "process", "bwrap", "gvisor"] = "auto"
+    """The sandbox backend of agents whose spec names none. ``auto``: ``bwrap`` where it works on
+    this machine, else ``process`` (no isolation; ``bastion up`` warns loudly). An agent whose
+    backend cannot be set up fails its run; it never runs on another backend."""
+    pool_size: int = Field(default=2, ge=0, le=64)
+    """Warm sandboxes kept ready per (backend, image, limits) in use; 0 starts each run's cold."""
+    pool_memory_mib: int = Field(default=256, ge=0)
+    """The most memory a worker's warm sandboxes may take together (by an estimate per backend)."""
+    pool_idle_seconds: float = Field(default=600.0, gt=0)
+    """A (backend, image, limits) no run asked for in this long is no longer kept warm."""
+    sandbox_dir: Path | None = None
+    """Where sandbox backends keep their files (SDK copies, root filesystems); default
+    ``home/sandbox``. bwrap's unprivileged uid must traverse every parent (o+x), which the data
+    directory (0700) does not allow: point this and ``image_dir`` elsewhere (e.g. under /var/lib)."""
+    image_dir: Path | None = None
+    """Where agent images are built and cached; default ``home/images``. Like ``sandbox_dir``, its
+    parents must be traversable by the sandboxes' unprivileged uids."""
+    image_build_timeout_seconds: float = Field(default=900.0, gt=0)
+    """An image build (pip) running longer is stopped and its run fails."""
 
     @property
     def resolved_database_url(self) -> str:
@@ -74,6 +93,15 @@ class Settings(BaseSettings):
     @property
     def resolved_workspace_dir(self) -> Path:
         return self.workspace_dir or self.home / "workspaces"
+
+    @property
+    def resolved_image_dir(self) -> Path:
+        return self.image_dir or self.home / "images"
+
+    @property
+    def sandbox_state_dir(self) -> Path:
+        """Where sandbox backends keep their files (SDK copies, root filesystems)."""
+        return self.sandbox_dir or self.home / "sandbox"
 
     @property
     def resolved_master_key_file(self) -> Path:

@@ -16,10 +16,20 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from bastion.control._bastion import Bastion
+from bastion.control._sandboxes import count_sandboxes
 from bastion.errors import Unavailable
 from bastion.execution.runs import RunState, runs
+from bastion.execution.sandbox import BACKENDS, SandboxState
 
-from . import _routes_admin, _routes_approvals, _routes_llm, _routes_resources, _routes_runs, _routes_trust
+from . import (
+    _routes_admin,
+    _routes_approvals,
+    _routes_llm,
+    _routes_resources,
+    _routes_runs,
+    _routes_sandboxes,
+    _routes_trust,
+)
 from ._middleware import BodyLimit, Metrics
 from ._problems import ProblemResponse, install_problem_handlers, problem_response
 
@@ -53,6 +63,29 @@ class RunStates(Collector):
         )
 
 
+class SandboxCounts(Collector):
+    """``bastion_sandboxes{backend,state}``: every live worker's pooled sandboxes, from the
+    ``sandboxes`` table at scrape time. Labels are bounded: backend and state names only."""
+
+    def __init__(self, bastion: Bastion) -> None:
+        self._bastion = bastion
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "bastion_sandboxes", "Pooled sandboxes by backend and state.", labels=["backend", "state"]
+        )
+        try:
+            with self._bastion.store.read() as conn:
+                counts = count_sandboxes(conn, self._bastion.clock.now())
+        except Exception:
+            log.warning("could not count sandboxes for /metrics", exc_info=True)
+            return
+        for backend in BACKENDS:
+            for state in SandboxState:
+                family.add_metric([backend, str(state)], float(counts.get((backend, str(state)), 0)))
+        yield family
+
+
 def create_app(bastion: Bastion) -> FastAPI:
     """The ASGI application over an opened Bastion (store migrated, master key loaded)."""
 
@@ -73,6 +106,8 @@ def create_app(bastion: Bastion) -> FastAPI:
     registry = bastion.registry
     with contextlib.suppress(ValueError):  # already registered by an earlier app over this Bastion
         registry.register(RunStates(bastion))
+    with contextlib.suppress(ValueError):
+        registry.register(SandboxCounts(bastion))
     install_problem_handlers(app)
     app.include_router(_routes_admin.router)
     app.include_router(_routes_resources.router)
@@ -80,6 +115,7 @@ def create_app(bastion: Bastion) -> FastAPI:
     app.include_router(_routes_approvals.router)
     app.include_router(_routes_trust.router)
     app.include_router(_routes_llm.router)
+    app.include_router(_routes_sandboxes.router)
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     def healthz() -> dict[str, str]:  # pyright: ignore[reportUnusedFunction]

@@ -114,6 +114,25 @@ idempotency_keys = Table(
 )
 
 
+sandboxes = Table(
+    "sandboxes",
+    control_metadata,
+    Column("id", String(32), primary_key=True),
+    Column("worker", String(128), nullable=False, index=True),
+    Column("backend", String(16), nullable=False),
+    Column("image", String(80), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("run_id", String(36), nullable=True),
+    Column("tenant_id", String(36), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("started_at", Timestamp(), nullable=False),
+    Column("changed_at", Timestamp(), nullable=False),
+    Column("seen_at", Timestamp(), nullable=False, index=True),
+)
+"""The workers' warm pools as the API shows them: one row per sandbox, written by its worker on
+every state change and refreshed while the worker lives; a dead worker's rows expire."""
+
+
 def all_metadata() -> MetaData:
     """Every plane's tables in one MetaData: what the migrations must produce."""
     combined = MetaData()

@@ -131,6 +131,8 @@ class GatewaySession:
         self.seq = 0
         self.head = GENESIS
         self.calls_by_grant: dict[str, int] = {}
+        self.workspace = attempt.workspace
+        """Where workspace tools work: the sandbox's live workspace once the worker knows it."""
         self.tool_calls = 0
         self.tokens = 0
         self.errors: list[str] = []
@@ -530,7 +532,7 @@ class GatewaySession:
             ctx = ToolContext(
                 run_id=self.attempt.run_id,
                 seq=seq,
-                workspace=self.attempt.workspace,
+                workspace=self.workspace,
                 egress=decision.egress,
                 headers=headers,
                 limits=self.g.limits,

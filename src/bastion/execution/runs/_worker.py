@@ -30,7 +30,17 @@ from bastion.errors import (
     SandboxError,
 )
 from bastion.execution.gateway import Attempt, Gateway, GatewaySession
-from bastion.execution.sandbox import CallError, SandboxBackend, SandboxLimits, SandboxSpec
+from bastion.execution.sandbox import (
+    BuildProgress,
+    CallError,
+    Image,
+    ImageBuildFailed,
+    ImageCache,
+    PooledSandbox,
+    PoolKey,
+    SandboxLimits,
+    WarmPool,
+)
 from bastion.observe import RunSpan, Telemetry
 from bastion.observe.journal import Prepared
 from bastion.policy import Attempted, RunOutcome, TrustSettings, build_handoff, evaluate_trust
@@ -45,6 +55,13 @@ APPROVAL_SWEEP_SECONDS = 1.0
 """How often a worker looks for approvals past their deadline."""
 log = logging.getLogger("bastion.worker")
 
+PROCESS_WARNING = (
+    "this run's sandbox is the 'process' backend, which does not isolate the agent: it runs as the "
+    "worker's user and can reach the host's files and network (development only; use bwrap or gvisor)"
+)
+_IMAGE_OUTPUT_LINES = 1000
+"""pip output lines kept as events per image build; the rest are counted."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerConfig:
@@ -57,6 +74,9 @@ class WorkerConfig:
     concurrency: int = 4
     log_flush_seconds: float = 0.25
     sandbox_defaults: SandboxLimits = field(default_factory=SandboxLimits)
+    default_backend: str | Callable[[], str] = "process"
+    """The sandbox backend of agents whose spec names none, or a function choosing it (called
+    once, when a run first needs it: choosing may probe the machine's backends)."""
 
 
 class _Outcome(Exception):
@@ -72,13 +92,21 @@ class Worker:
         self,
         runs: RunStore,
         gateway: Gateway,
-        backend: SandboxBackend,
+        sandboxes: WarmPool,
         config: WorkerConfig,
         *,
+        images: ImageCache | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self.runs, self.gateway, self.backend, self.config = runs, gateway, backend, config
+        """Args:
+        sandboxes: where attempts get their sandboxes (warm, or started cold); the worker
+            starts its refill when it starts running and closes it when it stops.
+        images: builds agent images; without it an agent that names an image fails its run.
+        """
+        self.runs, self.gateway, self.sandboxes, self.config = runs, gateway, sandboxes, config
+        self.images = images
         self.telemetry = telemetry or gateway.telemetry
+        self._default_backend: str | None = None
         self.steps = StepWriter(runs.db)
         self.trust = TrustStore()
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bastion-attempt")
@@ -86,7 +114,9 @@ class Worker:
         self._lock = threading.Lock()
 
     def run_until(self, stop: threading.Event) -> None:
-        """Claim and execute runs until ``stop`` is set; then wait for the attempts in flight."""
+        """Claim and execute runs until ``stop`` is set; then wait for the attempts in flight and
+        destroy the warm sandboxes."""
+        self.sandboxes.start()
         swept = 0.0
         try:
             while not stop.is_set():
@@ -98,6 +128,15 @@ class Worker:
                     stop.wait(self.config.poll_seconds)
         finally:
             self._pool.shutdown(wait=True)
+            self.sandboxes.close()
+
+    def default_backend(self) -> str:
+        """The backend of agents that name none (chosen on first use, then kept)."""
+        with self._lock:
+            if self._default_backend is None:
+                chosen = self.config.default_backend
+                self._default_backend = chosen() if callable(chosen) else chosen
+            return self._default_backend
 
     def expire_approvals(self) -> int:
         """Deny the approvals nobody decided in time and re-queue their runs; returns how many."""
@@ -286,7 +325,8 @@ class _AttemptRunner:
             return self.w.trust.state(conn, run.tenant_id, run.namespace, run.agent, declared=declared)
 
     def _fresh_workspace(self) -> Path:
-        """Every attempt starts from the run's initial workspace: the agent's source, nothing else.
+        """Where this attempt's workspace will be: the run's initial workspace, the agent's source
+        and nothing else, put there by ``_call_agent`` (the sandbox's own directory, renamed).
 
         Each attempt gets its own directory (a zombie of an earlier attempt cannot touch this one's
         files); earlier attempts' directories are removed, the last one is kept for inspection.
@@ -295,8 +335,10 @@ class _AttemptRunner:
         if run_dir.exists():
             for old in run_dir.iterdir():
                 shutil.rmtree(old, ignore_errors=True)
-        root = run_dir / f"attempt-{self.run_.attempt}"
-        root.mkdir(parents=True, mode=0o700)
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return run_dir / f"attempt-{self.run_.attempt}"
+
+    def _write_source(self, root: Path) -> None:
         spec: dict[str, Any] = self.run_.agent_spec["spec"]
         module = str(spec.get("entrypoint", "agent:main")).split(":")[0]
         source = spec.get("source")
@@ -304,7 +346,6 @@ class _AttemptRunner:
             path = root / (module.replace(".", "/") + ".py")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(source, encoding="utf-8")
-        return root
 
     def _limits(self) -> SandboxLimits:
         limits: dict[str, Any] = self.run_.agent_spec["spec"].get("limits", {})
@@ -326,20 +367,52 @@ class _AttemptRunner:
         assert session is not None
         if spec.get("runtime") == "llm":
             return self._llm_loop(session)
+        backend = str(spec.get("sandbox") or self.w.default_backend())
+        key = PoolKey(backend=backend, image=self._image(spec), limits=self._limits())
+        if self.cancelled.is_set():
+            raise self._cancelled()
         try:
-            # The run span's context, so agent code (and the coming shim) can continue the trace.
-            env = {"TRACEPARENT": self.span.traceparent} if self.span is not None else {}
-            # The in-sandbox model endpoint's key: fresh per attempt, checked in the sandbox, never forwarded.
-            env["BASTION_RUN_TOKEN"] = f"bst-run-{self.w.runs.ids.token(24)}"
-            self.sandbox = self.w.backend.start(
-                SandboxSpec(workspace=workspace, limits=self._limits(), env=env), on_log=self.on_log
+            pooled = self.w.sandboxes.acquire(
+                key, run_id=self.run_.id, tenant_id=self.run_.tenant_id, on_log=self.on_log
             )
         except SandboxError as exc:
-            raise _Outcome(RunState.FAILED, f"the sandbox did not start: {exc.detail}") from None
+            fix = f" (fix: {exc.hint})" if exc.hint else ""
+            raise _Outcome(RunState.FAILED, f"the sandbox did not start: {exc.detail}{fix}") from None
+        self.sandbox = pooled.started
         try:
-            value = self.sandbox.call(
+            return self._run_in(pooled, workspace, spec, session)
+        finally:
+            self.w.sandboxes.release(pooled)
+
+    def _run_in(
+        self, pooled: PooledSandbox, workspace: Path, spec: dict[str, Any], session: GatewaySession
+    ) -> Any:
+        # The sandbox's directory becomes the attempt's workspace: a rename, which the sandbox's
+        # cwd (or its bind mount) follows, so a warm sandbox needs no restart to serve this run.
+        try:
+            pooled.workspace.rename(workspace)
+            self._write_source(workspace)
+        except OSError as exc:
+            raise _Outcome(RunState.FAILED, f"could not prepare the run's workspace: {exc}") from None
+        # The gateway's workspace tools work where the agent does (a tmpfs on isolating backends);
+        # the attempt's directory receives that tree when the sandbox stops.
+        session.workspace = pooled.started.live_workspace or workspace
+        event: dict[str, Any] = {
+            "id": pooled.id,
+            "backend": pooled.key.backend,
+            "image": pooled.key.image_label,
+            "warm": pooled.warm,
+        }
+        if pooled.key.backend == "process":
+            event["warning"] = PROCESS_WARNING
+        self._record([("sandbox", event)])
+        # The run span's context, so agent code (and the coming shim) can continue the trace;
+        # given with the call, since a warm sandbox started before this run existed.
+        env = {"TRACEPARENT": self.span.traceparent} if self.span is not None else {}
+        try:
+            value = pooled.started.call(
                 "run",
-                {"entrypoint": spec.get("entrypoint"), "input": self.run_.input},
+                {"entrypoint": spec.get("entrypoint"), "input": self.run_.input, "env": env},
                 handler=session.handle,
                 notify=self.on_notify,
             )
@@ -356,8 +429,69 @@ class _AttemptRunner:
             if self.cancelled.is_set():
                 raise self._cancelled() from None
             raise _Outcome(RunState.FAILED, session.redactor.scrub_text(exc.detail)) from None
+
+    def _image(self, spec: dict[str, Any]) -> Image | None:
+        """The agent's image, built now if needed, with the build's progress as ``image`` events.
+        A build that fails fails the run: the agent never runs without its requirements."""
+        base = spec.get("image")
+        if base is None:
+            return None
+        images = self.w.images
+        if images is None:
+            raise _Outcome(
+                RunState.FAILED, f"the agent's image {base!r} cannot be built: this worker has no image cache"
+            )
+        events: list[tuple[str, dict[str, Any]]] = []
+        lines = 0
+        flushed = time.monotonic()
+
+        def progress(step: BuildProgress) -> None:
+            nonlocal lines, flushed
+            data: dict[str, Any] = {"phase": step.phase, "digest": step.digest[:12], "message": step.message}
+            if step.seconds is not None:
+                data["seconds"] = round(step.seconds, 3)
+            if step.size_bytes is not None:
+                data["sizeBytes"] = step.size_bytes
+            if step.phase == "output":
+                lines += 1
+                if lines > _IMAGE_OUTPUT_LINES:
+                    return
+            events.append(("image", data))
+            if step.phase != "output" or time.monotonic() - flushed > 0.25:
+                self._record(events)
+                events.clear()
+                flushed = time.monotonic()
+
+        try:
+            image = images.resolve(str(base), spec.get("requirements") or [], progress=progress)
+        except ImageBuildFailed as exc:
+            raise _Outcome(RunState.FAILED, exc.detail) from None
+        except SandboxError as exc:
+            fix = f" (fix: {exc.hint})" if exc.hint else ""
+            raise _Outcome(
+                RunState.FAILED, f"the agent's image is not available: {exc.detail}{fix}"
+            ) from None
         finally:
-            self.sandbox.stop()
+            if lines > _IMAGE_OUTPUT_LINES:
+                events.append(
+                    ("image", {"phase": "output", "message": f"... {lines - _IMAGE_OUTPUT_LINES} more lines"})
+                )
+            if events:
+                self._record(events)
+        return image
+
+    def _record(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write events on the run now, under this attempt's fence."""
+        if not events:
+            return
+        scrub: Callable[[str], str] = self.session.redactor.scrub_text if self.session else (lambda t: t)
+        scrubbed = [
+            (kind, {k: scrub(v) if isinstance(v, str) else v for k, v in data.items()})
+            for kind, data in events
+        ]
+        with self.w.runs.db.write() as conn:
+            self.fence(conn)
+            self.w.runs.add_events(conn, self.run_.id, scrubbed)
 
     def _park(self, suspended: RunSuspended) -> None:
         """Wait for an approval without a sandbox or a lease (suspend = stop; resume = replay)."""

@@ -21,34 +21,56 @@ from ._base import (
 from ._bwrap import BwrapBackend
 from ._channel import ChannelSandbox
 from ._gvisor import GvisorBackend
+from ._images import BASES, BuildProgress, ImageBuildFailed, ImageCache, image_digest
+from ._pool import (
+    MEMORY_ESTIMATE_MIB,
+    PooledSandbox,
+    PoolKey,
+    SandboxInfo,
+    WarmPool,
+    pool_dir_name,
+    remove_stale_pool_dirs,
+)
 from ._process import ProcessBackend, ProcessSandbox
 from ._select import BACKENDS, default_backend, open_backend, probe_backend, probe_backends
 
 __all__ = [
     "BACKENDS",
+    "BASES",
     "DENIED",
     "INVALID",
+    "MEMORY_ESTIMATE_MIB",
     "MIB",
     "TOOL_FAILED",
     "BackendReport",
+    "BuildProgress",
     "BwrapBackend",
     "CallError",
     "ChannelSandbox",
     "GvisorBackend",
     "Handler",
     "Image",
+    "ImageBuildFailed",
+    "ImageCache",
     "LogSink",
     "Notify",
+    "PoolKey",
+    "PooledSandbox",
     "ProcessBackend",
     "ProcessSandbox",
     "Sandbox",
     "SandboxBackend",
+    "SandboxInfo",
     "SandboxLimits",
     "SandboxSpec",
     "SandboxState",
     "SandboxStatus",
+    "WarmPool",
     "default_backend",
+    "image_digest",
     "open_backend",
+    "pool_dir_name",
     "probe_backend",
     "probe_backends",
+    "remove_stale_pool_dirs",
 ]

@@ -134,6 +134,12 @@ class Sandbox(Protocol):
 
     def status(self) -> SandboxStatus: ...
 
+    @property
+    def live_workspace(self) -> Path | None:
+        """The host path of the workspace the agent works in, when it is not the caller's directory
+        (a size-capped tmpfs); the caller's directory gets the result back when the sandbox stops."""
+        ...
+
 
 @dataclass(frozen=True, kw_only=True)
 class BackendReport:

@@ -74,6 +74,11 @@ class Confinement:
         """The agent's exit status from the host process's (a launcher may encode signals)."""
         return raw
 
+    @property
+    def live_workspace(self) -> Path | None:
+        """The host path the agent's workspace lives at while it runs, when not the caller's directory."""
+        return None
+
     def check(self) -> LimitExceeded | None:
         """A limit the sandbox is past right now, seen from the host (called by the watchdog and
         after each call)."""
@@ -229,6 +234,13 @@ class ChannelSandbox:
             in_call = self._in_call
         if not in_call:
             self._finish()
+
+    @property
+    def live_workspace(self) -> Path | None:
+        """Where the host sees the agent's workspace while it runs: the size-capped tmpfs the
+        sandbox works in, or None when that is the caller's directory itself. The gateway's
+        workspace tools must work there, or the agent and its tools would see two different trees."""
+        return self._confinement.live_workspace
 
     def status(self) -> SandboxStatus:
         with self._lock:

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 from collections.abc import Callable
+from pathlib import Path
 
 from bastion.errors import LimitExceeded
 
@@ -51,6 +52,10 @@ class HostConfinement(Confinement):
         self.released = False
         if cgroup is not None or workspace is not None or workspace_dir is not None:
             self.poll_seconds = POLL_SECONDS
+
+    @property
+    def live_workspace(self) -> Path | None:
+        return self.workspace.mountpoint if self.workspace is not None else None
 
     def exit_code(self, raw: int) -> int:
         if self._signal_status and raw > 128 and raw - 128 in _SIGNALS:

@@ -107,6 +107,9 @@ def _open_dir(tool: str, workspace: Path, parts: list[str], *, create: bool = Fa
                     # Made meanwhile? Then the O_NOFOLLOW open below decides whether it will do.
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, dir_fd=fd)
+                        created = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                        _same_owner(created, fd)
+                        os.close(created)
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 raise _failure(tool, exc, rel, fd, part) from None
@@ -116,6 +119,17 @@ def _open_dir(tool: str, workspace: Path, parts: list[str], *, create: bool = Fa
         os.close(fd)
         raise
     return fd
+
+
+def _same_owner(fd: int, directory: int) -> None:
+    """Give what a tool creates to the owner of the directory it is in. A worker running as root
+    writes into a workspace owned by the sandbox's unprivileged uid: without this, the agent could
+    read the files its tools wrote but not change or replace them."""
+    if os.geteuid() != 0:
+        return
+    owner = os.fstat(directory)
+    with contextlib.suppress(OSError):
+        os.fchown(fd, owner.st_uid, owner.st_gid)
 
 
 def _read_all(fd: int, limit: int) -> bytes:
@@ -242,6 +256,8 @@ class FsWrite:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise ToolCallFailed(self.name, f"path {rel!r} is not a regular file")
+            if info.st_size == 0:
+                _same_owner(fd, parent)
             if info.st_size + len(data) > limit:
                 raise ToolCallFailed(
                     self.name, f"appending would make {rel!r} larger than the limit of {limit} bytes"
@@ -272,6 +288,7 @@ class FsWrite:
                 dir_fd=parent,
             )
             try:
+                _same_owner(fd, parent)
                 _write_all(fd, data)
                 if existing is not None and stat.S_ISREG(existing.st_mode):
                     os.fchmod(fd, stat.S_IMODE(existing.st_mode))  # keep the file's permissions

@@ -1,0 +1,66 @@
+"""``bastion doctor``: which sandbox backends work on this machine, and how to fix the others."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from rich.table import Table
+
+from bastion.control import Settings
+from bastion.errors import UserError
+from bastion.execution.sandbox import BASES, default_backend, probe_backends
+
+from ._app import app, run_command
+from ._output import out
+
+PROCESS_WARNING = (
+    "[bold red]WARNING:[/] the sandbox backend is 'process': agents run [bold]without isolation[/] "
+    "(as this user, with its files and network). Development only: install bubblewrap "
+    "(apt-get install bubblewrap) or gVisor (apt-get install runsc), or set BASTION_SANDBOX."
+)
+
+
+def settings_or_error() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UserError(
+            f"setting {field!r}: {first['msg']}", field=field, hint=f"fix BASTION_{field.upper()}"
+        ) from None
+
+
+@app.command()
+def doctor() -> None:
+    """Check this machine: which sandbox backends work (and how to fix the others), the default
+    backend, and the agent image bases. Exits 1 if the configured default backend cannot work."""
+
+    def body() -> int:
+        settings = settings_or_error()
+        reports = probe_backends(state_dir=settings.sandbox_state_dir)
+        table = Table("BACKEND", "WORKS", "DETAIL", "FIX", box=None)
+        for report in reports:
+            works = "[green]yes[/]" if report.works else "[red]no[/]"
+            table.add_row(report.name, works, report.detail, report.fix or "")
+        out.print(table)
+        auto = default_backend(reports)
+        chosen = auto if settings.sandbox == "auto" else settings.sandbox
+        how = "auto: bwrap where it works, else process" if settings.sandbox == "auto" else "BASTION_SANDBOX"
+        out.print(f"\nDefault backend: [bold]{chosen}[/] ({how})")
+        for base, interpreter in BASES.items():
+            found = (
+                "[green]found[/]"
+                if interpreter.exists()
+                else f"[red]missing[/] (apt-get install {interpreter.name})"
+            )
+            out.print(f"Image base {base}: {interpreter} {found}")
+        if chosen == "process":
+            out.print(PROCESS_WARNING)
+        report = next((r for r in reports if r.name == chosen), None)
+        if report is None or not report.works:
+            fix = f" To fix: {report.fix}" if report is not None and report.fix else ""
+            out.print(f"[bold red]The default backend {chosen!r} does not work on this machine.[/]{fix}")
+            return 1
+        return 0
+
+    run_command(body)
