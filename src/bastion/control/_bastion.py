@@ -21,6 +21,7 @@ from bastion.execution.sandbox import (
     WarmPool,
     default_backend,
     open_backend,
+    probe_backend,
     pool_dir_name,
     probe_backends,
     remove_stale_pool_dirs,
@@ -91,6 +92,7 @@ class Bastion:
             settings.resolved_image_dir, timeout_seconds=settings.image_build_timeout_seconds
         )
         self._reports: list[BackendReport] | None = None
+        self._default: str | None = None
         self._pools: list[WarmPool] = []
         self._registries: list[SandboxRegistry] = []
         self._lock = threading.Lock()
@@ -107,7 +109,12 @@ class Bastion:
         """The backend of agents that name none: ``BASTION_SANDBOX``, with ``auto`` resolved."""
         if self.settings.sandbox != "auto":
             return self.settings.sandbox
-        return default_backend(self.backend_reports())
+        with self._lock:
+            if self._default is None:
+                # Only bwrap decides the default: probing gVisor too would cost a first run seconds.
+                reports = self._reports or [probe_backend("bwrap", state_dir=self.settings.sandbox_state_dir)]
+                self._default = default_backend(reports)
+            return self._default
 
     def open_backend(self, name: str) -> SandboxBackend:
         """Open a sandbox backend by name (raises SandboxError with the reason and the fix)."""

@@ -6,6 +6,7 @@ The data directory holds the SQLite database, the master key and the local CLI c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,6 +34,10 @@ def in_ci() -> bool:
 def env(name: str) -> str | None:
     """One ``BASTION_*`` variable, for the few callers (tests, benchmarks) that take one directly."""
     return os.environ.get(name)
+
+
+SHARED_ROOT = Path("/var/lib/bastion")
+"""As root, sandbox and image directories live here (see ``Settings.sandbox_dir``)."""
 
 
 class Settings(BaseSettings):
@@ -77,12 +82,12 @@ class Settings(BaseSettings):
     pool_idle_seconds: float = Field(default=600.0, gt=0)
     """A (backend, image, limits) no run asked for in this long is no longer kept warm."""
     sandbox_dir: Path | None = None
-    """Where sandbox backends keep their files (SDK copies, root filesystems); default
-    ``home/sandbox``. bwrap's unprivileged uid must traverse every parent (o+x), which the data
-    directory (0700) does not allow: point this and ``image_dir`` elsewhere (e.g. under /var/lib)."""
+    """Where sandbox backends keep their files (SDK copies, root filesystems, workspaces' mounts).
+    Default: ``home/sandbox``, or as root ``/var/lib/bastion/<hash of home>/sandbox`` because
+    bwrap's unprivileged uids must traverse every parent (o+x)."""
     image_dir: Path | None = None
-    """Where agent images are built and cached; default ``home/images``. Like ``sandbox_dir``, its
-    parents must be traversable by the sandboxes' unprivileged uids."""
+    """Where agent images are built and cached; default beside ``sandbox_dir`` (``…/images``).
+    Its parents must be traversable by the sandboxes' unprivileged uids too."""
     image_build_timeout_seconds: float = Field(default=900.0, gt=0)
     """An image build (pip) running longer is stopped and its run fails."""
 
@@ -96,12 +101,22 @@ class Settings(BaseSettings):
 
     @property
     def resolved_image_dir(self) -> Path:
-        return self.image_dir or self.home / "images"
+        return self.image_dir or self._shared_root() / "images"
 
     @property
     def sandbox_state_dir(self) -> Path:
         """Where sandbox backends keep their files (SDK copies, root filesystems)."""
-        return self.sandbox_dir or self.home / "sandbox"
+        return self.sandbox_dir or self._shared_root() / "sandbox"
+
+    def _shared_root(self) -> Path:
+        """The parent of the sandbox and image directories. As root, under ``/var/lib/bastion``,
+        one per data directory: bwrap drops to unprivileged uids that must traverse every parent
+        of what they mount, and a data directory under ``/root`` (0700) cannot be traversed. Else
+        the data directory itself (the sandboxes then run as the calling user)."""
+        if os.geteuid() != 0:
+            return self.home
+        digest = hashlib.sha256(str(self.home.expanduser().resolve()).encode()).hexdigest()[:12]
+        return SHARED_ROOT / digest
 
     @property
     def resolved_master_key_file(self) -> Path:

@@ -409,6 +409,8 @@ class _AttemptRunner:
         # The run span's context, so agent code (and the coming shim) can continue the trace;
         # given with the call, since a warm sandbox started before this run existed.
         env = {"TRACEPARENT": self.span.traceparent} if self.span is not None else {}
+        # The in-sandbox model endpoint's key: fresh per attempt, checked in the sandbox, never forwarded.
+        env["BASTION_RUN_TOKEN"] = f"bst-run-{self.w.runs.ids.token(24)}"
         try:
             value = pooled.started.call(
                 "run",
