@@ -21,8 +21,8 @@ from bastion.execution.sandbox import (
     WarmPool,
     default_backend,
     open_backend,
-    probe_backend,
     pool_dir_name,
+    probe_backend,
     probe_backends,
     remove_stale_pool_dirs,
 )
