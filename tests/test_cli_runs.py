@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,7 +128,7 @@ def test_bastion_demo_runs_end_to_end(tmp_path: Path) -> None:
         str(tmp_path / "demo"),
     ]
     result = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -138,4 +139,12 @@ def test_bastion_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "signed by the tenant's key" in out  # the record, verified offline
     assert "requests matched the record byte for byte" in out  # a clean replay
     assert "invoke_agent weather-reporter" in out and "execute_tool weather.get" in out  # the trace
+    if shutil.which("bwrap") or os.environ.get("CI") == "true":
+        assert "(bwrap, image default" in out  # isolated by default where bwrap works
+    assert "Pack accordingly." in out  # the declarative agent's answer, through its own loop
+    assert (
+        out.count("Oslo: a warm coat, gloves and boots with grip.") >= 2
+    )  # the openai SDK, plain and streamed
+    assert "weather-briefer: journal llm tool tool llm" in out and "sdk-packer: journal llm llm" in out
+    assert out.count("requests matched the record byte for byte") == 3  # all three replayed clean
     assert "demo-weather-key" not in out

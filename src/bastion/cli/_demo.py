@@ -21,6 +21,7 @@ from bastion.observe.record import verify_record
 
 from ._app import app, load_manifests, run_command
 from ._output import out
+from ._record import replay_image
 from ._runs import show_event
 
 DEMO_API_PORT = 8765
@@ -130,11 +131,43 @@ def _run_demo(client: BastionClient, docs: list[Any], city: str, workspaces: Pat
         )
         if not (verdict["ok"] and denied):
             return 1
-        return _record_and_replay(client, run["id"], data)
+        return _record_and_replay(client, run["id"], data) or _model_agents(client, city, data)
 
 
-def _record_and_replay(client: BastionClient, run_id: str, data: Path) -> int:
-    out.rule("[bold]6. export the signed ExecutionRecord and verify it offline")
+def _follow(client: BastionClient, agent: str, input: Any) -> dict[str, Any] | None:
+    run = client.create_run(agent, input)
+    for event in client.events(run["id"]):
+        show_event(event)
+    final = client.get_run(run["id"])
+    if final["state"] != "Succeeded":
+        out.print(f"[red]{final['state']}[/]: {final.get('reason')}")
+        return None
+    out.print_json(data=final["result"])
+    return final
+
+
+def _model_agents(client: BastionClient, city: str, data: Path) -> int:
+    """A declarative agent (Bastion's own loop) and unmodified OpenAI SDK code, both on the
+    scripted provider: governed, budgeted, journaled, and replayed offline like the first."""
+    out.rule("[bold]8. a declarative agent: model -> tools -> model, every call through the gateway")
+    briefer = _follow(client, "weather-briefer", {"question": "Oslo or Lisbon this weekend?"})
+    if briefer is None:
+        return 1
+    out.rule("[bold]9. unmodified OpenAI SDK code in the sandbox (its image is built once, then cached)")
+    packer = _follow(client, "sdk-packer", {"city": city})
+    if packer is None:
+        return 1
+    for final in (briefer, packer):
+        kinds = [e["kind"] for e in client.journal(final["id"])]
+        out.print(f"{final['agent']}: journal {' '.join(kinds)}", highlight=False)
+        if _record_and_replay(client, final["id"], data, quiet=True):
+            return 1
+    return 0
+
+
+def _record_and_replay(client: BastionClient, run_id: str, data: Path, *, quiet: bool = False) -> int:
+    if not quiet:
+        out.rule("[bold]6. export the signed ExecutionRecord and verify it offline")
     record = client.export_record(run_id)
     path = data / f"record-{run_id[:8]}.json"
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -147,9 +180,13 @@ def _record_and_replay(client: BastionClient, run_id: str, data: Path) -> int:
         f"{path}: [green]ok[/], {checked.entries} entries, signed by the tenant's key {checked.key_id}",
         highlight=False,
     )
-    out.rule("[bold]7. replay it offline: the agent again, every answer from the record")
+    if not quiet:
+        out.rule("[bold]7. replay it offline: the agent again, every answer from the record")
+    from bastion.control import Settings
+
+    image = replay_image(record, Settings(home=data).resolved_image_dir)
     with tempfile.TemporaryDirectory(prefix="bastion-demo-replay-") as scratch, ProcessBackend() as backend:
-        report = Replayer(record, backend, builtin_tools()).run(Path(scratch))
+        report = Replayer(record, backend, builtin_tools(), image=image).run(Path(scratch))
     if not report.ok:
         out.print(f"[red]diverged at seq {report.divergence}[/]: {report.reason}")
         return 1
@@ -160,7 +197,7 @@ def _record_and_replay(client: BastionClient, run_id: str, data: Path) -> int:
 
 
 def _show_trace(spans: InMemorySpanExporter) -> int:
-    out.rule("[bold]8. the trace (OpenTelemetry spans; BASTION_OTLP_ENDPOINT sends them to a collector)")
+    out.rule("[bold]10. the trace (OpenTelemetry spans; BASTION_OTLP_ENDPOINT sends them to a collector)")
     finished = sorted(spans.get_finished_spans(), key=lambda s: s.start_time or 0)
     runs = [s for s in finished if s.name.startswith("invoke_agent")]
     for root in runs[:1]:

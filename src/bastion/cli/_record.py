@@ -8,7 +8,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -17,6 +17,9 @@ from bastion.observe.record import verify_record
 
 from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, run_command
 from ._output import out
+
+if TYPE_CHECKING:
+    from bastion.execution.sandbox import Image
 
 record_app = typer.Typer(
     help="Export and verify ExecutionRecords (signed, verifiable offline).", no_args_is_help=True
@@ -143,6 +146,7 @@ def replay(
     api_key: KeyOpt = None,
 ) -> None:
     """Re-execute the agent offline against its record; every request must match byte for byte."""
+    from bastion.control import Settings
     from bastion.execution.runs import Replayer
     from bastion.execution.sandbox import ProcessBackend
     from bastion.execution.tools import builtin_tools
@@ -170,8 +174,9 @@ def replay(
                 field="RUN|RECORD.json",
                 hint="pass a file from `bastion record export`",
             )
+        image = replay_image(record, Settings().resolved_image_dir)
         with tempfile.TemporaryDirectory(prefix="bastion-replay-") as scratch, ProcessBackend() as backend:
-            report = Replayer(record, backend, builtin_tools()).run(
+            report = Replayer(record, backend, builtin_tools(), image=image).run(
                 Path(scratch),
                 until=until,
                 on_step=lambda seq, what: out.print(
@@ -215,3 +220,26 @@ def _fork(run_id: str, seq: int, namespace: str, url: str | None, api_key: str |
         return 0
     out.print(f"[red]{final['state']}[/]: {final.get('reason') or ''}", highlight=False)
     return 1
+
+
+def replay_image(record: dict[str, Any], images: Path) -> Image | None:
+    """The image a recorded agent ran in, from the local image cache (built there if missing):
+    replaying code that imports its requirements needs them."""
+    from bastion.errors import SandboxError
+    from bastion.execution.sandbox import ImageCache
+
+    spec: dict[str, Any] = record["agent"].get("spec", {})
+    base = spec.get("image")
+    if not isinstance(base, str):
+        return None
+    requirements = [str(r) for r in spec.get("requirements", [])]
+    try:
+        return ImageCache(images).resolve(
+            base, requirements, progress=lambda step: out.print(f"[dim]image {step.phase}: {step.message}[/]")
+        )
+    except SandboxError as exc:
+        raise UserError(
+            f"cannot rebuild the agent's image {base!r}: {exc.detail}",
+            field="spec.image",
+            hint="replay where the image's requirements can be installed",
+        ) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import difflib
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from bastion.execution.sandbox import (
     INVALID,
     TOOL_FAILED,
     CallError,
+    Image,
     SandboxBackend,
     SandboxLimits,
     SandboxSpec,
@@ -62,7 +64,17 @@ def _pretty(value: Any) -> list[str]:
 
 
 class Replayer:
-    def __init__(self, record: dict[str, Any], backend: SandboxBackend, tools: dict[str, Tool]) -> None:
+    def __init__(
+        self,
+        record: dict[str, Any],
+        backend: SandboxBackend,
+        tools: dict[str, Tool],
+        *,
+        image: Image | None = None,
+    ) -> None:
+        """``image``: the agent's image (``spec.image``/``requirements``), which the caller resolves;
+        an agent that imports its requirements cannot be replayed without it."""
+        self.image = image
         self.record = record
         self.backend = backend
         self.tools = tools
@@ -94,6 +106,8 @@ class Replayer:
             if method not in _KINDS:
                 raise CallError(INVALID, f"unknown method {method!r}")
             seq += 1
+            # Out-of-band context (the shim's trace) is not part of the request, as in the gateway.
+            params = {k: v for k, v in params.items() if k != "_meta"}
             request = {"method": method, "params": params}
             if seq > len(self.entries):
                 report.divergence, report.reason = seq, "the agent made a call the record does not have"
@@ -142,7 +156,14 @@ class Replayer:
             return self._finish(report)
 
         sandbox = self.backend.start(
-            SandboxSpec(workspace=workspace, limits=SandboxLimits(wall_seconds=300)), on_log=lambda _: None
+            SandboxSpec(
+                workspace=workspace,
+                limits=SandboxLimits(wall_seconds=300, memory_mib=1024),
+                # The model endpoint starts as in the run, so SDK code reaches the record too.
+                env={"BASTION_RUN_TOKEN": f"bst-replay-{secrets.token_urlsafe(16)}"},
+                image=self.image,
+            ),
+            on_log=lambda _: None,
         )
         try:
             report.result = sandbox.call(
