@@ -240,6 +240,14 @@ class BastionClient:
         path = f"/api/v1/approvals/{quote(approval_id, safe='')}/{verb}"
         return self._request("POST", path, json={"reason": reason})
 
+    def what_if(
+        self, run_id: str, documents: Sequence[RawDocument], *, namespace: str = "default"
+    ) -> dict[str, Any]:
+        """The decisions of a finished run that other Policies/ToolGrants would change (nothing runs)."""
+        return self._request(
+            "POST", self._run_path(run_id, namespace, "/what-if"), json=self._manifests(documents)
+        )
+
     def trust(self, agent: str, *, namespace: str = "default") -> dict[str, Any]:
         """The agent's earned tier, whether it is revoked, and the journal of every change."""
         return self._request("GET", self._trust_path(agent, namespace))

@@ -29,6 +29,7 @@ from . import (
     _routes_runs,
     _routes_sandboxes,
     _routes_trust,
+    _routes_whatif,
 )
 from ._middleware import BodyLimit, Metrics
 from ._problems import ProblemResponse, install_problem_handlers, problem_response
@@ -115,6 +116,7 @@ def create_app(bastion: Bastion) -> FastAPI:
     app.include_router(_routes_approvals.router)
     app.include_router(_routes_trust.router)
     app.include_router(_routes_llm.router)
+    app.include_router(_routes_whatif.router)
     app.include_router(_routes_sandboxes.router)
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")

@@ -65,7 +65,7 @@ _MANIFESTS_BODY: dict[str, Any] = {
 }
 
 
-async def _documents(request: Request) -> list[RawDocument]:
+async def read_documents(request: Request) -> list[RawDocument]:
     """The manifests of an apply or diff body, JSON (``{documents: [...]}``) or YAML."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     body = await request.body()
@@ -104,7 +104,7 @@ async def _documents(request: Request) -> list[RawDocument]:
     ]
 
 
-def _resources(docs: list[RawDocument]) -> list[Resource]:
+def validated_resources(docs: list[RawDocument]) -> list[Resource]:
     if not docs:
         raise InvalidManifest(
             "the request holds no documents", field="documents", hint="send at least one manifest"
@@ -119,7 +119,7 @@ async def apply(
     request: Request, bastion: BastionDep, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Create or update every document in one transaction; an invalid document applies nothing."""
-    resources = _resources(await _documents(request))
+    resources = validated_resources(await read_documents(request))
 
     def operation(conn: Connection) -> tuple[int, dict[str, Any]]:
         applied = bastion.resources.apply(conn, principal, resources)
@@ -132,7 +132,7 @@ async def apply(
 @router.post("/diff", tags=["resources"], summary="What an apply would change", openapi_extra=_MANIFESTS_BODY)
 async def diff(request: Request, bastion: BastionDep, principal: PrincipalDep) -> dict[str, Any]:
     """A dry-run apply: per document, the action and the JSON patch (RFC 6902) it would make."""
-    resources = _resources(await _documents(request))
+    resources = validated_resources(await read_documents(request))
     bastion.resources.check_writable(principal, resources)
     with bastion.store.read() as conn:
         plans = bastion.resources.plan(conn, principal, resources)

@@ -34,7 +34,7 @@ class RunCreate(BaseModel):
     input: Any = Field(default=None, description="Any JSON value; the agent's entrypoint receives it.")
 
 
-def _get_run(bastion: Bastion, conn: Connection, principal: Principal, namespace: str, run_id: str) -> Run:
+def find_run(bastion: Bastion, conn: Connection, principal: Principal, namespace: str, run_id: str) -> Run:
     run = bastion.runs.get(conn, run_id, tenant_id=principal.tenant_id, namespace=namespace)
     if run is None:
         raise NotFound(
@@ -165,7 +165,7 @@ def get_run(
     namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     with bastion.store.read() as conn:
-        return _get_run(bastion, conn, principal, namespace, run_id).public()
+        return find_run(bastion, conn, principal, namespace, run_id).public()
 
 
 class RunFork(BaseModel):
@@ -188,7 +188,7 @@ async def fork_run(
     require(principal, "developer", "start runs")
 
     def operation(conn: Connection) -> tuple[int, dict[str, Any]]:
-        parent = _get_run(bastion, conn, principal, namespace, run_id)
+        parent = find_run(bastion, conn, principal, namespace, run_id)
         entries = bastion.journal.entries(parent.id, conn=conn)
         if body.seq > len(entries):
             raise UserError(
@@ -221,7 +221,7 @@ def cancel_run(
 ) -> dict[str, Any]:
     require(principal, "developer", "cancel runs")
     with bastion.store.write() as conn:
-        run = _get_run(bastion, conn, principal, namespace, run_id)
+        run = find_run(bastion, conn, principal, namespace, run_id)
         return bastion.runs.request_cancel(conn, run).public()
 
 
@@ -233,7 +233,7 @@ def journal(
     namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     with bastion.store.read() as conn:
-        _get_run(bastion, conn, principal, namespace, run_id)
+        find_run(bastion, conn, principal, namespace, run_id)
     entries = bastion.journal.entries(run_id)
     return {
         "items": [
@@ -277,7 +277,7 @@ def verify_run(
     namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     with bastion.store.read() as conn:
-        run = _get_run(bastion, conn, principal, namespace, run_id)
+        run = find_run(bastion, conn, principal, namespace, run_id)
     return _verdict(bastion, run)
 
 
@@ -286,7 +286,7 @@ def record(
     namespace: NamespacePath, run_id: RunIdPath, bastion: BastionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     with bastion.store.read() as conn:
-        run = _get_run(bastion, conn, principal, namespace, run_id)
+        run = find_run(bastion, conn, principal, namespace, run_id)
     return bastion.records.export(run)
 
 
@@ -324,7 +324,7 @@ async def events(
 ) -> StreamingResponse:
     def load_run() -> Run:
         with bastion.store.read() as conn:
-            return _get_run(bastion, conn, principal, namespace, run_id)
+            return find_run(bastion, conn, principal, namespace, run_id)
 
     await run_in_threadpool(load_run)
     start = after or 0

@@ -50,6 +50,10 @@ from ._workspace import Workspace, is_mountpoint, unmount
 
 DEFAULT_UIDS = range(1_800_000_000, 1_800_000_000 + 65536)
 """Host uids (and gids) leased one per sandbox when running as root; no account needs to exist."""
+UID_LOCKS = Path("/run/bastion/uids")
+"""Where the uid leases are held: one place per host, whatever each backend's state directory, since
+the uids, and the cgroups and mounts named after them, are the host's (``/run`` is emptied at boot,
+and a lease is a lock held by a live process)."""
 SDK_PATH = "/opt/bastion/sdk"
 IMAGE_PATH = "/opt/bastion/image"
 PACKAGES_PATH = "/opt/bastion/packages"
@@ -124,7 +128,8 @@ class BwrapBackend:
         for directory in (self._runtime, self._runtime / "sdk", self._runtime / "ws"):
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o711)
-        (self._runtime / "uids").mkdir(mode=0o700, exist_ok=True)
+        self._leases = UID_LOCKS if self._root else self._runtime / "uids"
+        self._leases.mkdir(mode=0o700, parents=True, exist_ok=True)
         if blocked := unreachable(self._runtime / "ws"):
             raise SandboxError(
                 f"{blocked} cannot be traversed by other users, so the unprivileged sandbox cannot "
@@ -147,7 +152,7 @@ class BwrapBackend:
         """
         if self._closed:
             raise SandboxError("the bwrap backend is closed")
-        lease = UidLease(self._runtime / "uids", self._uids) if self._root else None
+        lease = UidLease(self._leases, self._uids) if self._root else None
         uid = lease.uid if lease is not None else os.getuid()
         gid = lease.uid if lease is not None else os.getgid()
         name = f"bwrap-{uid}"
@@ -294,7 +299,7 @@ class BwrapBackend:
             if not uid.isdigit() or int(uid) not in self._uids:
                 continue
             try:
-                lease = UidLease(self._runtime / "uids", range(int(uid), int(uid) + 1))
+                lease = UidLease(self._leases, range(int(uid), int(uid) + 1))
             except SandboxError:
                 continue  # a live sandbox holds it
             try:
