@@ -234,6 +234,10 @@ class Cluster:
             BASTION_LEASE_SECONDS=str(self.lease_seconds),
             BASTION_POLL_SECONDS=str(POLL_SECONDS),
             BASTION_WORKER_CONCURRENCY=str(self.concurrency),
+            # The run engine is under test, not isolation: agents here watch their worker die
+            # (os.getppid), which a pid namespace hides. Warm pools would blur the kill timings.
+            BASTION_SANDBOX="process",
+            BASTION_POOL_SIZE="0",
         )
         log = self.tmp_path / f"worker-{len(self.workers) + 1}.log"
         with log.open("wb") as handle:
