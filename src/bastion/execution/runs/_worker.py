@@ -526,6 +526,8 @@ class _AttemptRunner:
     def _llm_loop(self, session: GatewaySession) -> Any:
         """``runtime: llm``: Bastion's own loop, in this thread, every call through the session."""
         spec: dict[str, Any] = self.run_.agent_spec["spec"]
+        # No sandbox hands this loop a workspace: its workspace tools get the attempt's own directory.
+        session.workspace.mkdir(mode=0o700, exist_ok=True)
         wall = self._limits().wall_seconds
         started = time.monotonic()
 
