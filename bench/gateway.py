@@ -518,8 +518,8 @@ class Pieces:
 
     ORDER = (
         "request: canonical JSON + sha256 (gateway)",
-        "policy: decide_tool_call",
-        "grants re-read from the store (every 1 s)",
+        "policy: CompiledPolicy.decide + inspect_output",
+        "policies and grants re-read from the store (every 1 s)",
         "secrets: headers for the tool",
         "tool: FsRead.invoke",
         "scrub: Redactor.scrub x2 + scrub_text",
@@ -548,10 +548,11 @@ class Pieces:
 
     @contextmanager
     def installed(self, bastion: Bastion, session: GatewaySession) -> Generator[None, None, None]:
-        """Patch the instances (and three names of the gateway module) for the block; restore after."""
+        """Patch the instances (and two names of the gateway module) for the block; restore after."""
         gateway, journal = bastion.gateway, bastion.journal
         tool = gateway.tools["fs.read"]
-        saved_module = (gateway_module.canonical, gateway_module.digest, gateway_module.decide_tool_call)
+        saved_module = (gateway_module.canonical, gateway_module.digest)
+        policy, _ = session.policy()
         saved_metrics = gateway.metrics
         patches: list[tuple[Any, str]] = [
             (journal, "prepare"),
@@ -560,6 +561,8 @@ class Pieces:
             (session.redactor, "scrub_text"),
             (session.secrets, "headers"),
             (gateway.resources, "resources"),
+            (policy, "decide"),
+            (policy, "inspect_output"),
         ]
         self.timer.reset()
         try:
@@ -576,19 +579,24 @@ class Pieces:
             )
             session.secrets.headers = self.wrap("secrets: headers for the tool", session.secrets.headers)  # type: ignore[method-assign]
             gateway.resources.resources = self.wrap(  # type: ignore[method-assign]
-                "grants re-read from the store (every 1 s)", gateway.resources.resources
+                "policies and grants re-read from the store (every 1 s)", gateway.resources.resources
             )
             gateway_module.canonical = self.wrap(
                 "request: canonical JSON + sha256 (gateway)", saved_module[0]
             )
             gateway_module.digest = self.wrap("request: canonical JSON + sha256 (gateway)", saved_module[1])
-            gateway_module.decide_tool_call = self.wrap("policy: decide_tool_call", saved_module[2])
+            for name in ("decide", "inspect_output"):
+                setattr(
+                    policy,
+                    name,
+                    self.wrap("policy: CompiledPolicy.decide + inspect_output", getattr(policy, name)),
+                )
             gateway.metrics = _TimedMetrics(saved_metrics, self)  # type: ignore[assignment]
             yield
         finally:
             for owner, attribute in patches:
                 owner.__dict__.pop(attribute, None)
-            gateway_module.canonical, gateway_module.digest, gateway_module.decide_tool_call = saved_module
+            gateway_module.canonical, gateway_module.digest = saved_module
             gateway.metrics = saved_metrics
 
     def report(self, calls: int, total_ns: int) -> None:

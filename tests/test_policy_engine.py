@@ -10,11 +10,9 @@ import pytest
 from bastion.errors import InvalidManifest
 from bastion.policy import (
     Counters,
-    Grant,
     RateLimitRef,
     Subject,
     compile_policy,
-    decide_tool_call,
 )
 
 from ._policy import BOT, NOW, blocking, call, grant, policy
@@ -257,16 +255,3 @@ def test_deeply_nested_arguments_are_denied_not_skipped() -> None:
     for _ in range(100):
         deep = [deep]
     assert cp.decide(call({"q": deep})).effect == "deny"
-
-
-def test_the_legacy_decide_tool_call_still_works() -> None:
-    subject = Subject(name="bot", tools=["kb.search"])
-    decision = decide_tool_call(
-        subject,
-        "kb.search",
-        tool_exists=True,
-        grants=[Grant(name="g", agents=["bot"], tools=["kb.search"])],
-        calls_by_grant={},
-        now=NOW,
-    )
-    assert decision.allowed and decision.grant == "g"

@@ -9,7 +9,7 @@ agent's record; ``rejudge`` replays a run's recorded calls under another policy.
 from ._call import NO_COUNTERS, CallContext, Counters, ToolInfo, WindowCount
 from ._decision import RANK, Decision, Effect, Finding, RateLimitRef, combine, deny
 from ._engine import CompiledPolicy, compile_policy, rego_input
-from ._grants import TIERS, Grant, Subject, decide_tool_call, tier_rank
+from ._grants import TIERS, Subject, tier_rank
 from ._normalize import normalize
 from ._probes import BENIGN, EVASION_PROBES, PROBE_PATTERNS
 from ._trust import (
@@ -43,7 +43,6 @@ __all__ = [
     "Effect",
     "ErrorBudget",
     "Finding",
-    "Grant",
     "Handoff",
     "RateLimitRef",
     "RecordedCall",
@@ -57,7 +56,6 @@ __all__ = [
     "check_error_budget",
     "combine",
     "compile_policy",
-    "decide_tool_call",
     "deny",
     "evaluate_trust",
     "normalize",

@@ -174,7 +174,8 @@ class GatewaySession:
             raise CallError(INVALID, f"unknown method {method!r}", {"type": "invalid_request"})
         # Out-of-band context (the trace a shim request belongs to) is neither hashed nor journaled:
         # it differs between attempts, and a replayed request must still match.
-        params = {k: v for k, v in params.items() if k != "_meta"}
+        if "_meta" in params:
+            params = {k: v for k, v in params.items() if k != "_meta"}
         request = {"method": method, "params": params}
         try:
             request_hash = digest(canonical(request))
