@@ -271,9 +271,13 @@ def worker(
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        out.print(f"worker started on {bastion.store.backend}; stop with Ctrl-C", highlight=False)
+
+        def ready() -> None:
+            # Said once the worker can claim runs, not before its pool and backends are set up.
+            out.print(f"worker started on {bastion.store.backend}; stop with Ctrl-C", highlight=False)
+
         try:
-            bastion.worker().run_until(stop)
+            bastion.worker().run_until(stop, on_ready=ready)
         finally:
             bastion.close()
 

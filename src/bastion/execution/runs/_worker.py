@@ -113,10 +113,12 @@ class Worker:
         self._active: set[Future[None]] = set()
         self._lock = threading.Lock()
 
-    def run_until(self, stop: threading.Event) -> None:
+    def run_until(self, stop: threading.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         """Claim and execute runs until ``stop`` is set; then wait for the attempts in flight and
-        destroy the warm sandboxes."""
+        destroy the warm sandboxes. ``on_ready`` is called once the worker can claim."""
         self.sandboxes.start()
+        if on_ready is not None:
+            on_ready()
         swept = 0.0
         try:
             while not stop.is_set():
