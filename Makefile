@@ -3,19 +3,27 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+# Installs are pinned by the lock (every package of every extra; `make lock` remakes it). pip warns
+# once per package about index folders some machines' pip configuration names but lacks: drop those.
+PIP_INSTALL = $(BIN)/python -m pip install --quiet --constraint $(LOCK)
+QUIET = 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo up test lint bench clean
+.PHONY: demo up test lint lock bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "pip==$(PIP_VERSION)" $(QUIET)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e . $(QUIET)
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[test]' $(QUIET)
 	touch $@ $(VENV)/.installed
 
 ## demo: install Bastion and run the demo end to end on the embedded default (no network, no keys)
@@ -28,6 +36,7 @@ up: $(VENV)/.installed
 
 ## test: install the test extras, run the linters, the type checker and the whole suite
 test: $(VENV)/.installed-test
+	$(BIN)/python scripts/check_lock.py
 	bash scripts/services.sh
 	bash scripts/install-sandboxes.sh
 	$(BIN)/ruff check src tests bench
@@ -42,8 +51,16 @@ lint: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/pyright
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+## lock: re-resolve requirements.lock after a change to pyproject.toml's dependencies (pins that still
+## fit are kept; `make lock UPGRADE=1` moves every pin to the newest release)
+lock: $(VENV)/.installed-test
+	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 \
+		--no-emit-index-url --custom-compile-command "make lock" --quiet \
+		$(if $(UPGRADE),--upgrade) -o $(LOCK)
+	$(BIN)/python scripts/check_lock.py --stamp
+
+$(VENV)/.installed-bench: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[test,bench]' $(QUIET)
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
 ## bench: the benchmarks (SQLite, and PostgreSQL when it is reachable); `make bench` runs them all
