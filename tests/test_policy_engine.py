@@ -255,3 +255,108 @@ def test_deeply_nested_arguments_are_denied_not_skipped() -> None:
     for _ in range(100):
         deep = [deep]
     assert cp.decide(call({"q": deep})).effect == "deny"
+
+
+@pytest.mark.parametrize(("quick", "careful"), [("a", "b"), ("b", "a")])
+def test_grant_names_never_change_the_decision(quick: str, careful: str) -> None:
+    # The same two grants, names swapped: the stricter outcome wins either way.
+    cp = compile_policy(
+        [], [grant(quick, ["kb.search"]), grant(careful, ["kb.search"], requireApproval=True)]
+    )
+    decision = cp.decide(call({"q": "x"}))
+    assert decision.effect == "require_approval"
+    assert decision.rule_ids == (f"grant/{careful}",)
+    assert decision.grants == ("a", "b")
+
+
+def test_an_allowed_call_counts_against_every_grant_that_covered_it() -> None:
+    cp = compile_policy([], [grant("z", ["kb.search"], maxCalls=1), grant("a", ["kb.search"])])
+    first = cp.decide(call({}))
+    assert first.allowed and first.grants == ("a", "z")
+    second = cp.decide(call({}, counters=Counters(calls_by_grant={"a": 1, "z": 1})))
+    assert second.allowed and second.grants == ("a",)  # z is used up and steps aside
+
+
+def test_require_arguments_denies_unless_they_hold_whatever_other_grants_allow() -> None:
+    narrow = grant(
+        "narrow",
+        ["kb.search"],
+        requireArguments={"kb.search": {"properties": {"limit": {"type": "integer", "maximum": 10}}}},
+    )
+    broad = grant("broad", ["kb.search"])
+    other = grant(
+        "other", ["kb.search"], agents=["someone-else"], requireArguments={"kb.search": {"required": ["x"]}}
+    )
+    cp = compile_policy([], [narrow, broad, other], strict=True)
+    assert cp.decide(call({"limit": 5})).allowed
+    over = cp.decide(call({"limit": 50}))
+    assert over.effect == "deny" and over.rule_ids == ("grant/narrow/requireArguments",)
+    assert "'limit'" in over.reasons[0] and "denied" in over.reasons[0]
+    # An argument constraint on its own (``arguments``) only scopes its grant: the broad one allows.
+    scoped = compile_policy(
+        [],
+        [
+            grant(
+                "narrow", ["kb.search"], arguments={"kb.search": {"properties": {"limit": {"maximum": 10}}}}
+            ),
+            broad,
+        ],
+    )
+    assert scoped.decide(call({"limit": 50})).grants == ("broad",)
+    expired = grant(
+        "narrow",
+        ["kb.search"],
+        expiresAt="2020-01-01T00:00:00Z",
+        requireArguments=narrow["spec"]["requireArguments"],
+    )
+    assert compile_policy([], [expired, broad]).decide(call({"limit": 50})).allowed
+
+
+def test_require_arguments_on_a_deny_grant_or_an_unlisted_tool_is_refused() -> None:
+    with pytest.raises(InvalidManifest, match="requireArguments"):
+        compile_policy(
+            [], [grant("g", ["kb.search"], effect="deny", requireArguments={"kb.search": {}})], strict=True
+        )
+    with pytest.raises(InvalidManifest, match=r"fs\.read"):
+        compile_policy([], [grant("g", ["kb.search"], requireArguments={"fs.read": {}})], strict=True)
+
+
+def test_egress_picks_the_grants_whose_allowlist_covers_the_host() -> None:
+    cp = compile_policy(
+        [],
+        [
+            grant("a", ["http.fetch"], egress=["docs.example.com"]),
+            grant("b", ["http.fetch"], egress=["api.example.com"], requireApproval=True),
+        ],
+    )
+    docs = cp.decide(call({"url": "https://docs.example.com/x"}, tool="http.fetch", builtin="http.fetch"))
+    assert docs.allowed and docs.grants == ("a",) and docs.egress == ("docs.example.com:443",)
+    api = cp.decide(call({"url": "https://api.example.com/x"}, tool="http.fetch", builtin="http.fetch"))
+    assert api.effect == "require_approval" and api.grants == ("b",)
+    other = cp.decide(call({"url": "https://evil.test/"}, tool="http.fetch", builtin="http.fetch"))
+    assert other.effect == "deny"
+
+
+def test_confusable_folding_is_opt_in_per_pattern() -> None:
+    folded = compile_policy(
+        [blocking({"pattern": "drop table", "confusables": True})], [grant("g", ["kb.search"])], strict=True
+    )
+    plain = compile_policy([blocking("drop table")], [grant("g", ["kb.search"])], strict=True)
+    for text in ("dr\u043ep t\u0430ble", "DR0P TABLE", "\u0501rop table", "drop\u200btable"):
+        assert folded.decide(call({"q": text})).effect == "deny", text
+    assert plain.decide(call({"q": "dr\u043ep t\u0430ble"})).allowed
+    assert folded.decide(call({"q": "dropdown tables"})).allowed
+    with pytest.raises(InvalidManifest, match="confusables"):
+        compile_policy([blocking({"match": "regex", "pattern": "x", "confusables": True})], [], strict=True)
+
+
+@pytest.mark.timeout(30)
+def test_normalizing_a_huge_run_of_combining_marks_is_linear() -> None:
+    import time
+
+    from bastion.policy import normalize
+
+    started = time.perf_counter()
+    assert normalize("a" + "\u0301\u0316" * 80_000 + " b") == "a b"
+    assert normalize("\U0001d165\U0001d16d" * 80_000) == ""
+    assert time.perf_counter() - started < 2.0

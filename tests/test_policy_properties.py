@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bastion.policy import Subject, compile_policy
+from bastion.policy import Counters, Subject, compile_policy
 
 from ._policy import blocking, call, grant
 
@@ -114,3 +114,43 @@ def test_a_decision_never_depends_on_the_order_of_keys(
     again = fresh.decide(call(_reorder(args, rnd)))
     assert (again.effect, again.rule_ids, again.reasons) == (first.effect, first.rule_ids, first.reasons)
     assert again.redacted == first.redacted  # dicts compare without regard to order
+
+
+approval_specs = st.lists(
+    st.tuples(
+        st.sampled_from(["allow", "deny"]),
+        st.booleans(),
+        st.sampled_from([None, 1]),
+        st.lists(st.sampled_from(TOOLS), min_size=1, max_size=3, unique=True),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(approval_specs, st.sampled_from(TOOLS), st.permutations(list(range(5))), st.integers(0, 2))
+def test_renaming_grants_never_changes_a_decision(
+    specs: list[tuple[str, bool, int | None, list[str]]], tool: str, names: list[int], used: int
+) -> None:
+    def grants(naming: list[int]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for i, (effect, approval, max_calls, tools) in enumerate(specs):
+            extra: dict[str, Any] = {"effect": effect}
+            if effect == "allow":
+                extra["requireApproval"] = approval
+                if max_calls is not None:
+                    extra["maxCalls"] = max_calls
+            out.append(grant(f"g{naming[i]}", tools, **extra))
+        return out
+
+    subject = Subject(name="bot", tools=TOOLS)
+    first = compile_policy([], grants(list(range(5))))
+    again = compile_policy([], grants(names))
+    rename = {f"g{i}": f"g{names[i]}" for i in range(5)}
+    counts = {f"g{i}": used for i in range(5)}
+    renamed_counts = {rename[k]: v for k, v in counts.items()}
+    one = first.decide(call({}, tool=tool, subject=subject, counters=Counters(calls_by_grant=counts)))
+    two = again.decide(call({}, tool=tool, subject=subject, counters=Counters(calls_by_grant=renamed_counts)))
+    assert one.effect == two.effect
+    assert sorted(rename[g] for g in one.grants) == list(two.grants)

@@ -30,6 +30,17 @@ from ._meta import (
     check_name,
     check_namespace,
 )
+from ._patterns import (
+    LinearRegex,
+    LinearSet,
+    RegexError,
+    check_regex,
+    check_schema,
+    glob_source,
+    linear,
+    literal_source,
+    schema_validator,
+)
 from ._schema import field_names_at, kind_schema, schema_at
 from ._seams import Clock, IdSource, RandomIds, SystemClock
 from ._selectors import Requirement, parse_selector
@@ -52,12 +63,15 @@ __all__ = [
     "Clock",
     "Condition",
     "IdSource",
+    "LinearRegex",
+    "LinearSet",
     "MemoryScope",
     "ModelPolicy",
     "ObjectMeta",
     "Policy",
     "RandomIds",
     "RawDocument",
+    "RegexError",
     "Requirement",
     "Resource",
     "ScriptTurn",
@@ -68,13 +82,19 @@ __all__ = [
     "ToolGrant",
     "check_name",
     "check_namespace",
+    "check_regex",
+    "check_schema",
     "field_names_at",
+    "glob_source",
     "kind_schema",
+    "linear",
+    "literal_source",
     "parse_duration",
     "parse_selector",
     "parse_yaml",
     "resolve_kind",
     "schema_at",
+    "schema_validator",
     "validate_document",
     "validate_documents",
 ]

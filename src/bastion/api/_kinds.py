@@ -10,11 +10,10 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import AfterValidator, Field, model_validator
 
 from ._meta import API_VERSION, Model, Name, ObjectMeta, Status
+from ._patterns import check_regex, check_schema
 
 Tier = Literal["T0", "T1", "T2", "T3", "T4"]
 TIERS: tuple[Tier, ...] = ("T0", "T1", "T2", "T3", "T4")
@@ -72,11 +71,7 @@ def _check_requirement(text: str) -> str:
 
 
 def _check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        path = "/".join(str(p) for p in exc.path) or "(root)"
-        raise ValueError(f"not a valid JSON Schema at {path}: {exc.message}") from None
+    check_schema(schema)  # a valid schema whose patterns RE2 compiles (matched in linear time)
     return schema
 
 
@@ -268,11 +263,7 @@ class RateLimit(Model):
 
 
 def _check_regex(pattern: str) -> str:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
-    return pattern
+    return check_regex(pattern)  # RegexError (a ValueError) names what RE2 refused
 
 
 Regex = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_check_regex)]
@@ -284,7 +275,11 @@ class ToolGrantSpec(Model):
     effect: Literal["allow", "deny"] = "allow"
     """``deny`` forbids the tools to the subjects whatever other grants allow (deny wins)."""
     arguments: dict[ToolName, JsonSchema] = Field(default_factory=dict[str, dict[str, Any]])
-    """Per tool, a JSON Schema the call's arguments must also satisfy."""
+    """Per tool, a JSON Schema that scopes this grant: a call whose arguments do not satisfy it
+    is not covered by this grant (another grant may still cover it)."""
+    require_arguments: dict[ToolName, JsonSchema] = Field(default_factory=dict[str, dict[str, Any]])
+    """Per tool, a JSON Schema the arguments must satisfy or the call is denied, whatever other
+    grants allow ("deny unless"). Applies while the grant has not expired."""
     argument_patterns: dict[ToolName, dict[str, Regex]] = Field(default_factory=dict[str, dict[str, str]])
     """Per tool, per top-level argument, a regular expression the whole value must match
     (numbers and booleans are matched as their JSON text; objects and lists never match)."""
@@ -302,6 +297,19 @@ class ToolGrantSpec(Model):
     min_tier: Tier = "T0"
     expires_at: datetime | None = None
     """After this instant the grant matches nothing."""
+
+    @model_validator(mode="after")
+    def _requirements_allow(self) -> ToolGrantSpec:
+        if self.require_arguments and self.effect == "deny":
+            raise ValueError(
+                "requireArguments applies to allowing grants; a deny grant denies every call already"
+            )
+        stray = sorted(set(self.require_arguments) - set(self.tools))
+        if stray:
+            raise ValueError(
+                f"requireArguments names tools the grant does not list in tools: {', '.join(stray)}"
+            )
+        return self
 
 
 class ToolGrant(Resource):
@@ -434,18 +442,24 @@ class MemoryScope(Resource):
 
 class BlockedPattern(Model):
     match: Literal["substring", "regex", "glob"] = "substring"
-    """``substring`` anywhere in a string; ``regex`` searched (case-insensitive); ``glob`` matched
-    against the whole string (``*`` any run, ``?`` one character). All are matched after
-    normalization: NFKC, case folding, invisible characters removed, whitespace collapsed."""
+    """``substring`` anywhere in a string; ``regex`` searched (case-insensitive, RE2 syntax: no
+    backreferences or lookaround); ``glob`` matched against the whole string (``*`` any run, ``?``
+    one character). All are matched in linear time after normalization: NFKC, case folding,
+    invisible characters removed (and, separately, read as spaces), whitespace collapsed."""
     pattern: Annotated[str, Field(min_length=1, max_length=4096)]
     decode: list[Literal["percent", "base64"]] = Field(default_factory=list[Literal["percent", "base64"]])
     """Also match what percent-encoded or base64 strings decode to (JSON inside a string is
     always parsed)."""
+    confusables: bool = False
+    """Also match text that only looks like the pattern: both are compared as Unicode TR39
+    skeletons, so Cyrillic U+0430 or Greek U+03BF stand for Latin ``a`` and ``o``."""
 
     @model_validator(mode="after")
     def _compiles(self) -> BlockedPattern:
         if self.match == "regex":
             _check_regex(self.pattern)
+            if self.confusables:
+                raise ValueError("confusables applies to substring and glob patterns, not to a regex")
         return self
 
 

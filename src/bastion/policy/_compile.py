@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,13 +22,14 @@ from typing import Any, Literal, cast
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from bastion.api import Policy, ToolGrant, parse_duration
+from bastion.api import LinearRegex, Policy, ToolGrant, glob_source, linear, parse_duration, schema_validator
 from bastion.errors import InvalidManifest, Problem
 
+from ._confusables import table as confusables_table
 from ._decision import RateLimitRef
 from ._normalize import Decoding, warm
 from ._rego import RegoModule
-from ._scan import BlockedRule, PatternError, Scanner, pattern_source
+from ._scan import BlockedRule, Scanner, pattern_source
 
 Where = Literal["arguments", "tool_result", "model_output"]
 Action = Literal["deny", "redact", "require_approval"]
@@ -54,7 +54,10 @@ class GrantRule:
     rate: tuple[RateLimitRef, int] | None
     require_approval: bool
     schemas: Mapping[str, Draft202012Validator]
-    arg_patterns: Mapping[str, tuple[tuple[str, re.Pattern[str]], ...]]
+    """Per tool, the ``arguments`` schema: a call that fails it is not covered by this grant."""
+    arg_patterns: Mapping[str, tuple[tuple[str, LinearRegex], ...]]
+    requirements: Mapping[str, Draft202012Validator]
+    """Per tool, the ``requireArguments`` schema: a call that fails it is denied."""
 
     def names(self, name: str, labels: Mapping[str, str], tier: str) -> bool:
         by_labels = bool(self.labels) and all(labels.get(k) == v for k, v in self.labels)
@@ -66,7 +69,7 @@ class PatternRule:
     """One Policy rule's blocked patterns, rate limit and egress allowlist, compiled."""
 
     rule_id: str
-    tools: tuple[re.Pattern[str], ...]
+    tools: tuple[LinearRegex, ...]
     """Tool-name globs; empty means every tool."""
     action: Action
     applies_to: frozenset[str]
@@ -144,7 +147,7 @@ def build(
     for i, manifest in enumerate(grants):
         try:
             grant_rules.append(_grant(ToolGrant.model_validate(manifest)))
-        except (ValidationError, ValueError, re.error) as exc:
+        except (ValidationError, ValueError) as exc:
             problems.append(_problem("ToolGrant", manifest, i, exc))
     rules: list[PatternRule] = []
     pii: list[PiiRule] = []
@@ -195,7 +198,7 @@ def build(
                         )
                     )
                 rego.append((f"policy/{name}/rego", module))
-        except (ValidationError, ValueError, re.error) as exc:
+        except (ValidationError, ValueError) as exc:
             problems.append(_problem("Policy", manifest, i, exc))
     if problems and strict:
         raise InvalidManifest(
@@ -211,6 +214,8 @@ def build(
     out.errors = tuple(p.located() for p in problems)
     if any(not "".join(p.pattern for p, _ in r.patterns).isascii() for r in out.rules):
         warm()
+    if any("confusables" in decode for r in out.rules for _, decode in r.patterns):
+        confusables_table()
     return out
 
 
@@ -250,11 +255,12 @@ def _grant(grant: ToolGrant) -> GrantRule:
         egress=tuple(spec.egress),
         rate=rate,
         require_approval=spec.require_approval,
-        schemas={tool: Draft202012Validator(schema) for tool, schema in spec.arguments.items()},
+        schemas={tool: schema_validator(schema) for tool, schema in spec.arguments.items()},
         arg_patterns={
-            tool: tuple((arg, re.compile(rx)) for arg, rx in sorted(patterns.items()))
+            tool: tuple((arg, linear(rx)) for arg, rx in sorted(patterns.items()))
             for tool, patterns in spec.argument_patterns.items()
         },
+        requirements={tool: schema_validator(schema) for tool, schema in spec.require_arguments.items()},
     )
 
 
@@ -263,24 +269,23 @@ def _rule(policy: str, rule: Any) -> PatternRule:
     patterns: list[tuple[BlockedRule, frozenset[Decoding]]] = []
     for bp in rule.blocked_patterns:
         try:
-            pattern_source(bp.match, bp.pattern)
-        except (PatternError, re.error) as exc:
+            pattern_source(bp.match, bp.pattern, confusables=bp.confusables)
+        except ValueError as exc:  # PatternError, RegexError
             raise ValueError(f"rule {rule.id!r}: {exc}") from None
-        patterns.append((BlockedRule(rule_id, bp.match, bp.pattern), frozenset(bp.decode)))
+        decode: frozenset[Decoding] = frozenset(bp.decode)
+        if bp.confusables:
+            decode |= frozenset[Decoding](("confusables",))
+        patterns.append((BlockedRule(rule_id, bp.match, bp.pattern), decode))
     rate = None
     if rule.rate_limit is not None:
         seconds = parse_duration(rule.rate_limit.per)
         rate = (RateLimitRef(rule_id, rule.rate_limit.scope, seconds), rule.rate_limit.calls)
     return PatternRule(
         rule_id=rule_id,
-        tools=tuple(re.compile(_glob(t)) for t in rule.tools),
+        tools=tuple(LinearRegex(glob_source(t)) for t in rule.tools),
         action=rule.action,
         applies_to=frozenset(rule.applies_to),
         patterns=tuple(patterns),
         egress=tuple(rule.egress_allow),
         rate=rate,
     )
-
-
-def _glob(text: str) -> str:
-    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text)

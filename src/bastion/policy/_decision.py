@@ -31,6 +31,9 @@ class Decision:
     egress: tuple[str, ...] = ()
     """For an allowed http.fetch: the hosts the deciding grant allows."""
     grant: str | None = None
+    """For a call that goes ahead: the first (by name) of ``grants``, for display."""
+    grants: tuple[str, ...] = ()
+    """For a call that goes ahead: every grant that covered it, sorted; it counts against each."""
     meta: dict[str, str] = field(default_factory=dict[str, str])
     version: str = ""
     """The version of the compiled policy that decided (``sha256:...``), journaled beside it."""

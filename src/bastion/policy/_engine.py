@@ -9,6 +9,13 @@ and the allow decision itself, prebuilt. A call then only checks what can change
 Combining: every rule that objects yields a ``Finding``; the strongest effect wins (deny >
 require_approval > redact > allow) with all the rules that reached it, sorted, so neither the
 order of resources nor of rules can change a decision. No allowing grant is a deny.
+
+Grants: every allowing grant that names the subject and the tool and *covers* the call (not
+expired, calls and rate left, its ``arguments`` schema, ``argumentPatterns`` and egress list
+satisfied) takes part, and the strongest of their effects wins: one that requires approval
+beats one that allows, whatever their names. An allowed call counts against every grant that
+took part (``Decision.grants``). A grant's ``requireArguments`` is not a scope but a condition:
+while the grant has not expired, a call it names whose arguments fail it is denied.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ class _Plan:
     refusals: tuple[Finding, ...]
     """Grants that name the subject and tool but can never allow it (tier too low)."""
     candidates: tuple[_Candidate, ...]
+    together: Decision | None
+    """With several candidates all ``plain``: their combined decision, prebuilt."""
+    requirements: tuple[GrantRule, ...]
+    """Grants whose ``requireArguments`` covers this tool (deny unless)."""
     deny_grants: tuple[GrantRule, ...]
     scanners: tuple[tuple[Scanner, str, tuple[str, ...]], ...]
     """(scanner, action, rule ids) for the argument patterns that cover this tool."""
@@ -120,19 +131,27 @@ class CompiledPolicy:
             )
 
     def _decide(self, plan: _Plan, call: CallContext) -> Decision:
-        chosen: _Candidate | None = None
+        usable: list[_Candidate] = []
         findings: list[Finding] | None = None
         refused: list[Finding] = []
+        plain = True
         for cand in plan.candidates:
             if cand.plain:
-                chosen = cand
-                break
+                usable.append(cand)
+                continue
+            plain = False
             refusal = self._refuse(cand.grant, call)
             if refusal is None:
-                chosen = cand
-                break
-            refused.append(refusal)
-        if chosen is None:
+                usable.append(cand)
+            else:
+                refused.append(refusal)
+        target: Target | None = None
+        outside: list[Finding] = []
+        if plan.fetches:
+            target, usable, more, outside = self._egress(plan, usable, call)
+            plain = False
+            refused.extend(more)
+        if not usable:
             findings = refused + list(plan.refusals)
             if not findings:
                 findings.append(
@@ -142,38 +161,38 @@ class CompiledPolicy:
                         f"no ToolGrant lets agent {plan.subject.name!r} call {plan.tool!r} (default deny)",
                     )
                 )
+        if outside:
+            findings = (findings or []) + outside
         args = call.args
         for scanner, action, rule_ids in plan.scanners:
             if scanner.scan(args):
                 findings = findings or []
                 findings.extend(self._pattern_findings(scanner, action, rule_ids, args))
-        if plan.limits or plan.rates or plan.deny_grants or plan.static:
+        if plan.limits or plan.rates or plan.deny_grants or plan.static or plan.requirements:
             more = self._dynamic(plan, call)
             if more:
                 findings = (findings or []) + more
-        target: Target | None = None
-        if plan.fetches:
-            target, more = self._egress(plan, chosen, call)
+        if usable and plan.rego and not _denied(findings):
+            more = self._rego(plan, call, usable)
             if more:
                 findings = (findings or []) + more
-        if chosen is not None and plan.rego and not _denied(findings):
-            more = self._rego(plan, call, chosen)
-            if more:
-                findings = (findings or []) + more
-        if chosen is not None and not findings and target is None:
-            return chosen.decision  # the common case: prebuilt, no allocation
-        return self._combine(plan, call, chosen, findings or [], target)
+        if usable and not findings and target is None:
+            if len(usable) == 1:
+                return usable[0].decision  # the common case: prebuilt, no allocation
+            if plain and plan.together is not None:
+                return plan.together
+        return self._combine(plan, call, usable, findings or [], target)
 
     def _combine(
         self,
         plan: _Plan,
         call: CallContext,
-        chosen: _Candidate | None,
+        usable: list[_Candidate],
         findings: list[Finding],
         target: Target | None,
     ) -> Decision:
-        if chosen is not None:
-            base = chosen.decision
+        for cand in usable:
+            base = cand.decision
             findings.append(Finding(base.rule_ids[0], base.effect, base.reasons[0]))
         redacted: Any = None
         if any(f.effect == "redact" for f in findings):
@@ -182,17 +201,32 @@ class CompiledPolicy:
                 if action == "redact":
                     redacted = scanner.redact(redacted, "[REDACTED]")
         decision = combine(findings, version=self.version, redacted=redacted)
-        if decision.effect in ("allow", "require_approval") and chosen is not None:
-            return Decision(
-                effect=decision.effect,
-                reasons=decision.reasons,
-                rule_ids=decision.rule_ids,
-                egress=(str(target),) if target is not None else chosen.decision.egress,
-                grant=chosen.grant.name,
-                version=self.version,
-                consumes=chosen.decision.consumes,
-            )
-        return decision
+        if decision.effect == "deny" or not usable:
+            return decision
+        return self._granted(decision, usable, target)
+
+    def _granted(self, decision: Decision, usable: Sequence[_Candidate], target: Target | None) -> Decision:
+        """``decision`` (not a deny) with what the grants that took part add: their names, the
+        rate limits the call counts against, the hosts it may reach."""
+        names = tuple(sorted(c.grant.name for c in usable))
+        consumes = tuple(
+            sorted({r for c in usable for r in c.decision.consumes}, key=lambda r: (r.owner, r.scope))
+        )
+        if target is not None:
+            egress: tuple[str, ...] = (str(target),)
+        else:
+            egress = tuple(sorted({h for c in usable for h in c.decision.egress}))
+        return Decision(
+            effect=decision.effect,
+            reasons=decision.reasons,
+            rule_ids=decision.rule_ids,
+            egress=egress,
+            grant=names[0],
+            grants=names,
+            version=self.version,
+            redacted=decision.redacted,
+            consumes=consumes,
+        )
 
     def _refuse(self, grant: GrantRule, call: CallContext) -> Finding | None:
         rule = f"grant/{grant.name}"
@@ -214,17 +248,12 @@ class CompiledPolicy:
                 )
         tool = call.tool.name
         schema = grant.schemas.get(tool)
-        if schema is not None and not schema.is_valid(call.args):  # pyright: ignore[reportUnknownMemberType]
-            errors = cast(Iterable[ValidationError], schema.iter_errors(call.args))  # pyright: ignore[reportUnknownMemberType]
-            error = cast(ValidationError | None, best_match(errors))
-            where = "/".join(str(p) for p in error.absolute_path) if error is not None else ""
-            text = str(error.message)[:200] if error is not None else "invalid"
+        fault = _schema_fault(schema, call.args) if schema is not None else None
+        if fault is not None:
             return Finding(
                 f"{rule}/arguments",
                 "deny",
-                f"grant {grant.name!r}: the arguments do not match its schema for {tool!r}"
-                + (f" at {where!r}" if where else "")
-                + f": {text}",
+                f"grant {grant.name!r}: the arguments do not match its schema for {tool!r}{fault}",
             )
         for arg, pattern in grant.arg_patterns.get(tool, ()):
             if arg not in call.args:
@@ -233,7 +262,7 @@ class CompiledPolicy:
             text = value if isinstance(value, str) else None
             if isinstance(value, bool | int | float) or value is None:
                 text = json.dumps(value)
-            if text is None or pattern.fullmatch(text) is None:
+            if text is None or not pattern.fullmatch(text):
                 return Finding(
                     f"{rule}/arguments",
                     "deny",
@@ -270,6 +299,18 @@ class CompiledPolicy:
                 out.append(
                     Finding(ref.owner, "deny", f"{calls} calls per {ref.seconds}s per {ref.scope} is reached")
                 )
+        for grant in plan.requirements:
+            if grant.expires_ts is None or _ts(call) < grant.expires_ts:
+                fault = _schema_fault(grant.requirements[plan.tool], call.args)
+                if fault is not None:
+                    out.append(
+                        Finding(
+                            f"grant/{grant.name}/requireArguments",
+                            "deny",
+                            f"grant {grant.name!r} requires the arguments of {plan.tool!r} to match its "
+                            f"requireArguments schema{fault}; denied",
+                        )
+                    )
         for grant in plan.deny_grants:
             if grant.expires_ts is None or _ts(call) < grant.expires_ts:
                 out.append(
@@ -282,20 +323,27 @@ class CompiledPolicy:
         return out
 
     def _egress(
-        self, plan: _Plan, chosen: _Candidate | None, call: CallContext
-    ) -> tuple[Target | None, list[Finding]]:
+        self, plan: _Plan, usable: list[_Candidate], call: CallContext
+    ) -> tuple[Target | None, list[_Candidate], list[Finding], list[Finding]]:
+        """The call's target; the grants whose egress list covers it; why the others do not;
+        and the rules' allowlists' findings."""
         target = parse_target(call.args.get("url"))
         if isinstance(target, str):
-            return None, [Finding("egress/url", "deny", target)]
+            return None, usable, [], [Finding("egress/url", "deny", target)]
+        refused: list[Finding] = []
         out: list[Finding] = []
-        if chosen is not None and not allows(chosen.grant.egress, target):
-            out.append(
-                Finding(
-                    f"grant/{chosen.grant.name}/egress",
-                    "deny",
-                    f"host {str(target)!r} is not in grant {chosen.grant.name!r}'s egress allowlist",
+        covering: list[_Candidate] = []
+        for cand in usable:
+            if allows(cand.grant.egress, target):
+                covering.append(cand)
+            else:
+                refused.append(
+                    Finding(
+                        f"grant/{cand.grant.name}/egress",
+                        "deny",
+                        f"host {str(target)!r} is not in grant {cand.grant.name!r}'s egress allowlist",
+                    )
                 )
-            )
         for rule in plan.egress:
             if not allows(rule.egress, target):
                 action = "require_approval" if rule.action == "require_approval" else "deny"
@@ -304,10 +352,10 @@ class CompiledPolicy:
                         rule.rule_id, action, f"host {str(target)!r} is not in the rule's egress allowlist"
                     )
                 )
-        return target, out
+        return target, covering, refused, out
 
-    def _rego(self, plan: _Plan, call: CallContext, chosen: _Candidate) -> list[Finding]:
-        document = rego_input(call, chosen.grant.name)
+    def _rego(self, plan: _Plan, call: CallContext, usable: Sequence[_Candidate]) -> list[Finding]:
+        document = rego_input(call, min(c.grant.name for c in usable))
         out: list[Finding] = []
         for rule_id, module in plan.rego:
             verdict = module.evaluate(document)
@@ -342,6 +390,7 @@ class CompiledPolicy:
         refusals: list[Finding] = []
         candidates: list[_Candidate] = []
         deny_grants: list[GrantRule] = []
+        requirements: list[GrantRule] = []
         rules = [r for r in c.rules if "arguments" in r.applies_to and r.covers(tool.name)]
         rates = [r.rate for r in rules if r.rate is not None]
         for grant in c.grants:
@@ -350,6 +399,8 @@ class CompiledPolicy:
             if grant.effect == "deny":
                 deny_grants.append(grant)
                 continue
+            if tool.name in grant.requirements:
+                requirements.append(grant)
             if tier_rank(subject.tier) < tier_rank(grant.min_tier):
                 refusals.append(
                     Finding(
@@ -370,6 +421,7 @@ class CompiledPolicy:
                 rule_ids=(f"grant/{grant.name}",),
                 egress=grant.egress,
                 grant=grant.name,
+                grants=(grant.name,),
                 version=self.version,
                 consumes=consumes,
             )
@@ -381,6 +433,12 @@ class CompiledPolicy:
                 and tool.name not in grant.arg_patterns
             )
             candidates.append(_Candidate(grant=grant, decision=decision, plain=plain))
+        together = None
+        if len(candidates) > 1 and all(c.plain for c in candidates):
+            found = [
+                Finding(c.decision.rule_ids[0], c.decision.effect, c.decision.reasons[0]) for c in candidates
+            ]
+            together = self._granted(combine(found, version=self.version), candidates, None)
         groups: dict[tuple[str, frozenset[Any]], set[Any]] = {}
         ids: dict[tuple[str, frozenset[Any]], set[str]] = {}
         for rule in rules:
@@ -402,6 +460,8 @@ class CompiledPolicy:
             static=tuple(static),
             refusals=tuple(refusals),
             candidates=tuple(candidates),
+            together=together,
+            requirements=tuple(requirements),
             deny_grants=tuple(deny_grants),
             scanners=scanners,
             limits=tuple(sorted(limits)),
@@ -520,6 +580,18 @@ class CompiledPolicy:
 def _ts(call: CallContext) -> float:
     now = call.now
     return (now if now.tzinfo is not None else now.replace(tzinfo=UTC)).timestamp()
+
+
+def _schema_fault(schema: Any, args: Any) -> str | None:
+    """`` at 'path': message`` of the most relevant violation of ``schema``, or None."""
+    if schema.is_valid(args):
+        return None
+    errors = cast(Iterable[ValidationError], schema.iter_errors(args))
+    error = cast(ValidationError | None, best_match(errors))
+    if error is None:
+        return ": invalid"
+    where = "/".join(str(p) for p in error.absolute_path)
+    return (f" at {where!r}" if where else "") + f": {str(error.message)[:200]}"
 
 
 def _denied(findings: list[Finding] | None) -> bool:

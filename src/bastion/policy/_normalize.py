@@ -1,16 +1,26 @@
-"""The one text form every blocked pattern is matched in, and every string an argument holds.
+"""The text forms every blocked pattern is matched in, and every string an argument holds.
 
 ``normalize`` maps a string to the form an evasion cannot change: compatibility-decomposed
 (NFKD, so full-width letters, ligatures, mathematical alphabets and circled letters become plain
 ones), stripped of combining marks and invisible characters (zero-width spaces and joiners,
-soft hyphens, bidi controls, variation selectors, tag characters, C0/C1 controls), case-folded,
+soft hyphens, bidi controls, variation selectors, tag characters, C0/C1 controls, and the
+default-ignorable or blank letters: Hangul fillers, the Braille blank), case-folded,
 recomposed (NFKC), with every run of whitespace (tabs, newlines, NBSP, ideographic spaces...)
 collapsed to one space and the ends trimmed. Patterns go through the same function at compile
 time, so ``"DROP\u00a0\tTABLE"``, full-width ``"\uff44\uff52\uff4f\uff50 table"`` and ``"dr\u200bop table"`` all read
 ``"drop table"``.
 
+An invisible character is as likely a separator as a splinter: ``"drop\u200btable"`` is meant to
+read ``"drop table"``. ``forms`` gives both readings of a string that holds one (invisible
+characters removed, and read as spaces); a pattern found in either is found.
+
+Cost is linear in the text: combining marks are removed *before* the NFKD pass too, since
+CPython's canonical reordering sorts a run of combining marks in quadratic time (80,000 marks
+after one letter took 24 s).
+
 ``strings`` yields every string a JSON value holds, keys and values, at any depth, and with
-``decode`` also what percent-encoding, base64 or JSON inside a string hides.
+``decode`` also what percent-encoding, base64 (with line breaks or spaces, or as a ``data:`` URI)
+or JSON inside a string hides, each decoded string once, within a budget (``DecodeBudget``).
 """
 
 from __future__ import annotations
@@ -26,45 +36,95 @@ import urllib.parse
 from collections.abc import Collection, Iterator
 from typing import Any, Literal, cast
 
-Decoding = Literal["percent", "base64"]
+Decoding = Literal["percent", "base64", "confusables"]
+"""What a blocked pattern also looks through. ``confusables`` is a fold, not a decoding: it travels
+with them because it too splits patterns into groups that each read text their own way."""
 MAX_DEPTH = 32
 """Deeper JSON than this is refused by the caller's scan (fail closed), never silently skipped."""
+MAX_DECODED = 1 << 22
+"""Characters that decoding may produce from one value, beyond its own length (each layer of
+percent-encoding can fork into two readings): past it, the scan fails closed."""
 _ASCII_DROP = dict.fromkeys((*range(9), *range(14, 28), 127))
 """ASCII controls that are not whitespace: removed, so ``"dr\\x00op"`` reads ``"drop"``."""
+_ASCII_SPACE = dict.fromkeys(_ASCII_DROP, " ")
 _B64 = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
+_B64_SPACES = re.compile(r"[\s\\]+")
+"""Whitespace and literal backslash escapes (``\\n``) that MIME line breaks leave in base64."""
+_DATA_URI = re.compile(r"data:[\w.+/=;-]{0,200}?;base64,", re.IGNORECASE)
+_DATA_BODY = re.compile(r"[A-Za-z0-9+/_=\s\\-]*")
+_BLANK_LETTERS = (0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800, *range(0xFFF0, 0xFFF9))
+"""Default-ignorable or blank code points that are letters or symbols (Hangul fillers, the
+Braille blank, unassigned specials): invisible all the same."""
+
+
+class DecodeError(ValueError):
+    """A value whose decodings exceed the budget; the caller denies rather than scan less."""
 
 
 @functools.cache
-def _invisible() -> dict[int, None]:
-    """Combining marks, format and control characters (but not whitespace), as a table that
-    ``str.translate`` uses to remove them.
+def _tables() -> tuple[dict[int, str | None], dict[int, str | None]]:
+    """Two ``str.translate`` tables: combining marks and invisible characters removed; and
+    combining marks removed, invisible characters read as spaces.
 
-    Built once per process from the running Python's Unicode database. Planes 2-13 and 15-16
-    hold no such characters (CJK ideographs and private use), so they are not scanned.
+    Built once per process from the running Python's Unicode database: combining marks are
+    categories Mn and Me and anything with a non-zero combining class; invisible characters are
+    format and control characters (but not whitespace) and ``_BLANK_LETTERS``. Planes 2-13 and
+    15-16 hold no such characters (CJK ideographs and private use), so they are not scanned.
     """
-    return {
-        cp: None
-        for cp in (*range(0x20000), *range(0xE0000, 0xE1000))
-        if unicodedata.category(chr(cp)) in ("Mn", "Me", "Cf", "Cc") and not chr(cp).isspace()
-    }
+    drop: dict[int, str | None] = {}
+    space: dict[int, str | None] = {}
+    for cp in (*range(0x20000), *range(0xE0000, 0xE1000)):
+        char = chr(cp)
+        category = unicodedata.category(char)
+        if category in ("Mn", "Me") or unicodedata.combining(char):
+            drop[cp] = space[cp] = None
+        elif category in ("Cf", "Cc") and not char.isspace():
+            drop[cp], space[cp] = None, " "
+    for cp in _BLANK_LETTERS:
+        drop[cp], space[cp] = None, " "
+    return drop, space
 
 
 def warm() -> None:
-    """Build the invisible-character table now rather than on the first non-ASCII string."""
-    _invisible()
+    """Build the character tables now rather than on the first non-ASCII string."""
+    _tables()
+
+
+def _fold(stripped: str) -> str:
+    """Decomposed, marks removed, case-folded, recomposed, whitespace collapsed."""
+    decomposed = unicodedata.normalize("NFKD", stripped).translate(_tables()[0])
+    return " ".join(unicodedata.normalize("NFKC", decomposed.casefold()).split())
 
 
 def normalize(text: str) -> str:
-    """The matching form of ``text`` (see the module docstring)."""
+    """The matching form of ``text``, invisible characters removed (see the module docstring)."""
     if text.isascii():
         low = text.lower()
         if low.isprintable() and "  " not in low and low[:1] != " " and low[-1:] != " ":
             return low  # the common case: nothing to fold, collapse or remove
         return " ".join(low.translate(_ASCII_DROP).split())
-    decomposed = unicodedata.normalize("NFKD", text)
-    stripped = decomposed.translate(_invisible())
-    folded = unicodedata.normalize("NFKC", stripped.casefold())
-    return " ".join(folded.split())
+    return _fold(text.translate(_tables()[0]))
+
+
+def forms(text: str) -> tuple[str, ...]:
+    """Every matching form of ``text``: ``normalize(text)`` and, when it holds invisible
+    characters, the same with each of them read as a space."""
+    if text.isascii():
+        low = text.lower()
+        if low.isprintable():
+            if "  " not in low and low[:1] != " " and low[-1:] != " ":
+                return (low,)
+            return (" ".join(low.split()),)
+        joined = " ".join(low.translate(_ASCII_DROP).split())
+        spaced = " ".join(low.translate(_ASCII_SPACE).split())
+        return (joined,) if spaced == joined else (joined, spaced)
+    drop, space = _tables()
+    removed = text.translate(drop)
+    spaced = text.translate(space)
+    if len(spaced) == len(removed):
+        return (_fold(removed),)
+    joined, apart = _fold(removed), _fold(spaced)
+    return (joined,) if apart == joined else (joined, apart)
 
 
 def strings(value: Any, decode: Collection[Decoding] = ()) -> Iterator[str]:
@@ -72,16 +132,30 @@ def strings(value: Any, decode: Collection[Decoding] = ()) -> Iterator[str]:
 
     Strings that hold JSON (an object or an array) are parsed and their strings yielded too;
     with ``decode``, percent-encoded and base64 strings are decoded and the results
-    scanned the same way, layer after layer. Raises ``RecursionError`` past ``MAX_DEPTH`` levels.
+    scanned the same way, layer after layer, each distinct decoded string once. Raises
+    ``RecursionError`` past ``MAX_DEPTH`` levels and ``DecodeError`` when decoding would produce
+    more than ``MAX_DECODED`` characters beyond the value's own.
     """
     stack: list[tuple[Any, int]] = [(value, 0)]
+    seen: set[str] = set()
+    budget = MAX_DECODED
     while stack:
         item, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise RecursionError(f"arguments nest deeper than {MAX_DEPTH} levels")
         if isinstance(item, str):
             yield item
-            stack.extend((hidden, depth + 1) for hidden in _hidden(item, decode))
+            for hidden in _hidden(item, decode):
+                if isinstance(hidden, str):
+                    if hidden in seen:
+                        continue
+                    seen.add(hidden)
+                    budget -= len(hidden)
+                    if budget < 0:
+                        raise DecodeError(
+                            f"the arguments decode to more than {MAX_DECODED} characters of encoded layers"
+                        )
+                stack.append((hidden, depth + 1))
         elif isinstance(item, dict):
             for key, val in cast(dict[Any, Any], item).items():
                 stack.append((key, depth + 1))
@@ -103,10 +177,30 @@ def _hidden(text: str, decode: Collection[Decoding]) -> Iterator[Any]:
         plus = urllib.parse.unquote_plus(text, errors="replace")
         if plus != unquoted:
             yield plus
-    if "base64" in decode and len(stripped) >= 8 and _B64.fullmatch(stripped):
-        decoded = _b64(stripped)
+    if "base64" in decode and len(stripped) >= 8:
+        yield from _base64(stripped)
+
+
+def _base64(text: str) -> Iterator[str]:
+    """The text base64 ``text`` encodes: the whole string once whitespace (MIME line breaks) is
+    removed, and every ``data:...;base64,`` URI in it."""
+    compact = _B64_SPACES.sub("", text) if not _B64.fullmatch(text) else text
+    if _B64.fullmatch(compact):
+        decoded = _b64(compact)
         if decoded is not None:
             yield decoded
+    if "data:" in text.lower():
+        for found in _DATA_URI.finditer(text):
+            body = _DATA_BODY.match(text, found.end())
+            if body is None:
+                continue
+            whole = _B64_SPACES.sub("", body.group(0))
+            first = body.group(0).split()[0] if body.group(0).split() else ""
+            for payload in dict.fromkeys((whole, first)):  # with line breaks, or the first run alone
+                decoded = _b64(payload) if payload else None
+                if decoded is not None:
+                    yield decoded
+                    break
 
 
 def _b64(text: str) -> str | None:

@@ -11,14 +11,17 @@ keys like ``"query"`` are normalized once per policy, not once per call.
 
 from __future__ import annotations
 
-import re
+import itertools
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 from ahocorasick_rs import AhoCorasick, Implementation
 
-from ._normalize import MAX_DEPTH, Decoding, normalize, strings
+from bastion.api import LinearSet, glob_source, linear, literal_source
+
+from ._confusables import skeleton, skeletons
+from ._normalize import MAX_DEPTH, Decoding, forms, normalize, strings
 
 _CLEAN_CACHE = 65_536
 _CLEAN_MAX_LEN = 512
@@ -37,74 +40,76 @@ class BlockedRule:
     pattern: str
 
 
-def pattern_source(match: str, pattern: str) -> str:
-    """The regular expression that finds ``pattern`` in normalized text."""
+def folded(pattern: str, *, confusables: bool = False) -> str:
+    """``pattern`` in the form the text it is looked for in takes."""
+    norm = normalize(pattern)
+    return skeleton(norm) if confusables and norm else norm
+
+
+def pattern_source(match: str, pattern: str, *, confusables: bool = False) -> str:
+    """The RE2 expression that finds ``pattern`` in normalized text. Raises ``RegexError`` (a
+    ``ValueError``) for a regex RE2 cannot compile, ``PatternError`` for one that matches all."""
     if match == "regex":
-        re.compile(pattern, re.IGNORECASE)  # raises re.error for the caller to report
+        if confusables:
+            raise PatternError("confusables applies to substring and glob patterns, not regex")
+        linear(pattern, ignore_case=True)  # raises RegexError for the caller to report
         return f"(?i:{pattern})"
-    folded = normalize(pattern)
-    if not folded or (match == "glob" and not folded.strip("*?")):
+    text = folded(pattern, confusables=confusables)
+    if not text or (match == "glob" and not text.strip("*?")):
         raise PatternError(f"{match} pattern {pattern!r} would match every string")
     if match == "substring":
-        return re.escape(folded)
+        return literal_source(text)
     if match == "glob":
-        parts = ["^"]
-        for char in folded:
-            parts.append(".*" if char == "*" else "." if char == "?" else re.escape(char))
-        parts.append("$")
-        return "".join(parts)
+        return f"^{glob_source(text)}$"
     raise PatternError(f"unknown match kind {match!r}: use substring, regex or glob")
 
 
 class Scanner:
-    """Finds the blocked patterns of one group in any JSON value, keys and values, at any depth."""
+    """Finds the blocked patterns of one group in any JSON value, keys and values, at any depth.
+
+    ``decode`` names the decodings to look through; ``"confusables"`` in it compares skeletons.
+    """
 
     def __init__(self, rules: Collection[BlockedRule], decode: Collection[Decoding]) -> None:
         self.rules = tuple(sorted(set(rules), key=lambda r: (r.rule_id, r.match, r.pattern)))
         self.decode = frozenset(decode)
-        self._each = [(rule, re.compile(pattern_source(rule.match, rule.pattern))) for rule in self.rules]
-        literals = sorted({normalize(r.pattern) for r in self.rules if r.match == "substring"})
-        self._ac = AhoCorasick(literals, implementation=Implementation.DFA) if literals else None
-        others = [p.pattern for rule, p in self._each if rule.match != "substring"]
-        self._rx: re.Pattern[str] | None = None
-        self._rx_each: list[re.Pattern[str]] = []
-        if others:
-            try:
-                self._rx = re.compile("|".join(f"(?:{p})" for p in others))
-            except re.error:  # patterns that cannot share one expression (backreferences, flags)
-                self._rx_each = [re.compile(p) for p in others]
+        self.fold = "confusables" in self.decode
+        self._decodings = self.decode - {"confusables"}
+        self._forms: Callable[[str], tuple[str, ...]] = skeletons if self.fold else forms
+        literals = {r: folded(r.pattern, confusables=self.fold) for r in self.rules if r.match == "substring"}
+        self._literals = sorted(literals.items(), key=lambda kv: (kv[0].rule_id, kv[0].pattern))
+        words = sorted(set(literals.values()))
+        self._ac = AhoCorasick(words, implementation=Implementation.DFA) if words else None
+        self._others = [r for r in self.rules if r.match != "substring"]
+        sources = [pattern_source(r.match, r.pattern, confusables=self.fold) for r in self._others]
+        self._set = LinearSet(sources) if sources else None
         self._clean: set[str] = set()
         self._hit_text = self._matcher()
 
     def _matcher(self) -> Callable[[str], bool]:
         """The cheapest test that answers "does this normalized text hold a pattern"."""
         find = self._ac.find_matches_as_indexes if self._ac is not None else None
-        rx = self._rx.search if self._rx is not None else None
-        each = [p.search for p in self._rx_each]
-        if find is not None and rx is None and not each:
+        found = self._set.match if self._set is not None else None
+        if find is not None and found is None:
             return lambda norm: bool(find(norm))
-        if find is None and rx is not None:
-            return lambda norm: rx(norm) is not None
-
-        def hit(norm: str) -> bool:
-            if find is not None and find(norm):
-                return True
-            if rx is not None and rx(norm) is not None:
-                return True
-            return any(search(norm) for search in each)
-
-        return hit
+        if find is None and found is not None:
+            return lambda norm: bool(found(norm))
+        if find is not None and found is not None:
+            return lambda norm: bool(find(norm)) or bool(found(norm))
+        return lambda norm: False
 
     def _dirty(self, raw: str) -> bool:
         """Whether ``raw`` or anything hidden in it (JSON, or a decoding this group asks for)
         holds a blocked pattern."""
         if not raw:
             return False
-        if self._hit_text(normalize(raw)):
+        hit = self._hit_text
+        if any(hit(norm) for norm in self._forms(raw)):
             return True
-        if not self.decode and raw.lstrip()[:1] not in ("{", "[", '"'):
+        if not self._decodings and raw.lstrip()[:1] not in ("{", "[", '"'):
             return False  # nothing hidden: the common case
-        return any(self._hit_text(normalize(text)) for text in strings(raw, self.decode))
+        hidden = itertools.islice(strings(raw, self._decodings), 1, None)  # past ``raw`` itself
+        return any(hit(norm) for text in hidden for norm in self._forms(text))
 
     def dirty(self, raw: str) -> bool:
         if raw in self._clean:
@@ -159,12 +164,20 @@ class Scanner:
     def which(self, value: Any) -> list[tuple[BlockedRule, str]]:
         """Every (pattern, normalized text it matched) in ``value``; for reasons, not the hot path."""
         found: dict[BlockedRule, str] = {}
+
+        def note(rule: BlockedRule, norm: str) -> None:
+            if rule not in found or norm < found[rule]:
+                found[rule] = norm  # the least text, so the order of keys never shows
+
         for raw in strings(value, ()):
-            for text in strings(raw, self.decode):
-                norm = normalize(text)
-                for rule, pattern in self._each:
-                    if pattern.search(norm) and (rule not in found or norm < found[rule]):
-                        found[rule] = norm  # the least text, so the order of keys never shows
+            for text in strings(raw, self._decodings):
+                for norm in self._forms(text):
+                    for rule, literal in self._literals:
+                        if literal in norm:
+                            note(rule, norm)
+                    if self._set is not None:
+                        for index in self._set.match(norm):
+                            note(self._others[index], norm)
         return sorted(found.items(), key=lambda item: (item[0].rule_id, item[0].pattern))
 
     def redact(self, value: Any, mask: str) -> Any:

@@ -88,8 +88,8 @@ def rejudge(calls: Sequence[RecordedCall], policy: CompiledPolicy) -> list[Chang
         )
         if new.effect == "allow":
             allowed_calls += 1
-            if new.grant is not None:
-                by_grant[new.grant] = by_grant.get(new.grant, 0) + 1
+            for grant in new.grants:
+                by_grant[grant] = by_grant.get(grant, 0) + 1
             for ref in new.consumes:
                 times.setdefault(ref.owner, []).append(now_ts)
         if new.effect != call.decision:
