@@ -167,3 +167,62 @@ def main(input):
         results = [wait_finished(client, client.create_run("limited")["id"])["result"] for _ in range(3)]
         assert results[:2] == ["allowed", "allowed"]
         assert any("limit is reached" in r for r in results[2]), results[2]
+
+
+CHECKED = """
+from bastion import agent
+
+def main(input):
+    out = []
+    for args in input["calls"]:
+        try:
+            agent.tools.call("fs.write", **args)
+            out.append("written")
+        except agent.AgentError as refused:
+            out.append("refused: " + refused.message)
+    return out
+"""
+
+
+def test_a_code_agents_arguments_are_held_to_the_tools_json_schema(
+    tenant: Tenant, other_tenant: Tenant
+) -> None:
+    strict = builtin_tool("fs.write")
+    strict["spec"]["parameters"] = {
+        "type": "object",
+        "properties": {
+            "path": {"type": "string", "pattern": "^notes/[a-z]+\\.txt$"},
+            "content": {"type": "string"},
+        },
+        "required": ["path", "content"],
+        "additionalProperties": False,
+    }
+    calls = [
+        {"path": "notes/ok.txt", "content": "hi"},
+        {"path": "other.txt", "content": "x"},
+        {"path": "notes/ok.txt", "content": "x", "mode": "append"},
+    ]
+    with tenant.client() as client:
+        client.apply(
+            raw(strict, code_agent("writer", CHECKED, tools=["fs.write"]), grant_for("writer", "fs.write"))
+        )
+        done = wait_finished(client, client.create_run("writer", {"calls": calls})["id"])
+        assert done["state"] == "Succeeded", done["reason"]
+        written, bad_path, extra = done["result"]
+        assert written == "written"
+        assert bad_path.startswith("refused:") and "'path'" in bad_path and "Tool's parameters" in bad_path
+        assert extra.startswith("refused:") and "mode" in extra
+        entries = client.journal(done["id"])
+        assert [e["decision"] for e in entries] == ["allow", "deny", "deny"]
+        assert entries[1]["reasons"][0]["rule"] == "tool/parameters"  # journaled, before any grant
+    # Another tenant's Tool of the same name declares no schema: the same calls go through there.
+    with other_tenant.client() as client:
+        client.apply(
+            raw(
+                builtin_tool("fs.write"),
+                code_agent("writer", CHECKED, tools=["fs.write"]),
+                grant_for("writer", "fs.write"),
+            )
+        )
+        done = wait_finished(client, client.create_run("writer", {"calls": calls[:2]})["id"])
+        assert done["result"] == ["written", "written"]

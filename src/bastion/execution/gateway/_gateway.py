@@ -41,7 +41,7 @@ from bastion.policy import (
 from ._approvals import Approval, ApprovalState, ApprovalStore
 from ._llm import ModelCalls
 from ._metrics import GatewayMetrics
-from ._policy import PolicyCache, RateWindows
+from ._policy import PolicyCache, RateWindows, parameters_fault
 from ._resources import ResourceReader
 from ._scrub import Redactor
 from ._secrets import SecretResolver
@@ -229,11 +229,12 @@ class GatewaySession:
         reasons = recorded.reasons
         rule_ids = tuple(str(r.get("rule", "")) for r in reasons)
         if kind == "tool":
-            grant = next((r.removeprefix("grant/") for r in rule_ids if r.startswith("grant/")), None)
             if recorded.decision in ("allow", "redact"):
                 self.tool_calls += 1
-                if grant is not None and "/" not in grant:
-                    self.calls_by_grant[grant] = self.calls_by_grant.get(grant, 0) + 1
+                for rule in rule_ids:  # every grant that covered the call
+                    grant = rule.removeprefix("grant/")
+                    if rule.startswith("grant/") and "/" not in grant:
+                        self.calls_by_grant[grant] = self.calls_by_grant.get(grant, 0) + 1
             name = str(request["params"].get("name", ""))
             self._account(
                 seq,
@@ -414,6 +415,10 @@ class GatewaySession:
             )
             return decision, None, {"type": "invalid_request", "reason": decision.reasons[0]}
         manifest = self.tool_manifests.get(name)
+        fault = parameters_fault(name, manifest, cast(dict[str, Any], args))
+        if fault is not None:  # the Tool's own schema, for every runtime, before any grant or secret
+            decision = Decision(effect="deny", reasons=(fault,), rule_ids=("tool/parameters",))
+            return decision, None, {"type": "invalid_request", "tool": name, "reason": fault}
         policy, grants = self.policy()
         at = now.timestamp()
         windows, tenant, agent = self.g.rate_windows, self.tenant_id, self.attempt.agent
@@ -431,9 +436,13 @@ class GatewaySession:
             counters=counters,
         )
         decision = policy.decide(call)
-        if decision.effect == "require_approval":
-            grant = grants.get(decision.grant or "", {})
-            ttl = parse_duration(str(grant.get("spec", {}).get("approvalTimeout", "24h")))
+        if decision.effect == "require_approval":  # the shortest timeout of the grants that ask
+            ttl = min(
+                (
+                    parse_duration(str(grants.get(g, {}).get("spec", {}).get("approvalTimeout", "24h")))
+                    for g in decision.grants or ("",)
+                ),
+            )
             decision = self._approval(seq, name, args, request_hash, decision, now, ttl)
         if decision.effect not in ("allow", "redact"):
             return (
@@ -450,8 +459,8 @@ class GatewaySession:
         if decision.effect == "redact" and isinstance(redacted, dict):
             params = {**params, "args": cast(dict[str, Any], redacted)}  # the tool gets what the rules left
         self.tool_calls += 1
-        if decision.grant is not None:
-            self.calls_by_grant[decision.grant] = self.calls_by_grant.get(decision.grant, 0) + 1
+        for grant in decision.grants:
+            self.calls_by_grant[grant] = self.calls_by_grant.get(grant, 0) + 1
         windows.record(decision.consumes, tenant=tenant, agent=agent, now=at)
         tool = self._tool(name)
         if tool is None:
@@ -580,6 +589,8 @@ def _decided(approval: Approval, state: ApprovalState, asked: Decision) -> Decis
             rule_ids=rule_ids,
             egress=asked.egress,
             grant=asked.grant,
+            grants=asked.grants,
+            consumes=asked.consumes,
         )
     if state == "expired":
         reason = f"approval {approval.id} expired at {approval.expires_at.isoformat()} without a decision"

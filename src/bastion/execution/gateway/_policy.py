@@ -4,16 +4,23 @@ Compiling a namespace's Policies and ToolGrants (patterns, JSON Schemas, Rego) c
 a decision microseconds; so a compiled policy is kept per exact set of inputs (kind, name and
 resourceVersion of each manifest) and shared by every session that sees the same set. Rate limits
 count allowed calls per agent and per tenant in sliding windows held by this process (DESIGN §5:
-in-process by default).
+in-process by default). ``parameters_fault`` holds a call's arguments to its Tool's JSON Schema
+(``spec.parameters``), whatever the runtime that made the call.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match  # pyright: ignore[reportUnknownVariableType]
+
+from bastion.api import schema_validator
 from bastion.policy import CompiledPolicy, RateLimitRef, compile_policy
 
 CACHE_SIZE = 64
@@ -71,4 +78,36 @@ class RateWindows:
                 self._seen.setdefault(self._key(ref, tenant, agent), deque()).append(now)
 
 
-__all__ = ["PolicyCache", "RateWindows"]
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Draft202012Validator | str:
+    """The validator of a Tool's parameters (patterns matched by RE2), or why there is none."""
+    try:
+        return schema_validator(json.loads(schema_json))
+    except ValueError as exc:
+        return str(exc)
+
+
+def parameters_fault(tool: str, manifest: Mapping[str, Any] | None, args: Mapping[str, Any]) -> str | None:
+    """Why ``args`` do not fit the JSON Schema the Tool ``manifest`` declares (naming the field),
+    or None when they do. No manifest is no fault here (policy denies a missing tool)."""
+    if manifest is None:
+        return None
+    spec = cast(Mapping[str, Any], manifest.get("spec") or {})
+    schema = spec.get("parameters")
+    if schema is None:
+        return None
+    validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    if isinstance(validator, str):
+        return f"tool {tool!r} declares parameters that cannot be enforced ({validator}); refused"
+    if validator.is_valid(args):  # pyright: ignore[reportUnknownMemberType]
+        return None
+    errors = cast(Iterable[ValidationError], validator.iter_errors(args))  # pyright: ignore[reportUnknownMemberType]
+    error = cast(ValidationError, best_match(errors))
+    where = "/".join(str(p) for p in error.absolute_path) or "(the arguments)"
+    return (
+        f"the arguments of {tool!r} do not match the Tool's parameters at {where!r}: "
+        f"{str(error.message)[:200]}"
+    )
+
+
+__all__ = ["PolicyCache", "RateWindows", "parameters_fault"]

@@ -23,6 +23,7 @@ from typing import Any, cast
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match  # pyright: ignore[reportUnknownVariableType]
 
+from bastion.api import schema_validator
 from bastion.errors import RunError
 from bastion.execution.sandbox import CallError
 
@@ -84,7 +85,7 @@ def run_llm_agent(
         AgentLoopFailed: the model call failed, or ``maxTurns`` passed without an answer.
     """
     defs = tool_definitions(spec, tools)
-    validators = {d["name"]: Draft202012Validator(d["parameters"]) for d in defs}
+    validators = {d["name"]: _validator(d["parameters"]) for d in defs}
     max_turns = int(spec.get("maxTurns", 20))
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": str(spec.get("instructions") or "")},
@@ -113,20 +114,29 @@ def run_llm_agent(
     )
 
 
+def _validator(schema: dict[str, Any]) -> Draft202012Validator | None:
+    """The Tool's schema with its patterns matched by RE2; None when it cannot be enforced (the
+    gateway then refuses the call, saying why)."""
+    try:
+        return schema_validator(schema)
+    except ValueError:
+        return None
+
+
 def _tool_message(
-    call: Mapping[str, Any], validators: Mapping[str, Draft202012Validator], handle: Handle
+    call: Mapping[str, Any], validators: Mapping[str, Draft202012Validator | None], handle: Handle
 ) -> dict[str, Any]:
     name, args = str(call.get("name")), call.get("arguments")
 
     def error(text: str) -> dict[str, Any]:
         return {"role": "tool", "toolCallId": call["id"], "content": f"error: {text}", "isError": True}
 
-    validator = validators.get(name)
-    if validator is None:
+    if name not in validators:
         return error(f"there is no tool named {name!r}; the tools are: {', '.join(validators) or 'none'}")
+    validator = validators[name]
     if not isinstance(args, dict):
         return error(f"the arguments of {name!r} must be a JSON object; got {_text(args)[:200]}")
-    fault = _schema_fault(validator, cast(dict[str, Any], args))
+    fault = _schema_fault(validator, cast(dict[str, Any], args)) if validator is not None else None
     if fault is not None:
         return error(f"the arguments of {name!r} do not match its JSON Schema at {fault}")
     try:
