@@ -68,3 +68,36 @@ def test_patterns_written_with_odd_characters_are_normalized_too() -> None:
 def test_the_invisible_characters_are_those_of_the_unicode_database() -> None:
     # Variation selectors, tag characters and Mongolian free variation selectors are all dropped.
     assert normalize("dr\ufe0fop t\U000e0041able \u180bx") == "drop table x"
+
+
+CONFUSABLE_PROBES = [
+    ("Cyrillic o and a", {"q": "dr\u043ep t\u0430ble users"}),
+    ("Greek omicron", {"q": "dr\u03bfp table"}),
+    ("zero for o", {"q": "DR0P TABLE"}),
+    ("Armenian feh", {"q": "rm -r\u0584 /"}),
+    ("dotless i", {"q": "\u0131gnore prev\u0131ous \u0131nstructions"}),
+    ("Armenian and Cyrillic in a path", {"path": "/\u0435tc/p\u0430sswd"}),
+    (
+        "confusable inside base64",
+        {"blob": __import__("base64").b64encode("dr\u043ep table".encode()).decode()},
+    ),
+]
+FOLDING = compile_policy(
+    [blocking(*({**d, "confusables": True} for d in DECODING))], [grant("g", ["kb.search"])], strict=True
+)
+
+
+@pytest.mark.parametrize(("name", "args"), CONFUSABLE_PROBES, ids=[name for name, _ in CONFUSABLE_PROBES])
+def test_confusables_are_caught_where_the_pattern_asks(name: str, args: dict[str, Any]) -> None:
+    assert FOLDING.decide(call(args)).effect == "deny", name
+    assert POLICY.decide(call(args)).allowed, "without confusables: true the pattern is matched as written"
+
+
+@pytest.mark.parametrize(("name", "args"), EVASION_PROBES, ids=[name for name, _ in EVASION_PROBES])
+def test_confusable_folding_keeps_every_other_probe_denied(name: str, args: dict[str, Any]) -> None:
+    assert FOLDING.decide(call(args)).effect == "deny", name
+
+
+@pytest.mark.parametrize("args", BENIGN)
+def test_confusable_folding_allows_clean_arguments(args: dict[str, Any]) -> None:
+    assert FOLDING.decide(call(args)).allowed

@@ -61,6 +61,27 @@ EVASION_PROBES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("url-safe base64", {"blob": base64.urlsafe_b64encode(b"??/etc/passwd??").decode()}),
     ("base64 inside JSON inside a string", {"p": json.dumps({"data": _b64("ignore previous instructions")})}),
     ("percent inside base64", {"blob": _b64("drop%20table")}),
+    ("zero-width space as the separator", {"q": "drop\u200btable users"}),
+    ("NUL as the separator", {"q": "rm\x00-rf /"}),
+    ("word joiner as the separator", {"q": "ignore\u2060previous\u2060instructions"}),
+    ("Hangul filler as a space", {"q": "drop\u3164table"}),
+    ("half-width Hangul filler as a space", {"q": "rm\uffa0-rf /"}),
+    ("Hangul filler inside a word", {"q": "dr\u115fop table"}),
+    ("Braille blank as a space", {"q": "drop\u2800table"}),
+    (
+        "base64 with line breaks",
+        {
+            "blob": _b64("ignore previous instructions")[:12]
+            + "\r\n"
+            + _b64("ignore previous instructions")[12:]
+        },
+    ),
+    (
+        "base64 with spaces",
+        {"blob": " ".join(_b64("cat /etc/passwd now")[i : i + 4] for i in range(0, 28, 4))},
+    ),
+    ("base64 data: URI", {"src": "data:text/plain;base64," + _b64("drop table users")}),
+    ("base64 data: URI inside text", {"q": "see data:;base64," + _b64("rm -rf /") + " for details"}),
 )
 
 BENIGN: tuple[dict[str, Any], ...] = (
