@@ -61,21 +61,40 @@ def test_rego_cannot_allow_without_a_grant() -> None:
 # --- fail closed, one test per failure kind --------------------------------------------------
 
 
-def test_the_case_insensitive_flag_trap_is_a_deny_not_a_silent_allow() -> None:
-    # regopy rejects (?i); by default the failing builtin makes `blocked` undefined, so
-    # `not blocked` is true and a naive policy allows. Strict builtin errors make it a deny.
+def test_a_failing_builtin_is_a_deny_not_a_silent_allow() -> None:
+    # By default a failing builtin makes `blocked` undefined, so `not blocked` is true and a naive
+    # policy allows. Strict builtin errors make it a deny.
     source = """
 package bastion
 import rego.v1
 default allow := false
 allow if not blocked
-blocked if regex.match("(?i)drop table", input.args.q)
+blocked if to_number(input.args.q) > 5
 """
     cp = compile_policy(rego(source), GRANTS, strict=True)
     decision = cp.decide(call({"q": "hello"}))
     assert decision.effect == "deny"
     assert "Rego engine failed" in decision.reasons[0]
-    assert "regexp" in decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    "call_text",
+    [
+        'regex.match("^(a+)+$", input.args.q)',
+        'regex.find_n("(a|aa)+$", input.args.q, 1) != []',
+        'glob.match("*a*a*a*a*a*a*a*a*a*a*a*a*b", [], input.args.q)',
+    ],
+)
+def test_a_rego_module_that_matches_patterns_by_backtracking_is_refused(call_text: str) -> None:
+    # regopy backtracks: regex.match("^(a+)+$") took 7 s on 26 characters, glob.match 5 s on 28.
+    source = f"package bastion\nimport rego.v1\ndefault allow := false\nallow if {call_text}  # {call_text}\n"
+    with pytest.raises(InvalidManifest, match="backtracking") as caught:
+        compile_policy(rego(source), GRANTS, strict=True)
+    assert caught.value.problems[0].field == "spec.rego"
+    lenient = compile_policy(rego(source), GRANTS)
+    assert lenient.decide(call({"q": "a" * 40 + "!"})).effect == "deny"  # fail closed, and at once
+    commented = "package bastion\nimport rego.v1\n# no regex.match(x, y) here\ndefault allow := true\n"
+    assert compile_policy(rego(commented), GRANTS, strict=True).decide(call({})).allowed
 
 
 def test_an_undefined_allow_is_a_deny() -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from ._meta import API_VERSION, Model, Name, ObjectMeta, Status
-from ._patterns import check_regex, check_schema
+from ._patterns import check_regex, check_rego, check_schema
 
 Tier = Literal["T0", "T1", "T2", "T3", "T4"]
 TIERS: tuple[Tier, ...] = ("T0", "T1", "T2", "T3", "T4")
@@ -519,9 +519,11 @@ class TrustSettings(Model):
 
 class PolicySpec(Model):
     rules: list[PolicyRule] = Field(default_factory=list[PolicyRule])
-    rego: Annotated[str, Field(max_length=200_000)] | None = None
+    rego: Annotated[str, Field(max_length=200_000), AfterValidator(check_rego)] | None = None
     """A Rego module (``package bastion``) whose boolean ``allow`` must be true for every tool
-    call; ``reasons`` (strings) explains a refusal. Errors and undefined results deny."""
+    call; ``reasons`` (strings) explains a refusal. Errors and undefined results deny. It may
+    not call the pattern builtins regopy matches by backtracking (``regex.match`` and the other
+    ``regex.*`` matchers, ``glob.match``): match patterns with RE2 rules and grants instead."""
     pii: Literal["allow", "redact", "deny"] | PiiSettings = "allow"
     """What to do with personal data in tool results and model outputs."""
     limits: PolicyLimits = Field(default_factory=PolicyLimits)

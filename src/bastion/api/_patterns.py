@@ -142,6 +142,36 @@ def glob_source(glob: str) -> str:
     return "".join(parts)
 
 
+# --- Rego ----------------------------------------------------------------------------------
+
+_REGO_BACKTRACKING = re2.compile(  # pyright: ignore[reportUnknownMemberType]
+    r"\b(regex\.(?:match|find_n|find_all_string_submatch_n|replace|split|template_match|globs_match)"
+    r"|re_match|glob\.match)\s*\("
+)
+
+
+def rego_backtracking(source: str) -> list[str]:
+    """The builtins ``source`` calls that match a pattern by backtracking in regopy (rego-cpp):
+    ``regex.match("^(a+)+$", x)`` takes seconds on 26 characters, ``glob.match`` with a dozen
+    stars too. Comments are skipped; a call written inside a string literal is counted (refused
+    rather than missed)."""
+    code = "\n".join(line.split("#", 1)[0] for line in source.splitlines())
+    found = cast(Iterator[Any], _REGO_BACKTRACKING.finditer(code))  # pyright: ignore[reportUnknownMemberType]
+    return sorted({str(m.group(1)) for m in found})
+
+
+def check_rego(source: str) -> str:
+    """``source`` unless it calls a backtracking pattern builtin; for pydantic validators."""
+    calls = rego_backtracking(source)
+    if calls:
+        raise ValueError(
+            f"the Rego module calls {', '.join(calls)}, which regopy matches by backtracking (one "
+            "pattern can stall every call for seconds); match arguments with a rule's blockedPatterns "
+            "(match: regex or glob) or a grant's argumentPatterns or requireArguments, which use RE2"
+        )
+    return source
+
+
 # --- JSON Schema ---------------------------------------------------------------------------
 
 
