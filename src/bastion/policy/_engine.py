@@ -216,10 +216,13 @@ class CompiledPolicy:
             egress: tuple[str, ...] = (str(target),)
         else:
             egress = tuple(sorted({h for c in usable for h in c.decision.egress}))
+        # The grants that took part without deciding (an allowing one beside one that asks for
+        # approval, every one beside a redaction) are named too: a replay counts from the journal.
+        quiet = [n for n in names if f"grant/{n}" not in decision.rule_ids]
         return Decision(
             effect=decision.effect,
-            reasons=decision.reasons,
-            rule_ids=decision.rule_ids,
+            reasons=(*decision.reasons, *(f"grant {n!r} also covers this call" for n in quiet)),
+            rule_ids=(*decision.rule_ids, *(f"grant/{n}" for n in quiet)),
             egress=egress,
             grant=names[0],
             grants=names,

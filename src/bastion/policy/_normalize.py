@@ -48,10 +48,8 @@ _ASCII_DROP = dict.fromkeys((*range(9), *range(14, 28), 127))
 """ASCII controls that are not whitespace: removed, so ``"dr\\x00op"`` reads ``"drop"``."""
 _ASCII_SPACE = dict.fromkeys(_ASCII_DROP, " ")
 _B64 = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
-_B64_SPACES = re.compile(r"[\s\\]+")
-"""Whitespace and literal backslash escapes (``\\n``) that MIME line breaks leave in base64."""
 _DATA_URI = re.compile(r"data:[\w.+/=;-]{0,200}?;base64,", re.IGNORECASE)
-_DATA_BODY = re.compile(r"[A-Za-z0-9+/_=\s\\-]*")
+_DATA_BODY = re.compile(r"[A-Za-z0-9+/_=\s-]*")
 _BLANK_LETTERS = (0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800, *range(0xFFF0, 0xFFF9))
 """Default-ignorable or blank code points that are letters or symbols (Hangul fillers, the
 Braille blank, unassigned specials): invisible all the same."""
@@ -182,19 +180,23 @@ def _hidden(text: str, decode: Collection[Decoding]) -> Iterator[Any]:
 
 
 def _base64(text: str) -> Iterator[str]:
-    """The text base64 ``text`` encodes: the whole string once whitespace (MIME line breaks) is
-    removed, and every ``data:...;base64,`` URI in it."""
-    compact = _B64_SPACES.sub("", text) if not _B64.fullmatch(text) else text
-    if _B64.fullmatch(compact):
-        decoded = _b64(compact)
-        if decoded is not None:
-            yield decoded
+    """The text base64 ``text`` encodes: the whole string once whitespace (line breaks, spaces)
+    is removed, and every ``data:...;base64,`` URI in it."""
+    if _B64.fullmatch(text):
+        compact = text
+    else:
+        compact = "".join(text.split())
+        if compact == text or len(compact) % 4 == 1 or not _B64.fullmatch(compact):
+            compact = ""  # not base64, with or without its whitespace
+    decoded = _b64(compact) if compact else None
+    if decoded is not None:
+        yield decoded
     if "data:" in text.lower():
         for found in _DATA_URI.finditer(text):
             body = _DATA_BODY.match(text, found.end())
             if body is None:
                 continue
-            whole = _B64_SPACES.sub("", body.group(0))
+            whole = "".join(body.group(0).split())
             first = body.group(0).split()[0] if body.group(0).split() else ""
             for payload in dict.fromkeys((whole, first)):  # with line breaks, or the first run alone
                 decoded = _b64(payload) if payload else None
@@ -210,6 +212,11 @@ def _b64(text: str) -> str | None:
             raw = base64.urlsafe_b64decode(padded)
         else:
             raw = base64.b64decode(padded, validate=True)
-        return raw.decode("utf-8")
+        # Not raising on the common case (words that happen to be base64-shaped decode to broken
+        # UTF-8): a raise costs more than the decoding. A real U+FFFD goes the strict way.
+        text = raw.decode("utf-8", "replace")
+        if "\ufffd" not in text:
+            return text
+        return raw.decode("utf-8") if b"\xef\xbf\xbd" in raw else None
     except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
         return None
