@@ -56,6 +56,9 @@ class _Plan:
     refusals: tuple[Finding, ...]
     """Grants that name the subject and tool but can never allow it (tier too low)."""
     candidates: tuple[_Candidate, ...]
+    plain: bool
+    """Every candidate is ``plain`` and the tool does not fetch: the grants that cover a call
+    are all of them, whatever its arguments."""
     together: Decision | None
     """With several candidates all ``plain``: their combined decision, prebuilt."""
     requirements: tuple[GrantRule, ...]
@@ -131,25 +134,24 @@ class CompiledPolicy:
             )
 
     def _decide(self, plan: _Plan, call: CallContext) -> Decision:
-        usable: list[_Candidate] = []
         findings: list[Finding] | None = None
         refused: list[Finding] = []
-        plain = True
-        for cand in plan.candidates:
-            if cand.plain:
-                usable.append(cand)
-                continue
-            plain = False
-            refusal = self._refuse(cand.grant, call)
-            if refusal is None:
-                usable.append(cand)
-            else:
-                refused.append(refusal)
+        usable: Sequence[_Candidate]
+        if plan.plain:
+            usable = plan.candidates  # nothing about them can change: no list to build
+        else:
+            kept: list[_Candidate] = []
+            for cand in plan.candidates:
+                refusal = None if cand.plain else self._refuse(cand.grant, call)
+                if refusal is None:
+                    kept.append(cand)
+                else:
+                    refused.append(refusal)
+            usable = kept
         target: Target | None = None
-        outside: list[Finding] = []
+        outside: list[Finding] | None = None
         if plan.fetches:
             target, usable, more, outside = self._egress(plan, usable, call)
-            plain = False
             refused.extend(more)
         if not usable:
             findings = refused + list(plan.refusals)
@@ -179,7 +181,7 @@ class CompiledPolicy:
         if usable and not findings and target is None:
             if len(usable) == 1:
                 return usable[0].decision  # the common case: prebuilt, no allocation
-            if plain and plan.together is not None:
+            if plan.plain and plan.together is not None:
                 return plan.together
         return self._combine(plan, call, usable, findings or [], target)
 
@@ -187,7 +189,7 @@ class CompiledPolicy:
         self,
         plan: _Plan,
         call: CallContext,
-        usable: list[_Candidate],
+        usable: Sequence[_Candidate],
         findings: list[Finding],
         target: Target | None,
     ) -> Decision:
@@ -326,8 +328,8 @@ class CompiledPolicy:
         return out
 
     def _egress(
-        self, plan: _Plan, usable: list[_Candidate], call: CallContext
-    ) -> tuple[Target | None, list[_Candidate], list[Finding], list[Finding]]:
+        self, plan: _Plan, usable: Sequence[_Candidate], call: CallContext
+    ) -> tuple[Target | None, Sequence[_Candidate], list[Finding], list[Finding]]:
         """The call's target; the grants whose egress list covers it; why the others do not;
         and the rules' allowlists' findings."""
         target = parse_target(call.args.get("url"))
@@ -463,6 +465,7 @@ class CompiledPolicy:
             static=tuple(static),
             refusals=tuple(refusals),
             candidates=tuple(candidates),
+            plain=all(c.plain for c in candidates) and not tool.fetches,
             together=together,
             requirements=tuple(requirements),
             deny_grants=tuple(deny_grants),

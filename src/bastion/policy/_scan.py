@@ -104,7 +104,8 @@ class Scanner:
         if not raw:
             return False
         hit = self._hit_text
-        if any(hit(norm) for norm in self._forms(raw)):
+        read = self._forms(raw)
+        if hit(read[0]) or (len(read) > 1 and hit(read[1])):
             return True
         if not self._decodings and raw.lstrip()[:1] not in ("{", "[", '"'):
             return False  # nothing hidden: the common case
