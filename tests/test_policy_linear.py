@@ -115,3 +115,22 @@ def test_a_tool_whose_parameters_hold_a_lookahead_is_refused_naming_the_field() 
     with pytest.raises(ValidationError, match="properties/q/pattern") as caught:
         Tool.model_validate(tool)
     assert "lookaround" in str(caught.value)
+
+
+@pytest.mark.timeout(20)
+def test_the_gateway_holds_arguments_to_a_tools_schema_in_linear_time_and_fails_closed() -> None:
+    from bastion.execution.gateway._policy import parameters_fault
+
+    def tool(parameters: dict[str, Any]) -> dict[str, Any]:
+        return {"spec": {"parameters": parameters}}
+
+    slow = tool({"properties": {"q": {"type": "string", "pattern": "^(a+)+$"}}})
+    fault = _quick(lambda: parameters_fault("kb.search", slow, {"q": EVIL}))
+    assert fault is not None and "at 'q'" in fault
+    assert parameters_fault("kb.search", slow, {"q": "aaa"}) is None
+    # A schema stored before patterns were checked, or one whose $ref cannot be resolved: refused.
+    stored = tool({"properties": {"q": {"pattern": "^(?!admin)"}}})
+    assert "cannot be enforced" in (parameters_fault("kb.search", stored, {"q": "x"}) or "")
+    dangling = tool({"$ref": "https://schemas.example/args.json"})
+    assert "cannot be evaluated" in (parameters_fault("kb.search", dangling, {}) or "")
+    assert parameters_fault("kb.search", None, {"anything": 1}) is None  # no Tool: policy denies it

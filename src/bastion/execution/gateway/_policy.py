@@ -99,10 +99,13 @@ def parameters_fault(tool: str, manifest: Mapping[str, Any] | None, args: Mappin
     validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
     if isinstance(validator, str):
         return f"tool {tool!r} declares parameters that cannot be enforced ({validator}); refused"
-    if validator.is_valid(args):  # pyright: ignore[reportUnknownMemberType]
-        return None
-    errors = cast(Iterable[ValidationError], validator.iter_errors(args))  # pyright: ignore[reportUnknownMemberType]
-    error = cast(ValidationError, best_match(errors))
+    try:
+        if validator.is_valid(args):  # pyright: ignore[reportUnknownMemberType]
+            return None
+        errors = cast(Iterable[ValidationError], validator.iter_errors(args))  # pyright: ignore[reportUnknownMemberType]
+        error = cast(ValidationError, best_match(errors))
+    except Exception as exc:  # an unresolvable $ref, say: refused (fail closed), and journaled as such
+        return f"tool {tool!r} declares parameters that cannot be evaluated ({type(exc).__name__}: {str(exc)[:200]}); refused"
     where = "/".join(str(p) for p in error.absolute_path) or "(the arguments)"
     return (
         f"the arguments of {tool!r} do not match the Tool's parameters at {where!r}: "
