@@ -134,3 +134,20 @@ def test_the_gateway_holds_arguments_to_a_tools_schema_in_linear_time_and_fails_
     dangling = tool({"$ref": "https://schemas.example/args.json"})
     assert "cannot be evaluated" in (parameters_fault("kb.search", dangling, {}) or "")
     assert parameters_fault("kb.search", None, {"anything": 1}) is None  # no Tool: policy denies it
+
+
+@pytest.mark.timeout(20)
+def test_pattern_properties_and_additional_properties_match_with_re2() -> None:
+    from bastion.api import schema_validator
+
+    schema = {
+        "type": "object",
+        "patternProperties": {"^(x+)+$": {"type": "integer"}},
+        "additionalProperties": False,
+    }
+    validator = schema_validator(schema)
+    assert validator.is_valid({"xxx": 1})
+    assert not validator.is_valid({"xxx": "one"})
+    assert _quick(lambda: not validator.is_valid({"x" * 60 + "!": 1}))  # not covered: additional
+    with pytest.raises(ValueError, match="unevaluatedProperties"):
+        schema_validator({"patternProperties": {"a": {}}, "unevaluatedProperties": False})
