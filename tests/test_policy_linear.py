@@ -151,3 +151,19 @@ def test_pattern_properties_and_additional_properties_match_with_re2() -> None:
     assert _quick(lambda: not validator.is_valid({"x" * 60 + "!": 1}))  # not covered: additional
     with pytest.raises(ValueError, match="unevaluatedProperties"):
         schema_validator({"patternProperties": {"a": {}}, "unevaluatedProperties": False})
+
+
+def test_a_lone_surrogate_is_matched_not_an_error() -> None:
+    # JSON allows "\ud800"; RE2 reads UTF-8, which has no such character: it must still answer.
+    cp = compile_policy(
+        [blocking({"match": "regex", "pattern": "drop\\s+table"}, {"match": "glob", "pattern": "*/etc/*"})],
+        [grant("g", ["kb.search"])],
+        strict=True,
+    )
+    assert cp.decide(call({"q": "fine \ud800 text"})).allowed
+    denied = cp.decide(call({"q": "drop \ud800 table", "p": "x/etc/\ud800"}))
+    assert denied.effect == "deny" and "policy/error" not in denied.rule_ids
+    scoped = compile_policy(
+        [], [grant("g", ["kb.search"], argumentPatterns={"kb.search": {"q": "^[a-z ]+$"}})]
+    )
+    assert scoped.decide(call({"q": "abc \ud800"})).rule_ids == ("grant/g/arguments",)

@@ -33,14 +33,20 @@ class RegexError(ValueError):
 
 
 class _Compiled(Protocol):
-    def search(self, text: str) -> object | None: ...
-    def fullmatch(self, text: str) -> object | None: ...
+    def search(self, text: bytes) -> object | None: ...
+    def fullmatch(self, text: bytes) -> object | None: ...
 
 
 class _Set(Protocol):
     def Add(self, pattern: str) -> int: ...
     def Compile(self) -> None: ...
-    def Match(self, text: str) -> list[int] | None: ...
+    def Match(self, text: bytes) -> list[int] | None: ...
+
+
+def _utf8(text: str) -> bytes:
+    """The bytes RE2 reads. A lone surrogate (JSON allows ``"\\ud800"``) is passed as the bytes
+    it would be rather than raising: it matches no pattern character but itself."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _options(*, ignore_case: bool = False) -> Any:
@@ -81,10 +87,10 @@ class LinearRegex:
             raise _refuse(pattern, cast(Exception, exc)) from None
 
     def search(self, text: str) -> bool:
-        return self._rx.search(text) is not None
+        return self._rx.search(_utf8(text)) is not None
 
     def fullmatch(self, text: str) -> bool:
-        return self._rx.fullmatch(text) is not None
+        return self._rx.fullmatch(_utf8(text)) is not None
 
     def __repr__(self) -> str:
         return f"LinearRegex({self.pattern!r})"
@@ -112,7 +118,7 @@ class LinearSet:
 
     def match(self, text: str) -> list[int]:
         """The indices of the patterns found in ``text`` (unordered); empty if none."""
-        return self._set.Match(text) or []
+        return self._set.Match(_utf8(text)) or []
 
 
 @functools.lru_cache(maxsize=4096)
