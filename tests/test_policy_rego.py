@@ -159,3 +159,12 @@ def test_the_module_is_compiled_once_per_version_not_per_call() -> None:
     for _ in range(20):
         cp.decide(call({"q": "short"}))
     assert module._bundle is bundle  # pyright: ignore[reportPrivateUsage]
+
+
+def test_a_module_sees_every_grant_that_covers_the_call() -> None:
+    source = 'package bastion\nimport rego.v1\ndefault allow := false\nallow if "audited" in input.grants\n'
+    both = [grant("audited", ["kb.search"]), grant("basic", ["kb.search"])]
+    assert compile_policy(rego(source), both, strict=True).decide(call({})).allowed
+    renamed = [grant("audited", ["kb.search"]), grant("aaa", ["kb.search"])]  # sorts first now
+    assert compile_policy(rego(source), renamed, strict=True).decide(call({})).allowed
+    assert not compile_policy(rego(source), [both[1]], strict=True).decide(call({})).allowed

@@ -360,7 +360,8 @@ class CompiledPolicy:
         return target, covering, refused, out
 
     def _rego(self, plan: _Plan, call: CallContext, usable: Sequence[_Candidate]) -> list[Finding]:
-        document = rego_input(call, min(c.grant.name for c in usable))
+        names = sorted(c.grant.name for c in usable)
+        document = rego_input(call, names[0], names)
         out: list[Finding] = []
         for rule_id, module in plan.rego:
             verdict = module.evaluate(document)
@@ -604,8 +605,9 @@ def _denied(findings: list[Finding] | None) -> bool:
     return bool(findings) and any(f.effect == "deny" for f in findings or ())
 
 
-def rego_input(call: CallContext, grant: str | None) -> dict[str, Any]:
-    """The ``input`` document a Rego module sees for a call."""
+def rego_input(call: CallContext, grant: str | None, grants: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``input`` document a Rego module sees for a call: ``grants`` names every grant that
+    covers it (sorted), ``grant`` the first of them."""
     subject, tool, counters = call.subject, call.tool, call.counters
     return {
         "agent": {
@@ -617,6 +619,7 @@ def rego_input(call: CallContext, grant: str | None) -> dict[str, Any]:
         "tool": {"name": tool.name, "minTier": tool.min_tier, "builtin": tool.builtin},
         "args": json.loads(json.dumps(call.args, default=str)),
         "grant": grant,
+        "grants": list(grants) if grants else ([grant] if grant is not None else []),
         "now": call.now.isoformat(),
         "counters": {
             "toolCalls": counters.tool_calls,
