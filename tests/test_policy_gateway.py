@@ -226,3 +226,48 @@ def test_a_code_agents_arguments_are_held_to_the_tools_json_schema(
         )
         done = wait_finished(client, client.create_run("writer", {"calls": calls[:2]})["id"])
         assert done["result"] == ["written", "written"]
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        (
+            policy(
+                "p", rules=[{"id": "r", "blockedPatterns": [{"match": "regex", "pattern": "(drop)\\s+\\1"}]}]
+            ),
+            "spec.rules.0.blockedPatterns.0",
+        ),
+        (
+            grant_for("a", "kb.search", argumentPatterns={"kb.search": {"q": "^(?!admin).*"}}),
+            "spec.argumentPatterns",
+        ),
+        (
+            grant_for(
+                "a",
+                "kb.search",
+                requireArguments={"kb.search": {"properties": {"q": {"pattern": "(?<=x)y"}}}},
+            ),
+            "spec.requireArguments",
+        ),
+        (
+            policy(
+                "p", rego="package bastion\nimport rego.v1\nallow if regex.match(`^(a+)+$`, input.args.q)\n"
+            ),
+            "spec.rego",
+        ),
+    ],
+    ids=["blocked regex", "argumentPatterns", "requireArguments schema", "rego regex.match"],
+)
+def test_a_pattern_that_cannot_run_in_linear_time_is_refused_at_apply_naming_the_field(
+    tenant: Tenant, document: dict[str, Any], field: str
+) -> None:
+    from bastion.errors import InvalidManifest
+
+    with tenant.client() as client, pytest.raises(InvalidManifest) as caught:
+        client.apply(raw(document))
+    problem = caught.value.problems[0]
+    assert (problem.field or "").startswith(field), problem
+    assert "linear time" in problem.message or "backtracking" in problem.message
+    with tenant.client() as client:
+        listed = client.list(document["kind"])
+        assert all(r["metadata"]["name"] != document["metadata"]["name"] for r in listed), "nothing written"
