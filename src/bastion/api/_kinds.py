@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from ._meta import API_VERSION, Model, Name, ObjectMeta, Status
-from ._patterns import check_regex, check_rego, check_schema
+from ._patterns import check_regex, check_rego, check_schema, linear
 
 Tier = Literal["T0", "T1", "T2", "T3", "T4"]
 TIERS: tuple[Tier, ...] = ("T0", "T1", "T2", "T3", "T4")
@@ -457,7 +457,7 @@ class BlockedPattern(Model):
     @model_validator(mode="after")
     def _compiles(self) -> BlockedPattern:
         if self.match == "regex":
-            _check_regex(self.pattern)
+            linear(self.pattern, ignore_case=True)  # as it is matched: RegexError names the fault
             if self.confusables:
                 raise ValueError("confusables applies to substring and glob patterns, not to a regex")
         return self
