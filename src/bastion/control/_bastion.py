@@ -29,10 +29,10 @@ from bastion.execution.sandbox import (
 from bastion.execution.tools import builtin_tools
 from bastion.observe import Telemetry
 from bastion.observe.journal import Journal
+from bastion.policy._evaluator import Evaluator
 from bastion.secrets import LocalKeyProvider, Sealer, load_or_create_master_key, parse_master_key
 
 from ._completions import CompletionService
-from ._evaluator import Evaluator
 from ._records import RecordService
 from ._resources import ResourceService, StoreResourceReader
 from ._sandboxes import SandboxRegistry

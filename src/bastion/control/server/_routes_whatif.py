@@ -9,7 +9,7 @@ decisions that would change.
 Who may: developers and up (it writes nothing, and developers are the ones proposing policy
 changes to their operators); a viewer may not, since it runs caller-supplied patterns and Rego.
 The judging itself runs in a killable child process under ``Settings.evaluation_seconds``
-(``bastion.control._evaluator``): a pathological pattern or Rego module costs its own request a
+(``bastion.policy._evaluator``): a pathological pattern or Rego module costs its own request a
 503, never the server its other requests.
 """
 
@@ -21,10 +21,10 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from bastion.control._bastion import Bastion
-from bastion.control._whatif import judge
 from bastion.control.store import Principal
 from bastion.errors import InvalidManifest, UserError
 from bastion.policy import RecordedCall, Subject, ToolInfo
+from bastion.policy._whatif_job import judge
 
 from ._deps import BastionDep, PrincipalDep, require
 from ._routes_resources import NamespacePath, read_documents, validated_resources

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bastion.policy import RecordedCall, compile_policy, rejudge
+from ._engine import compile_policy
+from ._whatif import RecordedCall, rejudge
 
 
 def judge(

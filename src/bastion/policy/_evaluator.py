@@ -43,11 +43,17 @@ def _serve(conn: Connection) -> None:
             return
         function, args = job
         try:
-            conn.send(("ok", function(*args)))
+            answer: tuple[str, Any] = ("ok", function(*args))
         except BastionError as error:
-            conn.send(("error", error.to_problem()))
+            answer = ("error", error.to_problem())
         except Exception as exc:  # reported to the parent, which logs it and answers 500
-            conn.send(("crash", f"{type(exc).__name__}: {exc}"[:500]))
+            answer = ("crash", f"{type(exc).__name__}: {exc}"[:500])
+        # A thread left running (a Rego evaluation abandoned at its own budget) would go on
+        # burning CPU in a warm child: such a child is retired, and its threads die with it.
+        retire = threading.active_count() > 1
+        conn.send((*answer, retire))
+        if retire:
+            return
 
 
 class _Child:
@@ -96,11 +102,14 @@ class Evaluator:
                     child.kill()
                     log.warning("%s ran out of its %.1f s budget; its process was killed", what, self.seconds)
                     raise self._exhausted(what, busy=False)
-                status, value = child.conn.recv()
+                status, value, retire = child.conn.recv()
             except (EOFError, OSError, BrokenPipeError) as exc:
                 child.kill()
                 raise ServerError(f"{what} failed: its process ended ({exc or type(exc).__name__})") from None
-            self._give_back(child)
+            if retire:
+                child.kill()
+            else:
+                self._give_back(child)
         finally:
             self._slots.release()
         if status == "ok":
