@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-from bastion.errors import InvalidManifest, UserError
+from bastion.errors import Forbidden, InvalidManifest, NotFound, UserError
 
 from ._agents import builtin_tool, code_agent, grant_for, wait_finished
 from ._docs import raw
@@ -132,3 +135,73 @@ def test_the_cli_prints_the_changes(finished: tuple[Tenant, str], tmp_path: Path
     )
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert "rules" in failed.stdout + failed.stderr
+
+
+SLOW_REGO = """package bastion
+default allow := false
+allow if {
+  not never
+}
+never if {
+  some a, b
+  numbers.range(1, 2000)[a]
+  numbers.range(1, 2000)[b]
+  a * b == -1
+}
+"""
+
+
+def test_a_viewer_may_not_run_what_if(finished: tuple[Tenant, str], other_tenant: Tenant) -> None:
+    tenant, run_id = finished
+    with tenant.client("viewer") as viewer, pytest.raises(Forbidden, match="what-if"):
+        viewer.what_if(run_id, raw(*STRICT))
+    with tenant.client("developer") as developer:
+        assert developer.what_if(run_id, raw(*STRICT))["calls"] == 4
+    # Another tenant's admin does not find the run at all.
+    with other_tenant.client() as other, pytest.raises(NotFound):
+        other.what_if(run_id, raw(*STRICT))
+
+
+def test_a_slow_what_if_is_stopped_at_its_budget_while_the_server_keeps_answering(
+    finished: tuple[Tenant, str],
+) -> None:
+    tenant, run_id = finished
+    evaluator = tenant.server.bastion.evaluator
+    budget, evaluator.seconds = evaluator.seconds, 2.0
+    slow = {
+        "apiVersion": "bastion/v1",
+        "kind": "Policy",
+        "metadata": {"name": "slow"},
+        "spec": {"rego": SLOW_REGO},
+    }
+    try:
+        with (
+            httpx.Client(base_url=tenant.server.url, timeout=60) as http,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            started = time.monotonic()
+            pending = pool.submit(
+                http.post,
+                f"/api/v1/namespaces/default/runs/{run_id}/what-if",
+                json={"documents": [slow]},
+                headers={"Authorization": f"Bearer {tenant.admin_key}"},
+            )
+            latencies: list[float] = []
+            while not pending.done():
+                before = time.monotonic()
+                assert http.get("/healthz").status_code == 200
+                latencies.append(time.monotonic() - before)
+                time.sleep(0.05)
+            response = pending.result()
+            took = time.monotonic() - started
+    finally:
+        evaluator.seconds = budget
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["field"] == "budget" and "budget" in problem["detail"] and problem["hint"]
+    assert took < 30, took
+    assert len(latencies) >= 5 and max(latencies) < 1.0, latencies
+    # The next what-if gets a fresh evaluator and a normal answer.
+    with tenant.client() as client:
+        assert client.what_if(run_id, raw(*STRICT))["calls"] == 4

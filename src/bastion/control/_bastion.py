@@ -29,6 +29,7 @@ from bastion.execution.sandbox import (
 from bastion.execution.tools import builtin_tools
 from bastion.observe import Telemetry
 from bastion.observe.journal import Journal
+from bastion.policy._evaluator import Evaluator
 from bastion.secrets import LocalKeyProvider, Sealer, load_or_create_master_key, parse_master_key
 
 from ._completions import CompletionService
@@ -65,6 +66,7 @@ class Bastion:
         self.store = Store.open(settings.resolved_database_url, clock=clock, ids=ids)
         self.sealer = Sealer(LocalKeyProvider(master), ids)
         self.resources = ResourceService(self.store, self.sealer)
+        self.evaluator = Evaluator(seconds=settings.evaluation_seconds)
         self.registry = CollectorRegistry()
         self.runs = RunStore(self.store, clock=clock, ids=ids)
         self.trust = TrustStore()
@@ -171,6 +173,7 @@ class Bastion:
         return Bootstrap(tenant=tenant.name, admin_key=token)
 
     def close(self) -> None:
+        self.evaluator.close()
         self.models.router.close()
         for pool in self._pools:
             pool.close()

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import update
 
 from bastion.api import API_VERSION, Clock, IdSource
-from bastion.errors import LeaseLost
+from bastion.errors import LeaseLost, NotFound
 from bastion.execution.gateway import Attempt, Gateway
 from bastion.execution.runs import RunState, RunStore, runs
 from bastion.execution.runs._step import StepWriter
@@ -54,6 +54,7 @@ class CompletionService:
             The run's id and the answer in the params' wire format.
 
         Raises:
+            NotFound: the namespace does not exist in the tenant (no run is created).
             CallError: refused (code DENIED: no such policy, a budget) or failed (TOOL_FAILED),
                 with the journaled error record as ``data``; the run is Failed with the reason.
         """
@@ -66,6 +67,13 @@ class CompletionService:
         }
         owner = f"api:{self.ids.token(6)}"
         with self.store.write() as conn:
+            if not self.store.namespace_exists(conn, tenant_id, namespace):
+                raise NotFound(
+                    f"namespace {namespace!r} not found",
+                    field="model",
+                    hint="send model: NAMESPACE/POLICY for a namespace of your tenant "
+                    "(`bastion namespaces list`); POLICY alone means namespace 'default'",
+                )
             run = self.runs.create(
                 conn,
                 tenant_id=tenant_id,

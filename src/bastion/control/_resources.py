@@ -23,6 +23,7 @@ from bastion.api import SECRET_PLACEHOLDER, Clock, IdSource, Requirement, Resour
 from bastion.errors import Conflict, Forbidden, NotFound, Problem
 from bastion.secrets import Sealer
 
+from ._privileged import check_privileged_fields
 from .store import Page, Principal, ResourceRow, Store, delete_row, get_row, insert_row, list_rows, update_row
 
 Action = Literal["created", "configured", "unchanged"]
@@ -122,6 +123,15 @@ class ResourceService:
                     ],
                 )
 
+    def authorize(self, conn: Connection, principal: Principal, resources: list[Resource]) -> None:
+        """Every check of an apply that depends on the caller: the role each kind needs, and
+        the operator-owned fields (``_privileged``) against what is stored now."""
+        self.check_writable(principal, resources)
+        for index, resource in enumerate(resources):
+            meta = resource.metadata
+            existing = get_row(conn, principal.tenant_id, resource.kind_name, meta.namespace, meta.name)
+            check_privileged_fields(principal, index, resource, existing)
+
     def apply(self, conn: Connection, principal: Principal, resources: list[Resource]) -> list[Applied]:
         """Apply every document in one transaction (the caller's)."""
         self.check_writable(principal, resources)
@@ -134,6 +144,7 @@ class ResourceService:
         existing = get_row(
             conn, principal.tenant_id, resource.kind_name, meta.namespace, meta.name, lock=True
         )
+        check_privileged_fields(principal, index, resource, existing)
         wanted_version = meta.resource_version
         if existing is None and wanted_version is not None:
             raise Conflict(

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     """Request bodies larger than this are refused with 413."""
     max_page_size: int = Field(default=500, gt=0)
+    evaluation_seconds: float = Field(default=10.0, gt=0, le=600)
+    """Time budget of one expensive evaluation in the API (a what-if), run in a killable child
+    process; past it the request gets a 503."""
     workspace_dir: Path | None = None
     """Where run workspaces live; default ``home/workspaces``. A run's last attempt's is kept."""
     worker_concurrency: int = Field(default=4, ge=1, le=256)

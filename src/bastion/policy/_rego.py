@@ -16,6 +16,15 @@ What "compile" means in regopy: ``Interpreter.build`` parses, checks and plans t
 a ``Bundle``; ``query_bundle_entrypoint`` evaluates a plan against an input. Building costs
 milliseconds, evaluating tens of microseconds, so the bundle is built once here and reused.
 Interpreters are not thread-safe: each evaluation holds this module's lock.
+
+Time budget: Rego always terminates, but a module (or an input an agent chose) can make it
+take minutes, and rego-cpp cannot be interrupted. Each evaluation therefore runs on its own
+daemon thread (regopy calls through ctypes, which releases the GIL, so it slows nobody else)
+and the caller waits at most ``budget`` seconds (``BUDGET_SECONDS``): past it the call is denied
+(fail closed). The abandoned evaluation keeps the module's lock until it finishes; meanwhile
+every call to the same module waits at most its budget for the lock and is denied too. So one
+pathological input costs its policy's calls a deny each (never an allow, never a hang) until
+the evaluation ends; other modules and the rest of the gateway are unaffected.
 """
 
 # regopy ships no type information: its calls are typed here, at the one place we use them.
@@ -35,6 +44,8 @@ PACKAGE = "bastion"
 ALLOW = f"{PACKAGE}/allow"
 REASONS = f"{PACKAGE}/reasons"
 _ERROR_KINDS = frozenset({"error", "errorseq", "rego-errorseq"})
+BUDGET_SECONDS = 2.0
+"""How long one evaluation may take (a typical one takes tens of microseconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +57,9 @@ class RegoVerdict:
 class RegoModule:
     """One Policy's Rego module, built into a bundle. ``error`` is set when it does not build."""
 
-    def __init__(self, name: str, source: str) -> None:
+    def __init__(self, name: str, source: str, *, budget: float | None = None) -> None:
         self.name = name
+        self.budget = budget if budget is not None else BUDGET_SECONDS
         self.error: str | None = None
         self._lock = threading.Lock()
         self._bundle: Any = None
@@ -73,13 +85,33 @@ class RegoModule:
         """``allow`` for this input; any failure is a refusal naming the failure."""
         if self.error is not None:
             return RegoVerdict(False, f"the Rego module did not compile: {self.error}")
+        if not self._lock.acquire(timeout=self.budget):
+            return RegoVerdict(
+                False,
+                f"the Rego module is still busy with an evaluation that ran past its {self.budget:g} s budget",
+            )
+        done = threading.Event()
+        box: list[RegoVerdict] = []
+
+        def work() -> None:  # releases the lock when the evaluation ends, however late
+            try:
+                box.append(self._evaluate_locked(document))
+            finally:
+                self._lock.release()
+                done.set()
+
+        threading.Thread(target=work, name=f"rego-{self.name}", daemon=True).start()
+        if not done.wait(self.budget) or not box:
+            return RegoVerdict(False, f"the Rego module ran out of its {self.budget:g} s time budget")
+        return box[0]
+
+    def _evaluate_locked(self, document: Mapping[str, Any]) -> RegoVerdict:
         try:
-            with self._lock:
-                value, error = self._query(ALLOW, document)
-                if error is None and value is False:
-                    reasons, _ = self._query(REASONS, document)
-                else:
-                    reasons = None
+            value, error = self._query(ALLOW, document)
+            if error is None and value is False:
+                reasons, _ = self._query(REASONS, document)
+            else:
+                reasons = None
         except Exception as exc:
             return RegoVerdict(False, f"the Rego engine failed: {_one_line(str(exc)) or type(exc).__name__}")
         if error is not None:

@@ -31,7 +31,9 @@ from . import (
     _routes_trust,
     _routes_whatif,
 )
-from ._middleware import BodyLimit, Metrics
+from ._inputs import InputGuard
+from ._middleware import BodyLimit, CrashGuard, Metrics
+from ._openapi import install_problem_openapi
 from ._problems import ProblemResponse, install_problem_handlers, problem_response
 
 log = logging.getLogger("bastion.server")
@@ -110,6 +112,7 @@ def create_app(bastion: Bastion) -> FastAPI:
     with contextlib.suppress(ValueError):
         registry.register(SandboxCounts(bastion))
     install_problem_handlers(app)
+    install_problem_openapi(app)
     app.include_router(_routes_admin.router)
     app.include_router(_routes_resources.router)
     app.include_router(_routes_runs.router)
@@ -146,8 +149,11 @@ def create_app(bastion: Bastion) -> FastAPI:
     def metrics() -> PlainTextResponse:  # pyright: ignore[reportUnusedFunction]
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    # Outermost last: the crash guard wraps everything; the input guard reads bodies BodyLimit bounded.
+    app.add_middleware(InputGuard)
     app.add_middleware(BodyLimit, limit=bastion.settings.max_body_bytes)
     app.add_middleware(Metrics, registry=registry)
+    app.add_middleware(CrashGuard)
     return app
 
 

@@ -84,8 +84,16 @@ async def run_idempotent(
     principal: Principal,
     key: str | None,
     operation: Callable[[Connection], tuple[int, dict[str, Any]]],
+    *,
+    authorize: Callable[[Connection], None] | None = None,
 ) -> JSONResponse:
-    """Run a creating operation once per Idempotency-Key, in one transaction with its record."""
+    """Run a creating operation once per Idempotency-Key, in one transaction with its record.
+
+    ``authorize`` holds every check that depends on who is calling and is not made before this
+    call (role per kind, operator-owned fields): it runs in the transaction before the stored
+    response is looked at, so a replayed key answers only a caller who could make the request
+    itself. The record is per tenant, so another tenant's key never finds it.
+    """
     body = await request.body()
     request_hash = _request_hash(request, body)
     if key is not None and not key.strip():
@@ -98,6 +106,8 @@ async def run_idempotent(
 
     def attempt() -> JSONResponse:
         with store.write() as conn:
+            if authorize is not None:
+                authorize(conn)
             if key is not None:
                 stored = store.idempotent_response(conn, principal.tenant_id, key)
                 if stored is not None:

@@ -1,20 +1,23 @@
-"""ASGI middleware: the request body limit and Prometheus request metrics.
+"""ASGI middleware: the request body limit, Prometheus request metrics and the crash guard.
 
-Both are plain ASGI (not ``BaseHTTPMiddleware``) so they add no task per request.
+All are plain ASGI (not ``BaseHTTPMiddleware``) so they add no task per request.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bastion.errors import PayloadTooLarge
+from bastion.errors import PayloadTooLarge, ServerError
 
 from ._problems import PROBLEM_JSON
+
+log = logging.getLogger("bastion.server")
 
 
 class BodyLimit:
@@ -123,3 +126,49 @@ class Metrics:
             )
             self.requests.labels(method, template, str(status)).inc()
             self.latency.labels(method, template).observe(time.perf_counter() - start)
+
+
+class CrashGuard:
+    """The last word on an unexpected exception: a 500 problem+json, and the connection kept.
+
+    FastAPI hands an ``Exception`` handler to Starlette's ``ServerErrorMiddleware``, which sends
+    the handler's response and then re-raises; uvicorn, seeing the exception after the response
+    started, closes the keep-alive connection. This middleware sits inside it and swallows the
+    exception once it is logged and answered. Nothing a client sends should get here: inputs are
+    validated before they reach the store, and the fuzz test sends the ones that used to.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:  # a streamed body broke off: nothing can be said any more
+                return
+            error = ServerError("the server failed; the error was logged")
+            body = json.dumps({**error.to_problem(), "instance": scope["path"]}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": error.status,
+                    "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})

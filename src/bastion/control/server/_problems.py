@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,6 +35,22 @@ def problem_response(
     body = error.to_problem()
     body["instance"] = request.url.path
     return ProblemResponse(body, status_code=error.status, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents on this path. Starlette's own 405 names only the first
+    matching route's methods, while FastAPI makes one route per method (GET, PUT, DELETE)."""
+    app = request.app
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = []
+        for template, operations in app.openapi().get("paths", {}).items():
+            pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+            methods = {m.upper() for m in operations}
+            table.append((re.compile(pattern), methods | ({"HEAD"} if "GET" in methods else set())))
+        app.state.allowed_methods = table
+    path = request.url.path
+    return sorted({m for pattern, methods in table if pattern.fullmatch(path) for m in methods})
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -90,10 +107,12 @@ def install_problem_handlers(app: FastAPI) -> None:
                 hint="the API lives under /api/v1; see /api/v1/openapi.json",
             )
         elif exc.status_code == 405:
+            allowed = allowed_methods(request)
             error = MethodNotAllowed(
                 f"method {request.method} is not allowed on {request.url.path}",
-                hint="see /api/v1/openapi.json",
+                hint=f"use {', '.join(allowed)}; see /api/v1/openapi.json",
             )
+            return problem_response(error, request, headers={"Allow": ", ".join(allowed)})
         elif exc.status_code < 500:
             error = UserError(str(exc.detail), status=exc.status_code)
         else:
@@ -105,8 +124,3 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(
             UserError("the request is nested too deeply", hint="flatten the document"), request
         )
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> ProblemResponse:  # pyright: ignore[reportUnusedFunction]
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(ServerError("the server failed; the error was logged"), request)

@@ -28,6 +28,12 @@ from ._problems import PROBLEM_JSON
 
 router = APIRouter(prefix="/llm/v1", tags=["llm"])
 MAX_BODY = 1024 * 1024
+_OPENAI_KINDS = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 
 
 def _openai_error(error: BastionError, kind: str) -> JSONResponse:
@@ -82,7 +88,10 @@ async def chat_completions(request: Request, bastion: BastionDep, principal: Pri
             params=params,
         )
     except BastionError as error:
-        return _openai_error(error, "invalid_request_error" if error.status < 500 else "api_error")
+        return _openai_error(
+            error,
+            _OPENAI_KINDS.get(error.status, "invalid_request_error" if error.status < 500 else "api_error"),
+        )
     except CallError as refusal:
         return _refused(refusal)
     headers = {"x-bastion-run": run_id}

@@ -23,6 +23,7 @@ from bastion.control._resources import public_manifest
 from bastion.errors import InvalidManifest, NotFound, UnsupportedMediaType, UserError
 
 from ._deps import BastionDep, IdempotencyKey, PrincipalDep, require, run_idempotent
+from ._inputs import check_value
 
 router = APIRouter(prefix="/api/v1")
 
@@ -74,7 +75,10 @@ async def read_documents(request: Request) -> list[RawDocument]:
     except UnicodeDecodeError:
         raise UserError("the request body is not UTF-8", hint="send UTF-8 text") from None
     if content_type in {"application/yaml", "application/x-yaml", "text/yaml"}:
-        return parse_yaml(text, "request body")
+        docs = parse_yaml(text, "request body")
+        for index, doc in enumerate(docs):  # JSON bodies were checked by InputGuard
+            check_value(doc.body, "request body", f"documents[{index}]")
+        return docs
     if content_type != "application/json":
         raise UnsupportedMediaType(
             f"content type {content_type!r} is not accepted here",
@@ -126,7 +130,10 @@ async def apply(
         items = [{"action": a.action, "resource": public_manifest(a.row)} for a in applied]
         return 200, {"items": items}
 
-    return await run_idempotent(request, bastion, principal, idempotency_key, operation)
+    def authorize(conn: Connection) -> None:
+        bastion.resources.authorize(conn, principal, resources)
+
+    return await run_idempotent(request, bastion, principal, idempotency_key, operation, authorize=authorize)
 
 
 @router.post("/diff", tags=["resources"], summary="What an apply would change", openapi_extra=_MANIFESTS_BODY)

@@ -5,6 +5,12 @@ apply). They replace the namespace's resources of the same kind and name, or are
 of the namespace's policy stays. Every recorded tool call is decided again (with the counters the
 new policy would have seen) and its recorded result inspected again; the answer lists the
 decisions that would change.
+
+Who may: developers and up (it writes nothing, and developers are the ones proposing policy
+changes to their operators); a viewer may not, since it runs caller-supplied patterns and Rego.
+The judging itself runs in a killable child process under ``Settings.evaluation_seconds``
+(``bastion.policy._evaluator``): a pathological pattern or Rego module costs its own request a
+503, never the server its other requests.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from bastion.control._bastion import Bastion
 from bastion.control.store import Principal
 from bastion.errors import InvalidManifest, UserError
-from bastion.policy import RecordedCall, Subject, ToolInfo, compile_policy, rejudge
+from bastion.policy import RecordedCall, Subject, ToolInfo
+from bastion.policy._whatif_job import judge
 
-from ._deps import BastionDep, PrincipalDep
+from ._deps import BastionDep, PrincipalDep, require
 from ._routes_resources import NamespacePath, read_documents, validated_resources
 from ._routes_runs import RunIdPath, find_run
 
@@ -38,6 +45,7 @@ async def what_if(
     bastion: BastionDep,
     principal: PrincipalDep,
 ) -> dict[str, Any]:
+    require(principal, "developer", "run what-if")
     resources = validated_resources(await read_documents(request))
     others = sorted({r.kind_name for r in resources if r.kind_name not in JUDGED})
     if others:
@@ -79,7 +87,6 @@ def _judge(
         + [m for m in proposed if m["kind"] == kind]
         for kind in JUDGED
     }
-    policy = compile_policy(merged["Policy"], merged["ToolGrant"], strict=True)
     subject = Subject.from_manifest(run.agent_spec)
     if tier is not None:
         subject = Subject.from_manifest({**run.agent_spec, "spec": {**run.agent_spec["spec"], "tier": tier}})
@@ -102,11 +109,7 @@ def _judge(
                 response=response if entry.error is None else None,
             )
         )
-    changes = rejudge(recorded, policy)
-    return {
-        "run": run.id,
-        "agent": run.agent,
-        "policyVersion": policy.version,
-        "calls": len(recorded),
-        "changes": [c.to_record() for c in changes],
-    }
+    verdict = bastion.evaluator.run(
+        f"what-if of run {run.id}", judge, merged["Policy"], merged["ToolGrant"], recorded
+    )
+    return {"run": run.id, "agent": run.agent, **verdict}

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -124,6 +125,9 @@ def _selector_clause(req: Requirement) -> Any:
             return not_(has.where(resource_labels.c.value.in_(req.values)))
 
 
+_CURSOR_PART = re.compile(r"[\x21-\x7e]{1,253}")
+
+
 def _encode_cursor(scope: str, last: ResourceRow) -> str:
     raw = json.dumps([scope, last.namespace, last.name, last.kind], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -142,7 +146,9 @@ def _decode_cursor(cursor: str, scope: str) -> tuple[str, str, str]:
     if not isinstance(data, list):
         raise bad
     parts = [x for x in cast(list[Any], data) if isinstance(x, str)]
-    if len(parts) != 4 or parts[0] != scope:
+    # Names, namespaces and kinds are printable ASCII: anything else in a token was forged, and
+    # must not reach SQL (PostgreSQL refuses NUL; no driver encodes a lone surrogate).
+    if len(parts) != 4 or parts[0] != scope or not all(_CURSOR_PART.fullmatch(p) for p in parts):
         raise bad
     return parts[1], parts[2], parts[3]
 

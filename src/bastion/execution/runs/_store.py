@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
@@ -458,16 +459,33 @@ class RunStore:
         conn.execute(update(runs).where(runs.c.id == run_id).values(updated_at=self.clock.now(), **values))
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CURSOR_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_CURSOR_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def _encode_cursor(run: Run) -> str:
     raw = json.dumps([run.created_at.isoformat(), run.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) of a continue token, range-checked: a forged token is a 400, never a
+    naive or out-of-range time or a byte the database refuses."""
+    bad = UserError(
+        "the continue token is invalid", field="continue", hint="pass the previous page's token unchanged"
+    )
     try:
-        at, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(str(at)), str(run_id)
-    except (binascii.Error, ValueError, TypeError):
-        raise UserError(
-            "the continue token is invalid", field="continue", hint="pass the previous page's token unchanged"
-        ) from None
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        at_text, run_id = data
+        if not isinstance(at_text, str) or not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+            raise bad
+        at = datetime.fromisoformat(at_text)
+        if at.tzinfo is None:
+            raise bad
+        at = at.astimezone(UTC)
+        if not _CURSOR_EARLIEST <= at <= _CURSOR_LATEST:
+            raise bad
+        return at, run_id
+    except (binascii.Error, ValueError, TypeError, OverflowError):
+        raise bad from None

@@ -1,0 +1,75 @@
+"""Fields that operators' grants trust, and so only operators may set.
+
+A ToolGrant names its subjects by agent name, label or tier. An Agent is written by developers,
+so without this check a developer could give their agent ``tier: T4`` or any label and satisfy
+every grant an operator wrote for T4 or for that label. Two fields are therefore operator-owned:
+
+* ``spec.tier`` of an Agent above ``DEFAULT_TIER`` (T0, the tier an Agent gets when it names
+  none). A developer may keep the tier an operator already set, or lower it; raising it needs
+  the operator role. Automatic promotion (``Policy.spec.trust``) is not affected: it is recorded
+  by the trust service, not written into the manifest.
+* labels whose key is under ``OPERATOR_LABEL_DOMAIN`` (``bastion.io/team``,
+  ``grants.bastion.io/pci``, …), on any kind. A developer may carry them unchanged, but may not
+  add, change or remove one. Grants that should not be satisfiable by a developer's own labels
+  name such keys in ``subjects.labels``; any other label key is developer-owned.
+
+A developer's attempt is a 403 problem+json naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from bastion.api import TIERS, Agent, Resource
+from bastion.errors import Forbidden, Problem
+
+from .store import Principal, ResourceRow
+
+DEFAULT_TIER = "T0"
+OPERATOR_ROLE = "operator"
+OPERATOR_LABEL_DOMAIN = "bastion.io"
+
+
+def operator_owned_label(key: str) -> bool:
+    """``bastion.io/x`` and ``sub.bastion.io/x`` are operator-owned; ``x`` and ``example.com/x`` are not."""
+    prefix, slash, _ = key.rpartition("/")
+    if not slash:
+        return False
+    prefix = prefix.lower()
+    return prefix == OPERATOR_LABEL_DOMAIN or prefix.endswith("." + OPERATOR_LABEL_DOMAIN)
+
+
+def _tier_index(tier: object) -> int:
+    return TIERS.index(tier) if tier in TIERS else 0  # pyright: ignore[reportArgumentType]
+
+
+def check_privileged_fields(
+    principal: Principal, index: int, resource: Resource, existing: ResourceRow | None
+) -> None:
+    """Refuse a non-operator's write that sets an operator-owned field to a new value."""
+    if principal.at_least(OPERATOR_ROLE):
+        return
+    meta = resource.metadata
+    where = f"{resource.kind_name} {meta.namespace}/{meta.name}"
+    stored = existing.labels if existing is not None else {}
+    keys = {k for k in (*meta.labels, *stored) if operator_owned_label(k)}
+    for key in sorted(keys):
+        if meta.labels.get(key) != stored.get(key):
+            raise Forbidden(
+                f"{where}: label {key!r} is operator-owned; role {principal.role!r} may not add, change or remove it",
+                field=f"metadata.labels.{key}",
+                hint=f"ask an operator to set it, or use a label key outside {OPERATOR_LABEL_DOMAIN}/",
+                problems=[
+                    Problem(message="operator-owned label", field=f"metadata.labels.{key}", document=index)
+                ],
+            )
+    if isinstance(resource, Agent):
+        tier = resource.spec.tier
+        current = existing.spec.get("tier", DEFAULT_TIER) if existing is not None else DEFAULT_TIER
+        if _tier_index(tier) > max(_tier_index(DEFAULT_TIER), _tier_index(current)):
+            raise Forbidden(
+                f"{where}: role {principal.role!r} may not set tier {tier} (above the default {DEFAULT_TIER}"
+                + (f"; it is {current} now)" if existing is not None else ")"),
+                field="spec.tier",
+                hint=f"leave spec.tier at {current} and ask an operator to raise it "
+                "(`bastion trust promote`, or an operator's apply)",
+                problems=[Problem(message="tier needs role 'operator'", field="spec.tier", document=index)],
+            )
