@@ -24,7 +24,7 @@ from jsonschema.exceptions import ValidationError, best_match  # pyright: ignore
 from ._call import CallContext, Counters
 from ._compile import Compiled, GrantRule, PatternRule, Where, build
 from ._decision import Decision, Finding, RateLimitRef, combine
-from ._egress import Target, allows, parse_target
+from ._egress import HttpTarget, allows, parse_target
 from ._grants import Subject, tier_rank
 from ._pii import Detection, detect, redact
 from ._scan import Scanner
@@ -151,7 +151,7 @@ class CompiledPolicy:
             more = self._dynamic(plan, call)
             if more:
                 findings = (findings or []) + more
-        target: Target | None = None
+        target: HttpTarget | None = None
         if plan.fetches:
             target, more = self._egress(plan, chosen, call)
             if more:
@@ -170,7 +170,7 @@ class CompiledPolicy:
         call: CallContext,
         chosen: _Candidate | None,
         findings: list[Finding],
-        target: Target | None,
+        target: HttpTarget | None,
     ) -> Decision:
         if chosen is not None:
             base = chosen.decision
@@ -283,7 +283,7 @@ class CompiledPolicy:
 
     def _egress(
         self, plan: _Plan, chosen: _Candidate | None, call: CallContext
-    ) -> tuple[Target | None, list[Finding]]:
+    ) -> tuple[HttpTarget | None, list[Finding]]:
         target = parse_target(call.args.get("url"))
         if isinstance(target, str):
             return None, [Finding("egress/url", "deny", target)]
