@@ -11,6 +11,7 @@ A second tenant has a Secret of the same name with another value, applied first.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,57 @@ def test_what_the_agent_reads_back_never_tells_it_which_value_is_a_secret(
         for path in (db, db.with_name(db.name + "-wal")):
             if path.exists():
                 assert SECRET.encode() not in path.read_bytes(), f"the secret is in {path.name}"
+
+
+RESUMED = """
+from bastion import agent
+
+def main(input):
+    echoed = []
+    for n in range(input["first"], input["last"]):
+        candidate = f"pin-{n:06d}-x"
+        echo = agent.tools.call("echo", url=input["echo"], method="POST", body=candidate)
+        echoed.append(echo["body"] == candidate)
+    agent.tools.call("gate", path="done.txt", content="waited")  # suspends until approved
+    return {"echoed": echoed}
+"""
+
+
+def _wait_state(client: Any, run_id: str, state: str) -> None:
+    deadline = time.monotonic() + 30
+    while client.get_run(run_id)["state"] != state:
+        assert time.monotonic() < deadline, client.get_run(run_id)
+        time.sleep(0.05)
+
+
+def test_a_resumed_agent_is_not_shown_the_scrubbed_answer_it_first_saw_raw(tenant: Tenant) -> None:
+    """An approval suspends the run; the next attempt replays the echo calls from the journal,
+    where the one that echoed the secret is stored scrubbed. Answering with that copy would name
+    the winning candidate, so the replay stops there instead, and the run fails saying why."""
+    with hostile_server(_echo) as echo:
+        _apply(tenant, SECRET, echo.host)
+        with tenant.client() as client:
+            agent = code_agent("resumer", RESUMED, tools=["bank", "echo", "gate"])
+            client.apply(
+                raw(
+                    builtin_tool("gate", "fs.write"),
+                    agent,
+                    grant_for("resumer", "bank", "echo", egress=[echo.host]),
+                    grant_for("resumer", "gate", requireApproval=True) | {"metadata": {"name": "gated"}},
+                )
+            )
+            outcomes: dict[str, dict[str, Any]] = {}
+            for label, first in (("misses", 4210), ("hits", 4216)):
+                run = client.create_run(
+                    "resumer", {"echo": f"{echo.url}/", "first": first, "last": first + 3}
+                )
+                _wait_state(client, run["id"], "WaitingApproval")
+                [approval] = [a for a in client.list_approvals() if a["run"] == run["id"]]
+                client.decide_approval(approval["id"], approve=True, reason="go on")
+                outcomes[label] = wait_finished(client, run["id"])
+
+    assert outcomes["misses"]["state"] == "Succeeded", outcomes["misses"]
+    assert outcomes["misses"]["result"] == {"echoed": [True, True, True]}
+    hits = outcomes["hits"]
+    assert hits["state"] == "Failed", hits
+    assert "scrubbed of a secret" in hits["reason"] and SECRET not in json.dumps(hits)

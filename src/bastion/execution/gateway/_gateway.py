@@ -254,9 +254,14 @@ class GatewaySession:
             return self._answer(value, error)
         span.outcome(recorded.decision, recorded.error)
         self._check_budget(seq)
-        return self._answer(
-            self._shaped(kind, request, self.g.journal.resolve(recorded.response)), recorded.error
-        )
+        response = self.g.journal.resolve(recorded.response)
+        if self.redactor.marked([response, recorded.error]):
+            # The live answer held a secret the agent sent itself (a call that carried one would
+            # have been refused); the scrubbed copy would show it which value was the secret.
+            raise NonDeterministic(
+                seq, "its journaled answer was scrubbed of a secret and cannot be replayed as it was given"
+            )
+        return self._answer(self._shaped(kind, request, response), recorded.error)
 
     # --- live ------------------------------------------------------------------------
 
