@@ -290,7 +290,7 @@ class SecretRefused(ToolCallFailed):
 
     def __init__(self, tool: str, secret: str, destination: str, declared: bool = True) -> None:
         self.secret, self.destination = secret, destination
-        super().__init__(tool, refusal_reason(secret, destination, declared))
+        super().__init__(tool, _refusal_reason(secret, destination, declared))
 
     @property
     def rule_id(self) -> str:
@@ -307,7 +307,7 @@ class SecretRefused(ToolCallFailed):
         }
 
 
-def refusal_reason(secret: str, destination: str, declared: bool = True) -> str:
+def _refusal_reason(secret: str, destination: str, declared: bool = True) -> str:
     """Why Secret ``secret`` was not sent to ``destination``, and the fix."""
     if not declared:
         return (

@@ -233,7 +233,9 @@ class GatewaySession:
         rule_ids = tuple(str(r.get("rule", "")) for r in reasons)
         if kind == "tool":
             grant = next((r.removeprefix("grant/") for r in rule_ids if r.startswith("grant/")), None)
-            if recorded.decision in ("allow", "redact"):
+            # A call refused at execution (a Secret's destination, an echo) was counted live too.
+            executed = any(r.startswith("secret/") for r in rule_ids)
+            if recorded.decision in ("allow", "redact") or executed:
                 self.tool_calls += 1
                 if grant is not None and "/" not in grant:
                     self.calls_by_grant[grant] = self.calls_by_grant.get(grant, 0) + 1
