@@ -101,11 +101,11 @@ def _needles(secrets: Mapping[str, str]) -> list[_Needle]:
 def _match(needles: list[_Needle], data: bytes, raw_lower: bytes) -> tuple[str, str] | None:
     """(label, comparison) of the first needle in ``data`` (already folded), or None."""
     slices: list[tuple[str, bytes]] = [("", data)]
-    for step in (2, 3):
-        slices.extend((f"every {step}th character", data[start::step]) for start in range(step))
+    for step, nth in ((2, "every second character"), (3, "every third character")):
+        slices.extend((nth, data[start::step]) for start in range(step))
         # Filler between a secret's characters may be punctuation, which folding drops but the
         # secret's own punctuation keeps its place: stride over the unfolded text as well.
-        slices.extend((f"every {step}th character", fold(raw_lower[start::step])) for start in range(step))
+        slices.extend((nth, fold(raw_lower[start::step])) for start in range(step))
     for needle in needles:
         if len(needle.folded) < _MIN_FOLDED and needle.raw in raw_lower:
             return needle.label, "as is"
