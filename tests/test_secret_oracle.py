@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from bastion.client import BastionClient
+from bastion.control import Bastion, create_app
 from bastion.observe.journal import canonical, digest
 from bastion.observe.record import verify_record
+from bastion.testing import serve_in_thread
 
 from ._agents import builtin_tool, code_agent, grant_for, http_tool, wait_finished
 from ._docs import raw
@@ -173,3 +179,69 @@ def test_a_resumed_agent_is_not_shown_the_scrubbed_answer_it_first_saw_raw(tenan
     hits = outcomes["hits"]
     assert hits["state"] == "Failed", hits
     assert "scrubbed of a secret" in hits["reason"] and SECRET not in json.dumps(hits)
+
+
+FAILING = """
+from bastion import agent
+
+def main(input):
+    quoted = []
+    for n in range(4215, 4220):
+        candidate = f"pin-{n:06d}-x"
+        try:
+            agent.tools.call("fs.read", path=candidate)
+        except agent.ToolFailed as failed:
+            quoted.append(candidate in str(failed))
+    return {"quoted": quoted}
+"""
+
+
+def test_an_error_quoting_a_guess_is_raw_to_the_agent_and_scrubbed_in_exported_spans(
+    make_bastion: Callable[..., Bastion],
+) -> None:
+    bastion = make_bastion(lease_seconds=2.0, poll_seconds=0.05)
+    spans = InMemorySpanExporter()
+    bastion.telemetry.add_exporter(spans)
+    first = bastion.bootstrap()
+    assert first is not None
+    thread, stop = bastion.start_worker()
+    try:
+        with serve_in_thread(create_app(bastion)) as url, BastionClient(url, first.admin_key) as client:
+            client.apply(
+                raw(
+                    {
+                        "apiVersion": "bastion/v1",
+                        "kind": "Secret",
+                        "metadata": {"name": "pin"},
+                        "spec": {"stringData": {"token": SECRET}, "usableBy": {"tools": ["bank"]}},
+                    },
+                    http_tool(
+                        "bank", "https://bank.example.com/pay", headers={"X": "{secret:pin}"}, secrets=["pin"]
+                    ),
+                    builtin_tool("fs.read"),
+                    code_agent("failer", FAILING, tools=["bank", "fs.read"]),
+                    grant_for("failer", "fs.read"),
+                )
+            )
+            run = wait_finished(client, client.create_run("failer", None)["id"])
+            journal = client.journal(run["id"])
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert run["result"] == {"quoted": [True] * 5}, (
+        "the agent's own path comes back in the error as it sent it"
+    )
+    exported = [
+        json.dumps(
+            [
+                s.name,
+                dict(s.attributes or {}),
+                s.status.description,
+                [dict(e.attributes or {}) for e in s.events],
+            ]
+        )
+        for s in spans.get_finished_spans()
+    ]
+    assert any("pin-004216-x" in text for text in exported), "the spans do carry the errors"
+    assert not any(SECRET in text for text in exported)
+    assert SECRET not in json.dumps(journal)

@@ -252,7 +252,7 @@ class GatewaySession:
         if tool is not None and tool.workspace_only and recorded.decision == "allow":
             # Workspace effects are re-created: this attempt started from the initial workspace.
             value, error = self._invoke(seq, tool, request["params"], Decision(effect="allow", reasons=()))
-            span.outcome(recorded.decision, error)
+            span.outcome(recorded.decision, cast(dict[str, Any] | None, self.redactor.scrub(error)))
             return self._answer(value, error)
         span.outcome(recorded.decision, recorded.error)
         self._check_budget(seq)
@@ -333,7 +333,7 @@ class GatewaySession:
         attempt.commit(prepared, events)
         self.seq, self.head = seq, prepared.entry.hash
         self.g.metrics.calls.labels(kind, decision.effect).inc()
-        span.outcome(decision.effect, error)
+        span.outcome(decision.effect, stored_error)  # spans are exported: scrubbed too
         if kind == "tool":
             name = str(request["params"].get("name", ""))
             self._account(seq, name, decision.effect, decision.rule_ids, list(decision.reasons), error)
