@@ -37,12 +37,16 @@ def main(input):
 """
 
 
-def _secret() -> dict[str, Any]:
+def _secret(url: str) -> dict[str, Any]:
     return {
         "apiVersion": "bastion/v1",
         "kind": "Secret",
         "metadata": {"name": "weather-key"},
-        "spec": {"stringData": {"token": TOKEN}, "usableBy": {"tools": ["weather"]}},
+        "spec": {
+            "stringData": {"token": TOKEN},
+            "usableBy": {"tools": ["weather"]},
+            "destinations": [f"{url}/forecast"],
+        },
     }
 
 
@@ -63,7 +67,7 @@ def _apply(client: BastionClient, url: str, *, agent: str = "asker", timeout: st
                 headers={"Authorization": "Bearer {secret:weather-key/token}"},
                 secrets=["weather-key"],
             ),
-            _secret(),
+            _secret(url),
             grant_for(agent, "weather", requireApproval=True, approvalTimeout=timeout),
         )
     )

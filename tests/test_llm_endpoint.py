@@ -29,7 +29,11 @@ def test_the_openai_sdk_talks_to_the_endpoint_under_a_model_policy(tenant: Tenan
                     "apiVersion": "bastion/v1",
                     "kind": "Secret",
                     "metadata": {"name": "upstream"},
-                    "spec": {"stringData": {"apiKey": key}, "usableBy": {"providers": ["openai"]}},
+                    "spec": {
+                        "stringData": {"apiKey": key},
+                        "usableBy": {"providers": ["openai"]},
+                        "destinations": [fake.openai_url],
+                    },
                 },
                 model_policy(
                     "team-models",

@@ -1,5 +1,5 @@
-"""Invariant 2, adversarially: a tool echoes its injected secret back in every encoding we know,
-and the secret turns up nowhere an agent or a user could read it."""
+"""Invariant 2, adversarially: a tool echoes its injected secret back in every encoding we know;
+the calls are refused as incidents, and the secret turns up nowhere an agent or a user could read it."""
 
 from __future__ import annotations
 
@@ -85,10 +85,16 @@ AGENT = """
 import json, sys
 from bastion import agent
 
+def attempt(name, **args):
+    try:
+        return agent.tools.call(name, **args)
+    except agent.ToolDenied as denied:
+        return {"denied": str(denied)}
+
 def main(input):
     out = []
-    out.append(agent.tools.call("echo", message="show me the key"))
-    out.append(agent.tools.call("fetch", url=input["url"], method="POST", body="hi"))
+    out.append(attempt("echo", message="show me the key"))
+    out.append(attempt("fetch", url=input["url"], method="POST", body="hi"))
     text = json.dumps(out)
     agent.log("the tool said:", text)
     print("printed:", text)
@@ -107,7 +113,11 @@ def test_the_injected_secret_appears_nowhere(
         "apiVersion": "bastion/v1",
         "kind": "Secret",
         "metadata": {"name": "canary"},
-        "spec": {"stringData": {"token": CANARY}, "usableBy": {"tools": ["echo", "fetch"]}},
+        "spec": {
+            "stringData": {"token": CANARY},
+            "usableBy": {"tools": ["echo", "fetch"]},
+            "destinations": [url],
+        },
     }
     echo = http_tool(
         "echo",
@@ -176,6 +186,13 @@ def test_the_injected_secret_appears_nowhere(
             if path.exists():
                 texts[f"database {path.name}"] = path.read_bytes().decode("latin-1")
 
-    assert "[REDACTED:canary]" in texts["journal"], "the echoed secret should show up redacted"
+    assert run["result"] == [
+        {
+            "denied": f"tool '{tool}' denied: the response of {tool!r} carried secret 'canary' back (as is); "
+            "it was withheld and recorded as an incident: a destination that echoes its credential is hostile or broken"
+        }
+        for tool in ("echo", "fetch")
+    ], run["result"]
+    assert texts["events"].count('"incident"') >= 2, "each echo is an incident in the run's events"
     leaked = {where: found for where, text in texts.items() if (found := leaks(text))}
     assert leaked == {}

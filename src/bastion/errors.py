@@ -9,6 +9,8 @@
     x Forbidden       -- the key's role may not do this
     x PayloadTooLarge -- a request body over the limit
   x RunError          -- a run failed (filled in by the run engine)
+    x ToolCallFailed  -- a tool failed
+      x SecretRefused -- a Secret was about to go where its spec.destinations do not allow
     x ModelCallFailed -- every target of a ModelPolicy failed, or a stream broke mid-answer
     x BudgetExceeded  -- a model call's reservation would not fit a token or cost budget
   x ServerError       -- Bastion itself failed; never carries internals to the caller
@@ -282,6 +284,44 @@ class ToolCallFailed(RunError):
         }
 
 
+class SecretRefused(ToolCallFailed):
+    """A Secret was about to be sent somewhere its ``spec.destinations`` do not name: a denial,
+    journaled with the Secret and the destination, never a silent drop."""
+
+    def __init__(self, tool: str, secret: str, destination: str, declared: bool = True) -> None:
+        self.secret, self.destination = secret, destination
+        super().__init__(tool, _refusal_reason(secret, destination, declared))
+
+    @property
+    def rule_id(self) -> str:
+        return f"secret/{self.secret}/destinations"
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": "policy_denied",
+            "tool": self.tool,
+            "reasons": [self.reason],
+            "rule_ids": [self.rule_id],
+            "secret": self.secret,
+            "destination": self.destination,
+        }
+
+
+def _refusal_reason(secret: str, destination: str, declared: bool = True) -> str:
+    """Why Secret ``secret`` was not sent to ``destination``, and the fix."""
+    if not declared:
+        return (
+            f"secret {secret!r} may not be sent to {destination!r}: Secret {secret!r} declares no "
+            "spec.destinations, so it may be sent nowhere; an operator adds the hosts or URL "
+            "prefixes it is for to its spec.destinations"
+        )
+    return (
+        f"secret {secret!r} may not be sent to {destination!r}: that is not among its "
+        f"spec.destinations; if it should go there, an operator adds it to Secret {secret!r} "
+        "spec.destinations"
+    )
+
+
 class ModelCallFailed(RunError):
     """A model call failed on every target it may use; journaled, raised again on replay."""
 
@@ -389,6 +429,7 @@ __all__ = [
     "RunKilled",
     "RunSuspended",
     "SandboxError",
+    "SecretRefused",
     "ServerError",
     "ToolCallFailed",
     "Unauthorized",

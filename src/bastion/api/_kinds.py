@@ -325,6 +325,12 @@ class ToolGrant(Resource):
 SECRET_PLACEHOLDER = "[REDACTED]"  # noqa: S105 -- the mask, not a secret
 
 
+Destination = Annotated[
+    str, Field(min_length=1, max_length=2048, pattern=r"^(https?://[^\s?#]+|\[?[A-Za-z0-9*._:\-\]]+)$")
+]
+"""A Secret destination: a host pattern or an ``http(s)://`` URL prefix (no query, no fragment)."""
+
+
 class SecretUse(Model):
     tools: list[ToolName] = Field(default_factory=list[str])
     providers: list[Provider] = Field(default_factory=list[Provider])
@@ -336,6 +342,11 @@ class SecretSpec(Model):
     )
     """The values. Write-only: stored encrypted and read back as ``[REDACTED]``."""
     usable_by: SecretUse = Field(default_factory=SecretUse)
+    destinations: list[Destination] = Field(default_factory=list[str], max_length=64)
+    """Where the gateway may send the values (invariant 2): host patterns (``api.example.com``,
+    ``*.example.com``, with an optional ``:port``; without one, the scheme's default port) or URL
+    prefixes (``https://api.example.com/v1/``). Only an operator writes this; a Tool or a
+    ModelPolicy that points elsewhere gets a denial, not the secret. Empty: sent nowhere."""
     lease_ttl: Duration = "15m"
 
     @model_validator(mode="after")

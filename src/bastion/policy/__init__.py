@@ -8,6 +8,7 @@ agent's record; ``rejudge`` replays a run's recorded calls under another policy.
 
 from ._call import NO_COUNTERS, CallContext, Counters, ToolInfo, WindowCount
 from ._decision import RANK, Decision, Effect, Finding, RateLimitRef, combine, deny
+from ._egress import DEFAULT_PORTS, HttpTarget, allows, destination_allows, encode_host, parse_target
 from ._engine import CompiledPolicy, compile_policy, rego_input
 from ._grants import TIERS, Subject, tier_rank
 from ._normalize import normalize
@@ -28,6 +29,7 @@ from ._whatif import Change, RecordedCall, rejudge
 
 __all__ = [
     "BENIGN",
+    "DEFAULT_PORTS",
     "EVASION_PROBES",
     "NO_COUNTERS",
     "PROBE_PATTERNS",
@@ -44,6 +46,7 @@ __all__ = [
     "ErrorBudget",
     "Finding",
     "Handoff",
+    "HttpTarget",
     "RateLimitRef",
     "RecordedCall",
     "RunOutcome",
@@ -52,13 +55,17 @@ __all__ = [
     "TrustChange",
     "TrustSettings",
     "WindowCount",
+    "allows",
     "build_handoff",
     "check_error_budget",
     "combine",
     "compile_policy",
     "deny",
+    "destination_allows",
+    "encode_host",
     "evaluate_trust",
     "normalize",
+    "parse_target",
     "rego_input",
     "rejudge",
     "tier_rank",

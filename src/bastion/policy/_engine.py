@@ -31,7 +31,7 @@ from jsonschema.exceptions import ValidationError, best_match  # pyright: ignore
 from ._call import CallContext, Counters
 from ._compile import Compiled, GrantRule, PatternRule, Where, build
 from ._decision import Decision, Finding, RateLimitRef, combine
-from ._egress import Target, allows, parse_target
+from ._egress import HttpTarget, allows, parse_target
 from ._grants import Subject, tier_rank
 from ._pii import Detection, detect, redact
 from ._scan import Scanner
@@ -148,7 +148,7 @@ class CompiledPolicy:
                 else:
                     refused.append(refusal)
             usable = kept
-        target: Target | None = None
+        target: HttpTarget | None = None
         outside: list[Finding] | None = None
         if plan.fetches:
             target, usable, more, outside = self._egress(plan, usable, call)
@@ -191,7 +191,7 @@ class CompiledPolicy:
         call: CallContext,
         usable: Sequence[_Candidate],
         findings: list[Finding],
-        target: Target | None,
+        target: HttpTarget | None,
     ) -> Decision:
         for cand in usable:
             base = cand.decision
@@ -207,7 +207,7 @@ class CompiledPolicy:
             return decision
         return self._granted(decision, usable, target)
 
-    def _granted(self, decision: Decision, usable: Sequence[_Candidate], target: Target | None) -> Decision:
+    def _granted(self, decision: Decision, usable: Sequence[_Candidate], target: HttpTarget | None) -> Decision:
         """``decision`` (not a deny) with what the grants that took part add: their names, the
         rate limits the call counts against, the hosts it may reach."""
         names = tuple(sorted(c.grant.name for c in usable))
@@ -329,7 +329,7 @@ class CompiledPolicy:
 
     def _egress(
         self, plan: _Plan, usable: Sequence[_Candidate], call: CallContext
-    ) -> tuple[Target | None, Sequence[_Candidate], list[Finding], list[Finding]]:
+    ) -> tuple[HttpTarget | None, Sequence[_Candidate], list[Finding], list[Finding]]:
         """The call's target; the grants whose egress list covers it; why the others do not;
         and the rules' allowlists' findings."""
         target = parse_target(call.args.get("url"))

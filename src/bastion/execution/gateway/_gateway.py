@@ -39,6 +39,7 @@ from bastion.policy import (
 )
 
 from ._approvals import Approval, ApprovalState, ApprovalStore
+from ._echo import EchoGuard, as_denial
 from ._llm import ModelCalls
 from ._metrics import GatewayMetrics
 from ._policy import PolicyCache, RateWindows, parameters_fault
@@ -127,6 +128,8 @@ class GatewaySession:
         self.attempt = attempt
         self.tenant_id, self.namespace = attempt.tenant_id, attempt.namespace
         self.redactor = Redactor()
+        """Scrubs what is stored (journal, events, records); never what goes back to the agent."""
+        self.echoes = EchoGuard()
         self.recorded: dict[int, Entry] = {e.seq: e for e in gateway.journal.entries(attempt.run_id)}
         self.seq = 0
         self.head = GENESIS
@@ -229,7 +232,9 @@ class GatewaySession:
         reasons = recorded.reasons
         rule_ids = tuple(str(r.get("rule", "")) for r in reasons)
         if kind == "tool":
-            if recorded.decision in ("allow", "redact"):
+            # A call refused at execution (a Secret's destination, an echo) was counted live too.
+            executed = any(r.startswith("secret/") for r in rule_ids)
+            if recorded.decision in ("allow", "redact") or executed:
                 self.tool_calls += 1
                 for rule in rule_ids:  # every grant that covered the call
                     grant = rule.removeprefix("grant/")
@@ -248,15 +253,18 @@ class GatewaySession:
         if tool is not None and tool.workspace_only and recorded.decision == "allow":
             # Workspace effects are re-created: this attempt started from the initial workspace.
             value, error = self._invoke(seq, tool, request["params"], Decision(effect="allow", reasons=()))
-            value = self.redactor.scrub(value)
-            error = cast(dict[str, Any] | None, self.redactor.scrub(error))
-            span.outcome(recorded.decision, error)
+            span.outcome(recorded.decision, cast(dict[str, Any] | None, self.redactor.scrub(error)))
             return self._answer(value, error)
         span.outcome(recorded.decision, recorded.error)
         self._check_budget(seq)
-        return self._answer(
-            self._shaped(kind, request, self.g.journal.resolve(recorded.response)), recorded.error
-        )
+        response = self.g.journal.resolve(recorded.response)
+        if self.redactor.marked([response, recorded.error]):
+            # The live answer held a secret the agent sent itself (a call that carried one would
+            # have been refused); the scrubbed copy would show it which value was the secret.
+            raise NonDeterministic(
+                seq, "its journaled answer was scrubbed of a secret and cannot be replayed as it was given"
+            )
+        return self._answer(self._shaped(kind, request, response), recorded.error)
 
     # --- live ------------------------------------------------------------------------
 
@@ -277,8 +285,10 @@ class GatewaySession:
                 rule_ids=(f"builtin/{kind}",),
             )
             value = self._seam(kind)
-        value = self.redactor.scrub(value)
-        error = cast(dict[str, Any] | None, self.redactor.scrub(error))
+        # Stored scrubbed; answered as it is: redacting the answer would tell the agent which of
+        # the values it wrote itself is a secret (a call that carried one was checked for echoes).
+        stored = self.redactor.scrub(value)
+        stored_error = cast(dict[str, Any] | None, self.redactor.scrub(error))
         duration_us = int((time.perf_counter() - t0) * 1_000_000)
         reasons: list[dict[str, Any]] = [
             {"rule": rule, "text": self.redactor.scrub_text(text)}
@@ -293,12 +303,12 @@ class GatewaySession:
             seq=seq,
             attempt=attempt.attempt,
             kind=kind,
-            request=request,
+            request=self.redactor.scrub(request),  # the hash is the raw request's: replay still compares
             request_hash=request_hash,
             decision=decision.effect,
             reasons=reasons,
-            response=value,
-            error=error,
+            response=stored,
+            error=stored_error,
             started_at=started_at,
             duration_us=duration_us,
             prev_hash=self.head,
@@ -311,17 +321,20 @@ class GatewaySession:
         }
         if kind == "tool":
             event["tool"] = request["params"].get("name")
-        elif kind == "llm" and isinstance(value, dict):
-            result = cast(dict[str, Any], value)
+        elif kind == "llm" and isinstance(stored, dict):
+            result = cast(dict[str, Any], stored)
             event.update(model=result.get("model"), usage=result.get("usage"))
-        if error is not None:
-            event["error"] = error.get("reason") or error.get("message")
+        if stored_error is not None:
+            event["error"] = stored_error.get("reason") or stored_error.get("message")
         if decision.effect != "allow":
             event["reasons"] = [r["text"] for r in reasons]
-        attempt.commit(prepared, [("call", event)])
+        events: list[tuple[str, dict[str, Any]]] = [("call", event)]
+        if stored_error is not None and "incident" in stored_error:
+            events.append(("incident", {"seq": seq, **stored_error["incident"]}))
+        attempt.commit(prepared, events)
         self.seq, self.head = seq, prepared.entry.hash
         self.g.metrics.calls.labels(kind, decision.effect).inc()
-        span.outcome(decision.effect, error)
+        span.outcome(decision.effect, stored_error)  # spans are exported: scrubbed too
         if kind == "tool":
             name = str(request["params"].get("name", ""))
             self._account(seq, name, decision.effect, decision.rule_ids, list(decision.reasons), error)
@@ -478,7 +491,7 @@ class GatewaySession:
                 self.attempt.fence(conn)
         value, error = self._invoke(seq, tool, params, decision)
         if error is not None:
-            return decision, value, error
+            return as_denial(decision, error), value, error
         # What comes back is judged too: PII and blocked patterns in a tool's result.
         inspected = policy.inspect_output(value, where="tool_result", tool=name)
         if inspected.effect == "allow":
@@ -536,7 +549,7 @@ class GatewaySession:
         manifest = self.tool_manifests[name]
         spec: dict[str, Any] = manifest["spec"]
         try:
-            headers = self.secrets.headers(
+            headers, carried = self.secrets.headers(
                 name, spec.get("secrets", []), spec["implementation"].get("headers", {})
             )
             ctx = ToolContext(
@@ -545,11 +558,14 @@ class GatewaySession:
                 workspace=self.workspace,
                 egress=decision.egress,
                 headers=headers,
+                secrets=carried,
                 limits=self.g.limits,
             )
-            return tool.invoke(dict(params.get("args", {})), ctx), None
+            value = tool.invoke(dict(params.get("args", {})), ctx)
         except ToolCallFailed as exc:
             return None, exc.to_record()
+        incident = self.echoes.check(name, self.secrets.injected([c.name for c in carried]), value)
+        return (None, incident) if incident is not None else (value, None)
 
     @staticmethod
     def _answer(value: Any, error: dict[str, Any] | None) -> Any:

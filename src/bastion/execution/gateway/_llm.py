@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Status, StatusCode
 
-from bastion.errors import BudgetExceeded, ModelCallFailed
-from bastion.execution.llm import BadChat, Models, Route, Target, budgets_for, parse_params
+from bastion.errors import BudgetExceeded, ModelCallFailed, SecretRefused
+from bastion.execution.llm import BadChat, Models, Route, Target, budgets_for, endpoint, parse_params
 from bastion.observe.journal import digest
 from bastion.policy import Decision
+
+from ._echo import as_denial
 
 if TYPE_CHECKING:
     from ._gateway import GatewaySession
@@ -47,6 +49,10 @@ class ModelCalls:
         self.models = models
         self.policy_name: str | None = session.attempt.agent_spec["spec"].get("modelPolicy")
         self._policy: dict[str, Any] | None = None
+        self._carried: list[str] = []
+        """The Secrets whose keys the current call sent (its response is checked for them)."""
+        self._refused: list[SecretRefused] = []
+        """The current call's targets refused a key because of the Secret's destinations."""
 
     def policy(self) -> dict[str, Any] | None:
         if self._policy is None and self.policy_name is not None:
@@ -110,6 +116,7 @@ class ModelCalls:
             refusal = Decision(effect="deny", reasons=(exc.detail,), rule_ids=(f"budget/{exc.budget}",))
             return refusal, None, exc.to_record()
         first = route.targets[0]
+        self._carried, self._refused = [], []
         with s.g.telemetry.chat_span(
             attempt.span, provider=first.provider, model=first.model, seq=seq
         ) as span:
@@ -125,6 +132,9 @@ class ModelCalls:
                 )
             except ModelCallFailed as exc:
                 models.ledger.settle(reservation, (), tokens=0, cost_usd=0.0)
+                if self._refused:  # a Secret may not go where this policy points: a denial
+                    refused = self._refused[0]
+                    return _deny(refused.rule_id, refused.reason)
                 models.metrics.failed(tenant=attempt.tenant_id, agent=attempt.agent)
                 span.span.set_attribute("error.type", "model_call_failed")
                 span.span.set_status(Status(StatusCode.ERROR, s.redactor.scrub_text(exc.reason)[:1024]))
@@ -147,9 +157,25 @@ class ModelCalls:
             output_tokens=result.usage.output_tokens,
             cost_usd=result.cost_usd,
         )
-        return decision, result.to_json(), None
+        answer = result.to_json()
+        incident = s.echoes.check(result.provider, s.secrets.injected(self._carried), answer)
+        if incident is not None:
+            return as_denial(decision, incident), None, incident
+        return decision, answer, None
 
     def _key(self, target: Target) -> str | None:
+        """The target's API key, if its Secret names the target's endpoint among its destinations.
+
+        Raises:
+            ModelCallFailed: the router then tries the next target.
+        """
         if target.secret is None:
             return None
-        return self.s.secrets.provider_key(target.provider, target.secret)
+        url = endpoint(target) or f"{target.provider}:"
+        try:
+            key = self.s.secrets.provider_key(target.provider, target.secret, url)
+        except SecretRefused as exc:
+            self._refused.append(exc)
+            raise ModelCallFailed(exc.reason) from None
+        self._carried.append(target.secret)
+        return key

@@ -189,6 +189,14 @@ class Redactor:
     def __bool__(self) -> bool:
         return bool(self._values)
 
+    def marked(self, value: Any) -> bool:
+        """Whether a string in ``value`` holds the mark this redactor leaves for one of its
+        secrets: a stored value that was scrubbed."""
+        marks = [f"[REDACTED:{name}" for name in self.names]
+        strings: list[str] = []
+        _strings(value, strings)
+        return any(mark in text for text in strings for mark in marks)
+
     def scrub_text(self, text: str) -> str:
         """``text`` with every occurrence of every known secret form replaced."""
         present = _present(self._index, text)

@@ -1,4 +1,10 @@
-"""Filling ``{secret:NAME}`` and ``{secret:NAME/KEY}`` placeholders, after the policy decision."""
+"""Filling ``{secret:NAME}`` and ``{secret:NAME/KEY}`` placeholders, after the policy decision.
+
+A Secret names where it may be sent (``spec.destinations``, written by an operator); the
+placeholders are filled here, but the request is checked against those destinations where its
+URL is final (``bastion.execution.tools``' one HTTP sender, or ``provider_key`` for a model
+provider's endpoint), so a developer who re-points a Tool or a ModelPolicy gets a denial.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from bastion.errors import BastionError, ModelCallFailed, ToolCallFailed
+from bastion.errors import BastionError, ModelCallFailed, SecretRefused, ToolCallFailed
+from bastion.execution.tools import BoundSecret
+from bastion.policy import destination_allows, parse_target
 
 from ._resources import ResourceReader
 from ._scrub import Redactor
@@ -23,6 +31,8 @@ class SecretResolver:
         self._namespace = namespace
         self._redactor = redactor
         self._cache: dict[str, dict[str, str]] = {}
+        self._destinations: dict[str, tuple[str, ...]] = {}
+        """Per Secret name, the destinations its manifest declares."""
 
     def values(self, tool: str, declared: list[str], name: str) -> dict[str, str]:
         """A secret the tool declared and the secret allows it to use; its values go into the redactor."""
@@ -50,12 +60,15 @@ class SecretResolver:
                         tool, f"secret {name!r} is too short to be redacted safely; use a longer value"
                     ) from None
             self._cache[name] = values
+            self._destinations[name] = _destinations(manifest)
         return self._cache[name]
 
-    def fill(self, tool: str, declared: list[str], template: str) -> str:
+    def fill(self, tool: str, declared: list[str], template: str, used: set[str] | None = None) -> str:
         def one(match: re.Match[str]) -> str:
             name, key = match.group(1), match.group(2)
             values = self.values(tool, declared, name)
+            if used is not None:
+                used.add(name)
             if key is None:
                 if len(values) != 1:
                     raise ToolCallFailed(
@@ -68,15 +81,34 @@ class SecretResolver:
 
         return PLACEHOLDER.sub(one, template)
 
-    def headers(self, tool: str, declared: list[str], templates: Mapping[str, str]) -> dict[str, str]:
-        return {name: self.fill(tool, declared, value) for name, value in templates.items()}
+    def headers(
+        self, tool: str, declared: list[str], templates: Mapping[str, str]
+    ) -> tuple[dict[str, str], tuple[BoundSecret, ...]]:
+        """The headers with their placeholders filled, and the Secrets filled into them with the
+        destinations each allows (the tool refuses to send them anywhere else)."""
+        used: set[str] = set()
+        filled = {name: self.fill(tool, declared, value, used) for name, value in templates.items()}
+        return filled, tuple(
+            BoundSecret(name=name, destinations=self._destinations[name]) for name in sorted(used)
+        )
 
-    def provider_key(self, provider: str, name: str) -> str:
+    def injected(self, names: list[str]) -> dict[str, str]:
+        """The values of these Secrets (resolved already), labelled as the redactor labels them."""
+        out: dict[str, str] = {}
+        for name in names:
+            values = self._cache.get(name) or self._cache.get(f"provider:{name}") or {}
+            for key, value in values.items():
+                out[f"{name}/{key}" if len(values) > 1 else name] = value
+        return out
+
+    def provider_key(self, provider: str, name: str, url: str | None = None) -> str:
         """The API key a model provider gets from Secret ``name`` (its one value, or its ``apiKey``),
-        if the Secret lets that provider use it; the value goes into the redactor.
+        if the Secret lets that provider use it and names ``url`` (the provider's endpoint) among
+        its destinations; the value goes into the redactor. ``url=None`` only preloads.
 
         Raises:
             ModelCallFailed: no such Secret, not usable by the provider, or ambiguous.
+            SecretRefused: ``url`` is not among the Secret's destinations.
         """
         cache_key = f"provider:{name}"
         if cache_key not in self._cache:
@@ -100,7 +132,13 @@ class SecretResolver:
                         f"secret {name!r} is too short to be redacted safely; use a longer value"
                     ) from None
             self._cache[cache_key] = values
+            self._destinations[name] = _destinations(manifest)
         values = self._cache[cache_key]
+        if url is not None:
+            target = parse_target(url)
+            where = self._destinations[name]
+            if isinstance(target, str) or not any(destination_allows(d, target) for d in where):
+                raise SecretRefused(provider, name, url.partition("?")[0], bool(where))
         if len(values) == 1:
             return next(iter(values.values()))
         if "apiKey" in values:
@@ -117,3 +155,7 @@ class SecretResolver:
                     self.values(tool, declared, name)
                 except ToolCallFailed:
                     continue  # the call that needs it will fail with the reason
+
+
+def _destinations(manifest: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(d) for d in manifest["spec"].get("destinations") or ())

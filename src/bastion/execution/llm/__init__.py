@@ -7,16 +7,42 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from ._anthropic import AnthropicProvider, anthropic_answer, anthropic_body, request_from_anthropic
+from ._anthropic import (
+    AnthropicProvider,
+    anthropic_answer,
+    anthropic_body,
+    request_from_anthropic,
+)
+from ._anthropic import (
+    endpoint as _anthropic_endpoint,
+)
 from ._budgets import Budget, BudgetLedger, Reservation, budgets_for
 from ._formats import FORMATS, Format, answer, parse_params
 from ._metrics import LlmMetrics
-from ._openai import OpenAIProvider, openai_answer, openai_body, request_from_openai
+from ._openai import (
+    OpenAIProvider,
+    openai_answer,
+    openai_body,
+    request_from_openai,
+)
+from ._openai import (
+    endpoint as _openai_endpoint,
+)
 from ._provider import Call, Provider, ProviderFailure, Target, wire_names
 from ._router import DEFAULT_MAX_OUTPUT_TOKENS, Breaker, Price, Route, Router
 from ._scripted import ScriptedProvider, load_script
 from ._tables import llm_reservations, llm_usage, metadata
 from ._types import BadChat, ChatRequest, ChatResult, Message, Reply, ToolCall, ToolDef, Usage
+
+
+def endpoint(target: Target) -> str | None:
+    """The URL a built-in provider sends ``target``'s requests (and its API key) to; None for a
+    provider that sends nothing over the network (``scripted``) or one Bastion does not ship."""
+    if target.provider == "openai":
+        return _openai_endpoint(target)
+    if target.provider == "anthropic":
+        return _anthropic_endpoint(target)
+    return None
 
 
 def default_providers() -> dict[str, Provider]:
@@ -76,6 +102,7 @@ __all__ = [
     "anthropic_body",
     "budgets_for",
     "default_providers",
+    "endpoint",
     "llm_reservations",
     "llm_usage",
     "load_script",

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import httpx
 
-from ._provider import Call, wire_names
+from ._provider import Call, Target, wire_names
 from ._transport import send
 from ._types import (
     BadChat,
@@ -336,6 +336,11 @@ class _EventCollector:
         )
 
 
+def endpoint(target: Target) -> str:
+    """The URL this provider sends ``target``'s requests to (what a Secret's destinations judge)."""
+    return (target.base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
+
+
 class AnthropicProvider:
     name = "anthropic"
 
@@ -349,7 +354,7 @@ class AnthropicProvider:
 
     def complete(self, call: Call) -> Reply:
         target = call.target
-        url = (target.base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
+        url = endpoint(target)
         body = anthropic_body(
             call.request, model=target.model, max_tokens=call.max_tokens, stream=call.stream
         )

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import httpx
 
-from ._provider import Call, wire_names
+from ._provider import Call, Target, wire_names
 from ._transport import send
 from ._types import (
     BadChat,
@@ -293,6 +293,11 @@ class _ChunkCollector:
         )
 
 
+def endpoint(target: Target) -> str:
+    """The URL this provider sends ``target``'s requests to (what a Secret's destinations judge)."""
+    return (target.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+
+
 class OpenAIProvider:
     """Chat Completions over httpx; ``base_url`` defaults to OpenAI's and names any compatible server."""
 
@@ -308,7 +313,7 @@ class OpenAIProvider:
 
     def complete(self, call: Call) -> Reply:
         target = call.target
-        url = (target.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+        url = endpoint(target)
         body = openai_body(call.request, model=target.model, max_tokens=call.max_tokens, stream=call.stream)
         back = {wire: name for name, wire in wire_names(call.request.tools).items()}
         headers = {"content-type": "application/json", "accept": "application/json"}

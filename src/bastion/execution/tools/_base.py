@@ -24,6 +24,15 @@ class ToolLimits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BoundSecret:
+    """A Secret injected into a call's headers, and where its operator lets it be sent."""
+
+    name: str
+    destinations: tuple[str, ...]
+    """Host patterns or URL prefixes (``bastion.policy.destination_allows``); empty: nowhere."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ToolContext:
     run_id: str
     seq: int
@@ -33,6 +42,8 @@ class ToolContext:
     """Host globs http.fetch may reach (``example.com``, ``*.example.com``, ``127.0.0.1:8080``)."""
     headers: Mapping[str, str] = field(default_factory=dict[str, str])
     """Headers to add to outgoing HTTP requests, secrets already filled in by the gateway."""
+    secrets: Sequence[BoundSecret] = ()
+    """The Secrets filled into ``headers``: a request may go only where every one of them allows."""
     limits: ToolLimits = field(default_factory=ToolLimits)
 
     @property

@@ -2,13 +2,15 @@
 
 Choices that keep a request inside its grant:
 
-* **Egress.** ``http.fetch`` may reach a host only if a pattern in ``ctx.egress`` names it:
-  ``example.com`` (that host), ``*.example.com`` (its subdomains at any depth, not the apex), with
-  an optional ``:port``. A pattern without a port allows only the scheme's default port (80 or
-  443): reaching ``localhost:5432`` needs ``localhost:5432`` in the grant. Any other glob matches
-  nothing. Hosts compare as lowercase ASCII (IDNA) without a trailing dot; IPs in canonical form.
+* **Egress.** ``http.fetch`` may reach a host only if a pattern in ``ctx.egress`` names it (see
+  ``bastion.policy.parse_target``: the one URL parser, shared with the policy engine, which judges
+  the host exactly as httpx will connect to it).
+* **Secrets go only where their Secret says.** Every request, whatever built its URL, is checked
+  in ``_send`` against the destinations of each Secret injected into its headers; anywhere else
+  is ``SecretRefused`` before a byte leaves.
 * **Redirects are returned, not followed.** A 3xx comes back as data with its ``location``; if the
-  agent follows it, that is a new call, checked against the allowlist and journaled like any other.
+  agent follows it, that is a new call, checked against the allowlist and the Secrets'
+  destinations and journaled like any other: an injected credential never follows a redirect.
 * **Credentials never travel in URLs**: ``user:pass@host`` is refused; the gateway injects headers.
 * **Bounded.** ``timeout_seconds`` covers the whole call (a timer shuts the socket down, since
   httpx's timeouts bound each read separately); bodies are read in chunks and the call fails as
@@ -20,129 +22,49 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ipaddress
 import json
 import re
 import socket
 import ssl
 import threading
-import urllib.parse
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
 
-from bastion.errors import ToolCallFailed, UserError
+from bastion.errors import SecretRefused, ToolCallFailed, UserError
+from bastion.policy import HttpTarget, allows, destination_allows, parse_target
 
 from ._base import ToolContext
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 """Headers that frame the request; http.fetch sets them itself."""
-_MAX_URL = 8192
 _MAX_HEADERS = 100
 _MAX_HEADER_VALUE = 8192
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 _TEXTUAL = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded")
 _FETCH_ARGS = frozenset({"url", "method", "headers", "body", "json"})
 
 
-@dataclass(frozen=True)
-class _Target:
-    url: str
-    scheme: str
-    host: str
-    """Lowercase ASCII name without trailing dot, or a canonical IP (IPv6 without brackets)."""
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+def _parse_url(tool: str, url: Any) -> HttpTarget:
+    target = parse_target(url)
+    if isinstance(target, str):
+        raise ToolCallFailed(tool, target)
+    return target
 
 
-def _canonical_host(host: str) -> str | None:
-    """``host`` in the one form we compare, or None if it is not a plain name or IP."""
-    host = host.lower().removesuffix(".")
-    if ":" in host:
-        try:
-            return ipaddress.IPv6Address(host).compressed  # a zone id ("%eth0") fails here
-        except ValueError:
-            return None
-    labels = host.split(".")
-    if labels[-1].isdigit() or labels[-1].startswith("0x"):
-        # A host ending in a number is an IPv4 address to resolvers, which also read "127.1"
-        # or "0x7f.1" as 127.0.0.1; only the dotted-decimal form can be matched reliably.
-        try:
-            return str(ipaddress.IPv4Address(host))
-        except ValueError:
-            return None
-    return host if all(_LABEL.fullmatch(label) for label in labels) else None
+def _check_egress(tool: str, egress: Iterable[str], target: HttpTarget) -> None:
+    if not allows(egress, target):
+        raise ToolCallFailed(tool, f"host {target.display!r} is not in this grant's egress allowlist")
 
 
-def _parse_url(tool: str, url: Any) -> _Target:
-    if not isinstance(url, str) or not url:
-        raise ToolCallFailed(tool, "argument 'url' must be a non-empty string")
-    if len(url) > _MAX_URL:
-        raise ToolCallFailed(tool, f"argument 'url' is longer than {_MAX_URL} characters")
-    if any(c <= " " or c in "\x7f\\" for c in url):
-        raise ToolCallFailed(tool, "argument 'url' contains whitespace, a control character or a backslash")
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
-        raise ToolCallFailed(tool, f"argument 'url' must use http or https, not {scheme or 'no scheme'!r}")
-    if "@" in parts.netloc:
-        raise ToolCallFailed(
-            tool, "argument 'url' must not carry credentials (user:password@host); the gateway injects them"
-        )
-    try:
-        parsed = httpx.URL(url)
-        port = parts.port
-    except (httpx.InvalidURL, ValueError):
-        raise ToolCallFailed(tool, "argument 'url' is not a valid URL") from None
-    default = _DEFAULT_PORTS[scheme]
-    host = _canonical_host(parsed.raw_host.decode("ascii", "replace"))
-    # Both parsers must agree, or the check and the connection could see two different hosts.
-    seen = _canonical_host(_idna(parts.hostname or ""))
-    if host is None or host != seen or (port or default) != (parsed.port or default) or port == 0:
-        raise ToolCallFailed(tool, "argument 'url' has a host or port in a non-standard form")
-    return _Target(url=url, scheme=scheme, host=host, port=port or default)
-
-
-def _idna(host: str) -> str:
-    try:
-        return host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError:
-        return ""
-
-
-def _allows(pattern: str, target: _Target) -> bool:
-    pattern = pattern.strip().lower()
-    host, port = pattern, ""
-    if pattern.startswith("["):
-        host, _, rest = pattern[1:].partition("]")
-        if rest and not rest.startswith(":"):
-            return False
-        port = rest[1:]
-    elif pattern.count(":") == 1:
-        host, _, port = pattern.partition(":")
-    if port:
-        if not port.isdigit() or int(port) != target.port:
-            return False
-    elif target.port != _DEFAULT_PORTS[target.scheme]:
-        return False
-    if host.startswith("*."):
-        suffix = _canonical_host(_idna(host[2:]))
-        return suffix is not None and target.host.endswith("." + suffix)
-    return "*" not in host and _canonical_host(_idna(host)) == target.host
-
-
-def _check_egress(tool: str, egress: Iterable[str], target: _Target) -> None:
-    if not any(_allows(pattern, target) for pattern in egress):
-        raise ToolCallFailed(tool, f"host {str(target)!r} is not in this grant's egress allowlist")
+def _check_destinations(tool: str, ctx: ToolContext, target: HttpTarget) -> None:
+    """Refuse to send an injected secret anywhere its Secret does not name (invariant 2)."""
+    for bound in ctx.secrets:
+        if not any(destination_allows(d, target) for d in bound.destinations):
+            raise SecretRefused(tool, bound.name, f"{target.origin}{target.path}", bool(bound.destinations))
 
 
 def _header_items(tool: str, source: str, headers: Mapping[Any, Any]) -> list[tuple[str, str]]:
@@ -296,8 +218,9 @@ def _failure(exc: BaseException) -> str:
 
 
 def _send(
-    tool: str, method: str, target: _Target, headers: dict[str, str], body: bytes | None, ctx: ToolContext
+    tool: str, method: str, target: HttpTarget, headers: dict[str, str], body: bytes | None, ctx: ToolContext
 ) -> dict[str, Any]:
+    _check_destinations(tool, ctx, target)
     limits = ctx.limits
     if body is not None and len(body) > limits.max_request_bytes:
         raise ToolCallFailed(
@@ -316,9 +239,9 @@ def _send(
                 return _result(response, _read_body(tool, response, limits.max_response_bytes))
         except (httpx.HTTPError, httpx.StreamError, OSError) as exc:
             if deadline.expired or isinstance(exc, httpx.TimeoutException):
-                reason = f"request to {target} timed out after {limits.timeout_seconds:g}s"
+                reason = f"request to {target.display} timed out after {limits.timeout_seconds:g}s"
             else:
-                reason = f"request to {target} failed: {_failure(exc)}"
+                reason = f"request to {target.display} failed: {_failure(exc)}"
             raise ToolCallFailed(tool, reason, retryable=True) from None
 
 
@@ -411,7 +334,7 @@ class HttpTool:
                         self.name, f"argument {key!r} must be a string, number, boolean or a list of them"
                     )
             url = httpx.URL(target.url).copy_merge_params(args)
-            target = _Target(url=str(url), scheme=target.scheme, host=target.host, port=target.port)
+            target = _parse_url(self.name, str(url))
         else:
             content = _encode_json(self.name, args, "the arguments")
             extra["Content-Type"] = "application/json"
