@@ -7,6 +7,7 @@ agent's record; ``rejudge`` replays a run's recorded calls under another policy.
 """
 
 from ._call import NO_COUNTERS, CallContext, Counters, ToolInfo, WindowCount
+from ._compile import policy_version
 from ._decision import RANK, Decision, Effect, Finding, RateLimitRef, combine, deny
 from ._engine import CompiledPolicy, compile_policy, rego_input
 from ._grants import TIERS, Subject, tier_rank
@@ -59,6 +60,7 @@ __all__ = [
     "deny",
     "evaluate_trust",
     "normalize",
+    "policy_version",
     "rego_input",
     "rejudge",
     "tier_rank",

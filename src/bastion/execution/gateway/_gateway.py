@@ -392,7 +392,7 @@ class GatewaySession:
         if self._policy_cache is None or now - self._policy_cache[0] > POLICY_TTL_SECONDS:
             grants = self.g.resources.resources(self.tenant_id, "ToolGrant", self.namespace)
             policies = self.g.resources.resources(self.tenant_id, "Policy", self.namespace)
-            compiled = self.g.policies.get(policies, grants)
+            compiled = self.g.policies.get(policies, grants, tenant=self.tenant_id, namespace=self.namespace)
             self._policy_cache = (now, compiled, {m["metadata"]["name"]: m for m in grants})
         return self._policy_cache[1], self._policy_cache[2]
 
@@ -417,11 +417,12 @@ class GatewaySession:
         policy, grants = self.policy()
         at = now.timestamp()
         windows, tenant, agent = self.g.rate_windows, self.tenant_id, self.attempt.agent
+        namespace = self.namespace
         counters = Counters(
             calls_by_grant=self.calls_by_grant,
             tool_calls=self.tool_calls,
             tokens=self.tokens,
-            in_window=lambda ref: windows.count(ref, tenant=tenant, agent=agent, now=at),
+            in_window=lambda ref: windows.count(ref, tenant=tenant, namespace=namespace, agent=agent, now=at),
         )
         call = CallContext(
             subject=self.subject,
@@ -452,7 +453,7 @@ class GatewaySession:
         self.tool_calls += 1
         if decision.grant is not None:
             self.calls_by_grant[decision.grant] = self.calls_by_grant.get(decision.grant, 0) + 1
-        windows.record(decision.consumes, tenant=tenant, agent=agent, now=at)
+        windows.record(decision.consumes, tenant=tenant, namespace=namespace, agent=agent, now=at)
         tool = self._tool(name)
         if tool is None:
             impl_type = (manifest or {}).get("spec", {}).get("implementation", {}).get("type")
