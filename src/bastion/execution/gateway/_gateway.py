@@ -343,7 +343,12 @@ class GatewaySession:
         reasons: list[str],
         error: dict[str, Any] | None,
     ) -> None:
-        """Count a refused or failed call against the error budget, live and on replay alike."""
+        """Count a refused or failed call against the error budget, live and on replay alike.
+
+        A person's denial (or an approval left to expire) is a decision about the call, not an
+        error of the agent's: it reaches the agent as a denial and counts for nothing here."""
+        if effect == "deny" and any(r.startswith("approval/") for r in rule_ids):
+            return
         if effect == "deny":
             by_policy = [r for r in rule_ids if r.startswith("policy/") and r != "policy/error"]
             if by_policy and error is not None and error.get("type") == "policy_denied":
