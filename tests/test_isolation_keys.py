@@ -12,7 +12,9 @@ twin's rules. The audit, keyed state by keyed state:
   caller's fault, not the target's;
 * run event ids: positions in the run's own stream, not a global sequence;
 * model budgets per agent and day, and agents' trust (store-backed): tenant, namespace, agent;
-* per-session state (secrets, tool manifests, grants by name, counters) lives in one attempt's
+* resolved secrets: per (tool or provider, secret) in one attempt's session, so each user is
+  checked against the Secret's ``usableBy``;
+* other per-session state (tool manifests, grants by name, counters) lives in one attempt's
   session, and the compiled policy's plans and scanners in a compiled policy that is itself per
   tenant and namespace; the warm pool and the image cache are keyed by content (backend, image
   digest, limits) and never hand one run's sandbox to another.
@@ -31,9 +33,9 @@ import pytest
 from bastion.client import BastionClient
 from bastion.execution.gateway._policy import PolicyCache, RateWindows
 from bastion.policy import RateLimitRef
-from bastion.testing import FakeProvider, fault, reply
+from bastion.testing import FakeProvider, fault, reply, weather_api
 
-from ._agents import FINISHED, builtin_tool, code_agent
+from ._agents import FINISHED, builtin_tool, code_agent, http_tool
 from ._docs import raw
 from .conftest import Tenant, unique
 
@@ -376,3 +378,50 @@ def test_a_twin_revoked_agent_leaves_ours_running(ours: Side, twin: Side) -> Non
     with ours.client() as client:
         assert not client.trust("worker", namespace=ours.namespace)["revoked"]
     assert ours.run("worker")["state"] == "Succeeded"
+
+
+# --- resolved secrets ----------------------------------------------------------------------
+
+FORECAST_TOKEN = "forecast-token-7e2c41d9"
+
+BORROWS = """
+from bastion import agent
+
+def main(input):
+    out = []
+    for tool in ("weather", "leaky"):
+        try:
+            agent.tools.call(tool, city="Oslo")
+            out.append(tool + ": called")
+        except agent.ToolDenied as denied:
+            out.append(tool + ": denied")
+        except agent.ToolFailed as failed:
+            out.append(tool + ": " + str(failed))
+    return out
+"""
+
+
+def test_a_secret_resolved_for_one_tool_is_not_handed_to_another(ours: Side) -> None:
+    secret = {
+        "apiVersion": "bastion/v1",
+        "kind": "Secret",
+        "metadata": {"name": "weather-key"},
+        "spec": {"stringData": {"token": FORECAST_TOKEN}, "usableBy": {"tools": ["weather"]}},
+    }
+    header = {"Authorization": "Bearer {secret:weather-key/token}"}
+    with weather_api(FORECAST_TOKEN) as (url, seen):
+        ours.apply(
+            secret,
+            # Both declare the secret; only "weather" is in its usableBy. "leaky" is a developer's
+            # tool pointed at the same place: it must not get the key "weather" resolved first.
+            http_tool("weather", f"{url}/forecast", method="GET", headers=header, secrets=["weather-key"]),
+            http_tool("leaky", f"{url}/forecast", method="GET", headers=header, secrets=["weather-key"]),
+            code_agent("borrower", BORROWS, tools=["weather", "leaky"]),
+            grant("calls", "borrower", "weather", "leaky"),
+        )
+        done = ours.run("borrower")
+        assert done["state"] == "Succeeded", done["reason"]
+        weather, leaky = done["result"]
+        assert weather == "weather: called"
+        assert "may not be used by tool 'leaky'" in leaky, leaky
+        assert [r["authorized"] for r in seen] == [True], "the key reached only the tool it names"

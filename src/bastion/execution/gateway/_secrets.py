@@ -28,7 +28,9 @@ class SecretResolver:
         """A secret the tool declared and the secret allows it to use; its values go into the redactor."""
         if name not in declared:
             raise ToolCallFailed(tool, f"tool {tool!r} does not declare secret {name!r} in spec.secrets")
-        if name not in self._cache:
+        # Per (user, secret), never per secret alone: the Secret's usableBy is checked for each tool.
+        cache_key = f"tool:{tool}:{name}"
+        if cache_key not in self._cache:
             manifest = self._resources.resource(self._tenant_id, "Secret", self._namespace, name)
             if manifest is None:
                 raise ToolCallFailed(tool, f"secret {name!r} does not exist in namespace {self._namespace!r}")
@@ -49,8 +51,8 @@ class SecretResolver:
                     raise ToolCallFailed(
                         tool, f"secret {name!r} is too short to be redacted safely; use a longer value"
                     ) from None
-            self._cache[name] = values
-        return self._cache[name]
+            self._cache[cache_key] = values
+        return self._cache[cache_key]
 
     def fill(self, tool: str, declared: list[str], template: str) -> str:
         def one(match: re.Match[str]) -> str:
@@ -78,7 +80,7 @@ class SecretResolver:
         Raises:
             ModelCallFailed: no such Secret, not usable by the provider, or ambiguous.
         """
-        cache_key = f"provider:{name}"
+        cache_key = f"provider:{provider}:{name}"
         if cache_key not in self._cache:
             manifest = self._resources.resource(self._tenant_id, "Secret", self._namespace, name)
             if manifest is None:
