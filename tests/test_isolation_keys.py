@@ -9,7 +9,7 @@ twin's rules. The audit, keyed state by keyed state:
 * compiled policies (``PolicyCache``): tenant, namespace and a digest of the specs;
 * rate-limit windows (``RateWindows``): tenant, namespace, agent, limit;
 * model-router breakers and latency averages: per tenant/namespace scope; a refused key is the
-  caller's fault, not the target's;
+  caller's fault, not the target's; the providers' shared connection pools keep no cookies;
 * run event ids: positions in the run's own stream, not a global sequence;
 * model budgets per agent and day, and agents' trust (store-backed): tenant, namespace, agent;
 * resolved secrets: per (tool or provider, secret) in one attempt's session, so each user is
@@ -22,16 +22,20 @@ twin's rules. The audit, keyed state by keyed state:
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 
 from bastion.client import BastionClient
 from bastion.execution.gateway._policy import PolicyCache, RateWindows
+from bastion.execution.llm import ChatRequest, Message, Route, Router, Target, default_providers
 from bastion.policy import RateLimitRef
 from bastion.testing import FakeProvider, fault, reply, weather_api
 
@@ -307,6 +311,55 @@ def test_a_twins_failing_target_opens_only_the_twins_breaker(
     answered = ours.chat("team-models")
     assert answered.status_code == 200, answered.text
     assert answered.json()["choices"][0]["message"]["content"] == "fine"
+
+
+class _CookieSetter(BaseHTTPRequestHandler):
+    """An OpenAI-compatible answer that sets a session cookie, as providers' edges do."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).seen.append(self.headers.get("Cookie"))
+        body = json.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "gpt-x",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Set-Cookie", "session=tenant-a-affinity; Path=/")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_one_callers_cookies_never_ride_on_anothers_model_calls() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CookieSetter)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _CookieSetter.seen = []
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        route = Route(targets=(Target(provider="openai", model="gpt-x", base_url=url),), retries=0)
+        hello = ChatRequest(messages=(Message(role="user", content="hi"),))
+        with Router(default_providers()) as router:
+            for scope in ("tenant-a/prod", "tenant-b/prod", "tenant-a/prod"):
+                assert router.complete(route, hello, scope=scope).message.content == "ok"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _CookieSetter.seen == [None, None, None], "no cookie is kept between calls"
 
 
 # --- run events ----------------------------------------------------------------------------
