@@ -346,8 +346,10 @@ async def events(
 
     def fetch(cursor: int, row: int | None) -> tuple[list[Event], bool]:
         with bastion.store.read() as conn:
-            found = bastion.runs.events(conn, run_id, after=cursor, row=row)
+            # The run first: each statement may see a newer snapshot (PostgreSQL, read committed),
+            # so a run read as finished here has its last events visible to the next statement.
             run = bastion.runs.get(conn, run_id)
+            found = bastion.runs.events(conn, run_id, after=cursor, row=row)
         return found, run is None or run.state.finished
 
     async def stream() -> AsyncGenerator[str]:
