@@ -346,7 +346,7 @@ def main() -> None:
                     direct = http_call(client, provider, "sk-fake", stream)
                     stats, cpu = measure(direct, calls, warmup)
                     rows[f"direct {mode}"] = (stats, cpu, throughput(lambda _i, d=direct: d, calls))
-                    bare = lambda s=stream: router.complete(route, request, stream=s)  # noqa: E731
+                    bare = lambda s=stream: router.complete(route, request, stream=s, scope="bench/default")  # noqa: E731
                     stats, cpu = measure(bare, calls, warmup)
                     rows[f"bastion router {mode}"] = (stats, cpu, throughput(lambda _i, c=bare: c, calls))
                     full = bed.call(stream)

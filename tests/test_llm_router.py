@@ -19,6 +19,8 @@ from bastion.execution.llm import (
 )
 from bastion.testing import FakeProvider, Hold, disconnect, fault, malformed, reply, tool_calls
 
+SCOPE = "tenant/namespace"
+"""The caller scope of these tests' calls (breakers and latencies are kept per scope)."""
 HELLO = ChatRequest(
     messages=(Message(role="system", content="Be brief."), Message(role="user", content="hi"))
 )
@@ -86,8 +88,8 @@ def test_text_and_tool_calls_round_trip_both_formats(provider: str, stream: bool
         route = Route(
             targets=(target(fake, provider),), prices={"m": Price(input_per_mtok=1, output_per_mtok=2)}
         )
-        first = router(time_).complete(route, request, stream=stream)
-        second = router(time_).complete(route, request, stream=stream)
+        first = router(time_).complete(route, request, stream=stream, scope=SCOPE)
+        second = router(time_).complete(route, request, stream=stream, scope=SCOPE)
         sent = fake.requests[0].body
     assert first.message.content == "Looking."
     # Wire names are mapped back to Bastion's, whichever the model used.
@@ -114,7 +116,7 @@ def test_fallback_goes_down_the_chain_in_order(fakes: list[FakeProvider], time_:
     route = Route(
         targets=(target(a, model="a"), target(b, "anthropic", model="b"), target(c, model="c")), retries=2
     )
-    result = router(time_).complete(route, HELLO)
+    result = router(time_).complete(route, HELLO, scope=SCOPE)
     assert result.message.content == "from c" and result.model == "c"
     assert [len(f.requests) for f in fakes] == [1, 3, 1]
     assert result.attempts == 5
@@ -125,11 +127,11 @@ def test_retry_after_is_honoured_and_a_long_one_moves_on(fakes: list[FakeProvide
     a, b, _ = fakes
     a.push(fault(429, retry_after=3), reply("after the wait"))
     route = Route(targets=(target(a), target(b)))
-    assert router(time_).complete(route, HELLO).message.content == "after the wait"
+    assert router(time_).complete(route, HELLO, scope=SCOPE).message.content == "after the wait"
     assert time_.slept == [3.0]
     a.push(fault(429, retry_after=600))
     b.push(reply("from b"))
-    assert router(time_).complete(route, HELLO).message.content == "from b"
+    assert router(time_).complete(route, HELLO, scope=SCOPE).message.content == "from b"
     assert time_.slept == [3.0], "a Retry-After past the cap is not slept: the next target answers"
 
 
@@ -139,7 +141,7 @@ def test_every_target_failing_is_one_clear_error(fakes: list[FakeProvider], time
     b.push(malformed(), malformed())
     route = Route(targets=(target(a, model="a"), target(b, model="b")), retries=1)
     with pytest.raises(ModelCallFailed) as caught:
-        router(time_).complete(route, HELLO)
+        router(time_).complete(route, HELLO, scope=SCOPE)
     assert "no target of the model policy answered" in caught.value.detail
     assert [f["target"] for f in caught.value.attempts] == ["openai/a", "openai/a", "openai/b", "openai/b"]
     assert "malformed" in caught.value.attempts[-1]["error"]
@@ -150,7 +152,7 @@ def test_timeouts_fall_back(fakes: list[FakeProvider], time_: FakeTime) -> None:
     a.push(reply("too late", delay=2.0))
     b.push(reply("in time"))
     route = Route(targets=(target(a, timeout_seconds=0.3), target(b)), retries=0)
-    result = router(time_).complete(route, HELLO)
+    result = router(time_).complete(route, HELLO, scope=SCOPE)
     assert result.message.content == "in time"
     assert len(a.requests) == 1
 
@@ -163,12 +165,12 @@ def test_a_stream_that_breaks_after_its_first_byte_does_not_fall_back(
     b.push(reply("never asked"))
     route = Route(targets=(target(a), target(b)))
     with pytest.raises(ModelCallFailed) as caught:
-        router(time_).complete(route, HELLO, stream=True)
+        router(time_).complete(route, HELLO, stream=True, scope=SCOPE)
     assert "broke off after it had begun" in caught.value.detail
     assert len(a.requests) == 1 and b.requests == []
     # Before the first byte (here: not streamed, connection dropped mid-body) it does fall back.
     a.push(disconnect(), disconnect(), disconnect())
-    assert router(time_).complete(route, HELLO).message.content == "never asked"
+    assert router(time_).complete(route, HELLO, scope=SCOPE).message.content == "never asked"
     assert len(a.requests) == 4
 
 
@@ -176,7 +178,7 @@ def test_a_malformed_stream_is_a_failure_not_a_crash(fakes: list[FakeProvider], 
     a, _, _ = fakes
     a.push(malformed(stream_only=True))
     with pytest.raises(ModelCallFailed, match="malformed chunk"):
-        router(time_).complete(Route(targets=(target(a),)), HELLO, stream=True)
+        router(time_).complete(Route(targets=(target(a),)), HELLO, stream=True, scope=SCOPE)
 
 
 def test_breaker_opens_then_lets_one_probe_through(fakes: list[FakeProvider], time_: FakeTime) -> None:
@@ -186,22 +188,22 @@ def test_breaker_opens_then_lets_one_probe_through(fakes: list[FakeProvider], ti
     r = router(time_, breaker_threshold=3, breaker_cooldown=30.0)
     a.push(fault(500), fault(500), fault(500))
     for _ in range(3):
-        r.complete(route, HELLO)
-    assert r.breaker(route.targets[0]).state == "open"
-    r.complete(route, HELLO)
+        r.complete(route, HELLO, scope=SCOPE)
+    assert r.breaker(route.targets[0], scope=SCOPE).state == "open"
+    r.complete(route, HELLO, scope=SCOPE)
     assert len(a.requests) == 3, "an open breaker skips its target"
     time_.t += 31
-    assert r.breaker(route.targets[0]).state == "half-open"
+    assert r.breaker(route.targets[0], scope=SCOPE).state == "half-open"
     a.push(fault(500))
-    r.complete(route, HELLO)
+    r.complete(route, HELLO, scope=SCOPE)
     assert len(a.requests) == 4, "one probe after the cooldown"
-    assert r.breaker(route.targets[0]).state == "open", "a failed probe opens it again"
-    r.complete(route, HELLO)
+    assert r.breaker(route.targets[0], scope=SCOPE).state == "open", "a failed probe opens it again"
+    r.complete(route, HELLO, scope=SCOPE)
     assert len(a.requests) == 4
     time_.t += 31
     a.push(reply("a is back"))
-    assert r.complete(route, HELLO).message.content == "a is back"
-    assert r.breaker(route.targets[0]).state == "closed"
+    assert r.complete(route, HELLO, scope=SCOPE).message.content == "a is back"
+    assert r.breaker(route.targets[0], scope=SCOPE).state == "closed"
 
 
 def test_strategies_order_by_price_and_by_observed_latency(
@@ -216,23 +218,23 @@ def test_strategies_order_by_price_and_by_observed_latency(
         targets=(target(a, model="dear"), target(b, model="cheap")), strategy="cheapest", prices=prices
     )
     b.push(reply("cheap one"))
-    assert router(time_).complete(route, HELLO).model == "cheap"
+    assert router(time_).complete(route, HELLO, scope=SCOPE).model == "cheap"
     r = router()
     fastest = Route(targets=(target(a, model="slow"), target(b, model="quick")), strategy="fastest")
     a.push(reply("slow", delay=0.2))
     b.push(reply("quick"))
-    r.complete(Route(targets=(fastest.targets[0],)), HELLO)
-    r.complete(Route(targets=(fastest.targets[1],)), HELLO)
-    assert [t.model for t in r.order(fastest)] == ["quick", "slow"]
+    r.complete(Route(targets=(fastest.targets[0],)), HELLO, scope=SCOPE)
+    r.complete(Route(targets=(fastest.targets[1],)), HELLO, scope=SCOPE)
+    assert [t.model for t in r.order(fastest, scope=SCOPE)] == ["quick", "slow"]
 
 
 def test_output_cap_and_api_key_reach_the_provider(time_: FakeTime) -> None:
     with FakeProvider(reply("ok"), reply("ok"), api_key="sk-test-key-123456") as fake:
         request = ChatRequest(messages=(Message(role="user", content="hi"),), max_tokens=5000)
         route = Route(targets=(target(fake),), max_output_tokens=256)
-        router(time_).complete(route, request, key_for=lambda _t: "sk-test-key-123456")
+        router(time_).complete(route, request, key_for=lambda _t: "sk-test-key-123456", scope=SCOPE)
         anthropic = Route(targets=(target(fake, "anthropic"),), max_output_tokens=256)
-        router(time_).complete(anthropic, request, key_for=lambda _t: "sk-test-key-123456")
+        router(time_).complete(anthropic, request, key_for=lambda _t: "sk-test-key-123456", scope=SCOPE)
         first, second = fake.requests
     assert first.body["max_tokens"] == 256 and second.body["max_tokens"] == 256
     assert first.headers["authorization"] == "Bearer sk-test-key-123456"
@@ -240,14 +242,21 @@ def test_output_cap_and_api_key_reach_the_provider(time_: FakeTime) -> None:
     assert second.headers["anthropic-version"]
 
 
-def test_a_wrong_key_is_not_retried_but_counts_against_the_breaker(time_: FakeTime) -> None:
+def test_a_wrong_key_is_not_retried_and_does_not_count_against_the_breaker(time_: FakeTime) -> None:
     with FakeProvider(default=reply("ok"), api_key="the-right-key-0000") as fake:
         route = Route(targets=(target(fake),), retries=3)
         r = router(time_, breaker_threshold=2)
-        with pytest.raises(ModelCallFailed, match="401"):
-            r.complete(route, HELLO, key_for=lambda _t: "a-wrong-key-00000")
-        assert len(fake.requests) == 1
-        assert r.breaker(route.targets[0]).failures == 1
+        for _ in range(3):
+            with pytest.raises(ModelCallFailed, match="401"):
+                r.complete(route, HELLO, key_for=lambda _t: "a-wrong-key-00000", scope=SCOPE)
+        assert len(fake.requests) == 3, "no retry of a refused key, and no breaker skipping the target"
+        assert r.breaker(route.targets[0], scope=SCOPE).state == "closed", (
+            "a refused key is the caller's fault"
+        )
+        assert (
+            r.complete(route, HELLO, key_for=lambda _t: "the-right-key-0000", scope=SCOPE).message.content
+            == "ok"
+        )
 
 
 def test_a_hold_pauses_a_stream_midway() -> None:
@@ -258,7 +267,9 @@ def test_a_hold_pauses_a_stream_midway() -> None:
         out: list[str] = []
         thread = threading.Thread(
             target=lambda: out.append(
-                router().complete(Route(targets=(target(fake),)), HELLO, stream=True).message.content
+                router()
+                .complete(Route(targets=(target(fake),)), HELLO, stream=True, scope=SCOPE)
+                .message.content
             )
         )
         thread.start()

@@ -1,6 +1,6 @@
 """Policy in the gateway, end to end (issue 6): Policy resources decide real calls, their version is
-journaled, outputs are inspected for PII, error budgets revoke with a handoff, compliant runs
-promote, rate limits bite."""
+journaled, outputs are inspected for PII, error budgets end runs with a handoff (and revoke the
+agent when it says so), compliant runs promote, rate limits bite."""
 
 from __future__ import annotations
 
@@ -35,11 +35,13 @@ def main(input):
 
 
 def test_a_blocked_pattern_is_a_violation_that_revokes_the_agent_with_a_handoff(tenant: Tenant) -> None:
+    writer = code_agent("writer", WRITES, tools=["fs.write"])
+    writer["spec"]["errorBudget"] = {"onExhausted": "revokeAgent"}  # by default only the run ends
     with tenant.client() as client:
         client.apply(
             raw(
                 builtin_tool("fs.write"),
-                code_agent("writer", WRITES, tools=["fs.write"]),
+                writer,
                 grant_for("writer", "fs.write"),
                 policy(
                     "no-dumps",

@@ -60,15 +60,27 @@ def test_error_budgets_total_repeats_and_violations() -> None:
     assert check_error_budget([], ["x"], lenient) is None
 
 
-def test_an_exhausted_budget_revokes_or_demotes() -> None:
+def test_an_exhausted_budget_ends_the_run_and_revokes_or_demotes_only_when_told() -> None:
     bad = RunOutcome(run_id="r9", tier="T2", succeeded=False, errors=["e"] * 5)
-    revoke = evaluate_trust(
-        [ok("r1", "T2"), bad], TrustSettings(budget=ErrorBudget(max_repeats=3)), tier="T2"
-    )
+    assert evaluate_trust([ok("r1", "T2"), bad], TrustSettings(), tier="T2") is None, "endRun by default"
+    assert evaluate_trust([bad], TrustSettings(on_budget_exceeded="demote"), tier="T2") is None
+    revoking = ErrorBudget(max_repeats=3, on_exhausted="revokeAgent")
+    revoke = evaluate_trust([ok("r1", "T2"), bad], TrustSettings(budget=revoking), tier="T2")
     assert revoke is not None and revoke.action == "revoke" and revoke.to_tier is None
     assert revoke.evidence == ("r9",)
-    demote = evaluate_trust([bad], TrustSettings(on_budget_exceeded="demote"), tier="T2")
+    demote = evaluate_trust([bad], TrustSettings(on_budget_exceeded="demote", budget=revoking), tier="T2")
     assert demote is not None and (demote.action, demote.to_tier) == ("demote", "T1")
+    # Nor does an exhausted budget count as compliant: it never earns a promotion.
+    eager = TrustSettings(promote_after=1, max_tier="T3")
+    assert evaluate_trust([bad], eager, tier="T2") is None
+
+
+def test_on_exhausted_comes_from_the_agents_error_budget() -> None:
+    def budget(raw: dict[str, object]) -> ErrorBudget:
+        return ErrorBudget.from_manifest({"metadata": {"name": "bot"}, "spec": {"errorBudget": raw}})
+
+    assert budget({}).on_exhausted == "endRun"
+    assert budget({"onExhausted": "revokeAgent"}).on_exhausted == "revokeAgent"
 
 
 def test_settings_come_from_the_agent_and_the_most_cautious_policy() -> None:

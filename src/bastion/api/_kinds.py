@@ -118,11 +118,17 @@ class AgentLimits(Model):
 
 class ErrorBudget(Model):
     max_errors: PositiveInt = 10
-    """Errors allowed per run before the agent is revoked."""
+    """Errors (refused or failed calls) allowed per run before the budget is exhausted. A person's
+    denial of an approval, or an approval left to expire, is not the agent's error."""
     max_repeats: PositiveInt = 3
     """Repeats of the same error allowed per run."""
     revoke_on_violation: bool = True
-    """Whether one procedure violation (a denied call, a skipped phase) exhausts the budget."""
+    """Whether one procedure violation (a call a Policy rule refused, a skipped phase) exhausts the budget."""
+    on_exhausted: Literal["endRun", "revokeAgent"] = "endRun"
+    """What an exhausted budget does. ``endRun``: that run ends (``Revoked``, with a handoff); the
+    agent's other runs and its trust are untouched, so one injected document cannot take the agent
+    down for everyone. ``revokeAgent``: the agent is also revoked in its namespace (or demoted, if
+    every Policy's ``trust.onBudgetExceeded`` says ``demote``), which ends its other runs too."""
 
 
 class AgentSpec(Model):
@@ -259,7 +265,9 @@ class RateLimit(Model):
     calls: PositiveInt
     per: Duration = "1m"
     scope: Literal["agent", "tenant"] = "agent"
-    """Count each agent's calls on its own (``agent``) or all the tenant's agents together."""
+    """Count each agent's calls on its own (``agent``) or all the agents together (``tenant``) that
+    this grant or rule covers: the grant or Policy of this namespace, not a same-named one in another
+    namespace or tenant."""
 
 
 def _check_regex(pattern: str) -> str:
@@ -525,7 +533,8 @@ class TrustSettings(Model):
     max_tier: Tier = "T2"
     """Automatic promotion stops here; operators promote further by hand."""
     on_budget_exceeded: Literal["revoke", "demote"] = "revoke"
-    """What an exhausted error budget does to the agent."""
+    """What an exhausted error budget does to an agent whose ``errorBudget.onExhausted`` is
+    ``revokeAgent`` (with the default ``endRun``, only the run ends)."""
 
 
 class PolicySpec(Model):

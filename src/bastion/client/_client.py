@@ -285,7 +285,9 @@ class BastionClient:
     def events(
         self, run_id: str, *, namespace: str = "default", follow: bool = True, after: int | None = None
     ) -> Iterator[dict[str, Any]]:
-        """The run's events (Server-Sent Events), resuming after ``after``; ends when the run does."""
+        """The run's events (Server-Sent Events), resuming after event ``after``; ends when the run does.
+
+        Event ids number each run's events 1, 2, 3, ... (an event's ``id`` is where to resume)."""
         params: dict[str, Any] = {"follow": "true" if follow else "false"}
         if after is not None:
             params["after"] = after

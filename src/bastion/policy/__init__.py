@@ -7,6 +7,7 @@ agent's record; ``rejudge`` replays a run's recorded calls under another policy.
 """
 
 from ._call import NO_COUNTERS, CallContext, Counters, ToolInfo, WindowCount
+from ._compile import policy_version
 from ._decision import RANK, Decision, Effect, Finding, RateLimitRef, combine, deny
 from ._egress import DEFAULT_PORTS, HttpTarget, allows, destination_allows, encode_host, parse_target
 from ._engine import CompiledPolicy, compile_policy, rego_input
@@ -66,6 +67,7 @@ __all__ = [
     "evaluate_trust",
     "normalize",
     "parse_target",
+    "policy_version",
     "rego_input",
     "rejudge",
     "tier_rank",

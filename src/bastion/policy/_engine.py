@@ -207,7 +207,9 @@ class CompiledPolicy:
             return decision
         return self._granted(decision, usable, target)
 
-    def _granted(self, decision: Decision, usable: Sequence[_Candidate], target: HttpTarget | None) -> Decision:
+    def _granted(
+        self, decision: Decision, usable: Sequence[_Candidate], target: HttpTarget | None
+    ) -> Decision:
         """``decision`` (not a deny) with what the grants that took part add: their names, the
         rate limits the call counts against, the hosts it may reach."""
         names = tuple(sorted(c.grant.name for c in usable))

@@ -4,7 +4,8 @@
   agent's error budget: more errors than ``maxErrors``, the same error more than ``maxRepeats``
   times, or (with ``revokeOnViolation``) any procedure violation.
 * ``evaluate_trust(history, settings, tier=...)`` says what should happen to an agent's tier
-  after its latest run: revoke or demote when that run exhausted its budget, promote one tier
+  after its latest run: revoke or demote when that run exhausted its budget and the budget says
+  ``onExhausted: revokeAgent`` (by default an exhausted budget ends only its run), promote one tier
   after ``promoteAfter`` consecutive compliant runs at the current tier (up to ``maxTier``),
   else nothing. The caller records the change (journal, Agent status) and can reverse it.
 * ``Handoff`` is what a revoked run leaves for the next agent: what was tried, where it
@@ -26,6 +27,9 @@ class ErrorBudget:
     max_errors: int = 10
     max_repeats: int = 3
     revoke_on_violation: bool = True
+    on_exhausted: Literal["endRun", "revokeAgent"] = "endRun"
+    """``endRun``: an exhausted budget ends that run only; ``revokeAgent``: the agent's trust
+    changes too (revoked, or demoted per the Policies' ``trust.onBudgetExceeded``)."""
 
     @classmethod
     def from_manifest(cls, agent: Mapping[str, Any]) -> ErrorBudget:
@@ -36,6 +40,7 @@ class ErrorBudget:
             max_errors=int(raw.get("maxErrors", 10)),
             max_repeats=int(raw.get("maxRepeats", 3)),
             revoke_on_violation=bool(raw.get("revokeOnViolation", True)),
+            on_exhausted="revokeAgent" if raw.get("onExhausted") == "revokeAgent" else "endRun",
         )
 
 
@@ -130,6 +135,8 @@ def evaluate_trust(
         return None
     last = history[-1]
     verdict = check_error_budget(last.errors, last.violations, settings.budget)
+    if verdict is not None and settings.budget.on_exhausted == "endRun":
+        return None  # the run ended, and that is all: the agent's trust is its own policy choice
     if verdict is not None:
         if settings.on_budget_exceeded == "demote" and tier_rank(tier) > 0:
             lower = TIERS[tier_rank(tier) - 1]

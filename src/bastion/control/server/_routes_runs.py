@@ -17,7 +17,7 @@ from bastion.api import NAME_HINT, check_name
 from bastion.control._bastion import Bastion
 from bastion.control.store import Principal, get_row
 from bastion.errors import Conflict, InvalidManifest, NotFound, UserError
-from bastion.execution.runs import Run, RunState
+from bastion.execution.runs import Event, Run, RunState
 
 from ._deps import BastionDep, IdempotencyKey, PrincipalDep, require, run_idempotent
 from ._routes_resources import NamespacePath
@@ -26,6 +26,8 @@ router = APIRouter(prefix="/api/v1", tags=["runs"])
 RunIdPath = Annotated[str, Path(max_length=64, description="The run's id.")]
 SSE_POLL_SECONDS = 0.1
 SSE_KEEPALIVE_SECONDS = 15.0
+MAX_EVENT_ID = 2**31 - 1
+"""The largest event id a client may resume after (ids number a run's events from 1)."""
 
 
 class RunCreate(BaseModel):
@@ -318,7 +320,12 @@ async def events(
     principal: PrincipalDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
     after: Annotated[
-        int | None, Query(ge=0, description="Resume after this event id (like Last-Event-ID).")
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_EVENT_ID,
+            description="Resume after this event id (like Last-Event-ID): ids number each run's events 1, 2, 3, ...",
+        ),
     ] = None,
     follow: Annotated[bool, Query(description="Keep the stream open until the run finishes.")] = True,
 ) -> StreamingResponse:
@@ -329,7 +336,7 @@ async def events(
     await run_in_threadpool(load_run)
     start = after or 0
     if last_event_id is not None:
-        if not last_event_id.isdigit():
+        if not (last_event_id.isascii() and last_event_id.isdigit()) or int(last_event_id) > MAX_EVENT_ID:
             raise UserError(
                 "Last-Event-ID must be an event id",
                 field="Last-Event-ID",
@@ -337,19 +344,23 @@ async def events(
             )
         start = int(last_event_id)
 
-    def fetch(cursor: int) -> tuple[list[dict[str, Any]], bool]:
+    def fetch(cursor: int, row: int | None) -> tuple[list[Event], bool]:
         with bastion.store.read() as conn:
-            found = bastion.runs.events(conn, run_id, after=cursor)
+            # The run first: each statement may see a newer snapshot (PostgreSQL, read committed),
+            # so a run read as finished here has its last events visible to the next statement.
             run = bastion.runs.get(conn, run_id)
-        return [e.public() for e in found], run is None or run.state.finished
+            found = bastion.runs.events(conn, run_id, after=cursor, row=row)
+        return found, run is None or run.state.finished
 
     async def stream() -> AsyncGenerator[str]:
-        cursor = start
+        # Event ids are positions in this run's stream; the row id only spares re-counting.
+        cursor, row = start, None
         idle = 0.0
         while True:
-            found, finished = await run_in_threadpool(fetch, cursor)
-            for event in found:
-                cursor = event["id"]
+            found, finished = await run_in_threadpool(fetch, cursor, row)
+            for record in found:
+                cursor, row = record.id, record.row
+                event = record.public()
                 yield f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
             if not found and (finished or not follow):
                 yield "event: end\ndata: {}\n\n"

@@ -357,7 +357,12 @@ class GatewaySession:
         reasons: list[str],
         error: dict[str, Any] | None,
     ) -> None:
-        """Count a refused or failed call against the error budget, live and on replay alike."""
+        """Count a refused or failed call against the error budget, live and on replay alike.
+
+        A person's denial (or an approval left to expire) is a decision about the call, not an
+        error of the agent's: it reaches the agent as a denial and counts for nothing here."""
+        if effect == "deny" and any(r.startswith("approval/") for r in rule_ids):
+            return
         if effect == "deny":
             by_policy = [r for r in rule_ids if r.startswith("policy/") and r != "policy/error"]
             if by_policy and error is not None and error.get("type") == "policy_denied":
@@ -406,7 +411,7 @@ class GatewaySession:
         if self._policy_cache is None or now - self._policy_cache[0] > POLICY_TTL_SECONDS:
             grants = self.g.resources.resources(self.tenant_id, "ToolGrant", self.namespace)
             policies = self.g.resources.resources(self.tenant_id, "Policy", self.namespace)
-            compiled = self.g.policies.get(policies, grants)
+            compiled = self.g.policies.get(policies, grants, tenant=self.tenant_id, namespace=self.namespace)
             self._policy_cache = (now, compiled, {m["metadata"]["name"]: m for m in grants})
         return self._policy_cache[1], self._policy_cache[2]
 
@@ -435,11 +440,12 @@ class GatewaySession:
         policy, grants = self.policy()
         at = now.timestamp()
         windows, tenant, agent = self.g.rate_windows, self.tenant_id, self.attempt.agent
+        namespace = self.namespace
         counters = Counters(
             calls_by_grant=self.calls_by_grant,
             tool_calls=self.tool_calls,
             tokens=self.tokens,
-            in_window=lambda ref: windows.count(ref, tenant=tenant, agent=agent, now=at),
+            in_window=lambda ref: windows.count(ref, tenant=tenant, namespace=namespace, agent=agent, now=at),
         )
         call = CallContext(
             subject=self.subject,
@@ -474,7 +480,7 @@ class GatewaySession:
         self.tool_calls += 1
         for grant in decision.grants:
             self.calls_by_grant[grant] = self.calls_by_grant.get(grant, 0) + 1
-        windows.record(decision.consumes, tenant=tenant, agent=agent, now=at)
+        windows.record(decision.consumes, tenant=tenant, namespace=namespace, agent=agent, now=at)
         tool = self._tool(name)
         if tool is None:
             impl_type = (manifest or {}).get("spec", {}).get("implementation", {}).get("type")

@@ -124,6 +124,7 @@ class ModelCalls:
                 result = models.router.complete(
                     route,
                     request,
+                    scope=f"{attempt.tenant_id}/{attempt.namespace}",
                     stream=stream,
                     key_for=self._key,
                     idempotency_key=key,

@@ -1,11 +1,14 @@
 """What the gateway keeps for policy: compiled policies by their inputs, and rate-limit windows.
 
 Compiling a namespace's Policies and ToolGrants (patterns, JSON Schemas, Rego) costs milliseconds,
-a decision microseconds; so a compiled policy is kept per exact set of inputs (kind, name and
-resourceVersion of each manifest) and shared by every session that sees the same set. Rate limits
-count allowed calls per agent and per tenant in sliding windows held by this process (DESIGN §5:
-in-process by default). ``parameters_fault`` holds a call's arguments to its Tool's JSON Schema
-(``spec.parameters``), whatever the runtime that made the call.
+a decision microseconds; so a compiled policy is kept per (tenant, namespace, digest of the inputs'
+kinds, names and specs) and shared by every session of that namespace that sees the same inputs.
+Never by names or resourceVersions alone: every new resource starts at resourceVersion 1, so a
+twin namespace or tenant with same-named resources would be judged by the other's rules
+(DESIGN invariant 6). Rate limits count allowed calls per (tenant, namespace, agent or the whole
+namespace, limit) in sliding windows held by this process (DESIGN §5: in-process by default).
+``parameters_fault`` holds a call's arguments to its Tool's JSON Schema (``spec.parameters``),
+whatever the runtime that made the call.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match  # pyright: ignore[reportUnknownVariableType]
 
 from bastion.api import schema_validator
-from bastion.policy import CompiledPolicy, RateLimitRef, compile_policy
+from bastion.policy import CompiledPolicy, RateLimitRef, compile_policy, policy_version
 
 CACHE_SIZE = 64
 
@@ -32,13 +35,16 @@ class PolicyCache:
         self._lock = threading.Lock()
         self._compiled: OrderedDict[tuple[Any, ...], CompiledPolicy] = OrderedDict()
 
-    def get(self, policies: Sequence[dict[str, Any]], grants: Sequence[dict[str, Any]]) -> CompiledPolicy:
-        key = tuple(
-            sorted(
-                (m["kind"], m["metadata"]["name"], str(m["metadata"].get("resourceVersion", "")))
-                for m in (*policies, *grants)
-            )
-        )
+    def get(
+        self,
+        policies: Sequence[dict[str, Any]],
+        grants: Sequence[dict[str, Any]],
+        *,
+        tenant: str,
+        namespace: str,
+    ) -> CompiledPolicy:
+        """The compiled policy of ``tenant``'s ``namespace`` for exactly these manifests."""
+        key = (tenant, namespace, policy_version(policies, grants))
         with self._lock:
             found = self._compiled.get(key)
             if found is not None:
@@ -54,28 +60,35 @@ class PolicyCache:
 
 
 class RateWindows:
-    """Timestamps of allowed calls per (tenant, agent or tenant-wide, limit)."""
+    """Timestamps of allowed calls per (tenant, namespace, agent or all agents, limit).
+
+    A limit is owned by a grant or rule of one namespace (``ref.owner`` is its name there), so the
+    namespace is part of the key: a same-named grant in another namespace or tenant is another limit.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str, str], deque[float]] = {}
+        self._seen: dict[tuple[str, str, str, str], deque[float]] = {}
 
-    def _key(self, ref: RateLimitRef, tenant: str, agent: str) -> tuple[str, str, str]:
-        return (tenant, agent if ref.scope == "agent" else "", ref.owner)
+    @staticmethod
+    def _key(ref: RateLimitRef, tenant: str, namespace: str, agent: str) -> tuple[str, str, str, str]:
+        return (tenant, namespace, agent if ref.scope == "agent" else "", ref.owner)
 
-    def count(self, ref: RateLimitRef, *, tenant: str, agent: str, now: float) -> int:
+    def count(self, ref: RateLimitRef, *, tenant: str, namespace: str, agent: str, now: float) -> int:
         with self._lock:
-            seen = self._seen.get(self._key(ref, tenant, agent))
+            seen = self._seen.get(self._key(ref, tenant, namespace, agent))
             if not seen:
                 return 0
             while seen and now - seen[0] >= ref.seconds:
                 seen.popleft()
             return len(seen)
 
-    def record(self, refs: Sequence[RateLimitRef], *, tenant: str, agent: str, now: float) -> None:
+    def record(
+        self, refs: Sequence[RateLimitRef], *, tenant: str, namespace: str, agent: str, now: float
+    ) -> None:
         with self._lock:
             for ref in refs:
-                self._seen.setdefault(self._key(ref, tenant, agent), deque()).append(now)
+                self._seen.setdefault(self._key(ref, tenant, namespace, agent), deque()).append(now)
 
 
 @functools.lru_cache(maxsize=256)

@@ -33,12 +33,16 @@ class SecretResolver:
         self._cache: dict[str, dict[str, str]] = {}
         self._destinations: dict[str, tuple[str, ...]] = {}
         """Per Secret name, the destinations its manifest declares."""
+        self._by_name: dict[str, dict[str, str]] = {}
+        """Per Secret name, its values once some user was allowed them (for labelling injections)."""
 
     def values(self, tool: str, declared: list[str], name: str) -> dict[str, str]:
         """A secret the tool declared and the secret allows it to use; its values go into the redactor."""
         if name not in declared:
             raise ToolCallFailed(tool, f"tool {tool!r} does not declare secret {name!r} in spec.secrets")
-        if name not in self._cache:
+        # Per (user, secret), never per secret alone: the Secret's usableBy is checked for each tool.
+        cache_key = f"tool:{tool}:{name}"
+        if cache_key not in self._cache:
             manifest = self._resources.resource(self._tenant_id, "Secret", self._namespace, name)
             if manifest is None:
                 raise ToolCallFailed(tool, f"secret {name!r} does not exist in namespace {self._namespace!r}")
@@ -59,9 +63,10 @@ class SecretResolver:
                     raise ToolCallFailed(
                         tool, f"secret {name!r} is too short to be redacted safely; use a longer value"
                     ) from None
-            self._cache[name] = values
+            self._cache[cache_key] = values
+            self._by_name[name] = values
             self._destinations[name] = _destinations(manifest)
-        return self._cache[name]
+        return self._cache[cache_key]
 
     def fill(self, tool: str, declared: list[str], template: str, used: set[str] | None = None) -> str:
         def one(match: re.Match[str]) -> str:
@@ -96,7 +101,7 @@ class SecretResolver:
         """The values of these Secrets (resolved already), labelled as the redactor labels them."""
         out: dict[str, str] = {}
         for name in names:
-            values = self._cache.get(name) or self._cache.get(f"provider:{name}") or {}
+            values = self._by_name.get(name, {})
             for key, value in values.items():
                 out[f"{name}/{key}" if len(values) > 1 else name] = value
         return out
@@ -110,7 +115,7 @@ class SecretResolver:
             ModelCallFailed: no such Secret, not usable by the provider, or ambiguous.
             SecretRefused: ``url`` is not among the Secret's destinations.
         """
-        cache_key = f"provider:{name}"
+        cache_key = f"provider:{provider}:{name}"
         if cache_key not in self._cache:
             manifest = self._resources.resource(self._tenant_id, "Secret", self._namespace, name)
             if manifest is None:
@@ -132,6 +137,7 @@ class SecretResolver:
                         f"secret {name!r} is too short to be redacted safely; use a longer value"
                     ) from None
             self._cache[cache_key] = values
+            self._by_name[name] = values
             self._destinations[name] = _destinations(manifest)
         values = self._cache[cache_key]
         if url is not None:

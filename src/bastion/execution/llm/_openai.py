@@ -14,7 +14,7 @@ from typing import Any, cast
 import httpx
 
 from ._provider import Call, Target, wire_names
-from ._transport import send
+from ._transport import send, shared_client
 from ._types import (
     BadChat,
     ChatRequest,
@@ -304,9 +304,7 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self, client: httpx.Client | None = None) -> None:
-        self.client = client or httpx.Client(
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64), trust_env=False
-        )
+        self.client = client or shared_client()
 
     def close(self) -> None:
         self.client.close()

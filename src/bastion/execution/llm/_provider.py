@@ -35,7 +35,8 @@ class Target:
 
     @property
     def key(self) -> str:
-        """Identifies the target for its breaker and latency average (shared by all runs)."""
+        """Identifies the target for its breaker and latency average (the router keeps those per
+        caller scope, never shared between tenants or namespaces)."""
         return f"{self.provider}|{self.model}|{self.base_url or ''}"
 
     @property

@@ -9,9 +9,14 @@
   moves on to the next target instead). Other failures move on at once.
 * **Fallback** happens only before the first streamed byte: once an answer has begun, a failure
   ends the call (``ModelCallFailed``), it is never stitched from two providers.
-* **Breakers.** Each target has one, shared by every run: after ``breaker_threshold`` consecutive
-  failed requests it opens and the target is skipped; after ``breaker_cooldown`` seconds one
-  request is let through (half-open); its success closes the breaker, its failure opens it again.
+* **Breakers.** Each target has one per caller scope (a tenant's namespace: the credentials a
+  target is called with are resolved there), shared by that scope's runs: after
+  ``breaker_threshold`` consecutive failed requests it opens and the target is skipped; after
+  ``breaker_cooldown`` seconds one request is let through (half-open); its success closes the
+  breaker, its failure opens it again. Only the target's faults count (a rate limit, an overload,
+  a timeout, a garbled answer): a refused key (401/403) or a bad request is the caller's, so one
+  tenant's wrong key never takes a target offline for another (DESIGN invariant 6). Latency
+  averages are kept per scope too.
 
 Time, sleep and jitter are injected, so tests drive the breaker and the backoff exactly.
 """
@@ -163,8 +168,8 @@ class Router:
         self.breaker_threshold, self.breaker_cooldown = breaker_threshold, breaker_cooldown
         self.backoff_base, self.backoff_max, self.max_retry_after = backoff_base, backoff_max, max_retry_after
         self.ewma_alpha = ewma_alpha
-        self._breakers: dict[str, Breaker] = {}
-        self._latency: dict[str, float] = {}
+        self._breakers: dict[tuple[str, str], Breaker] = {}
+        self._latency: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -180,20 +185,21 @@ class Router:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def breaker(self, target: Target) -> Breaker:
+    def breaker(self, target: Target, *, scope: str) -> Breaker:
+        """``target``'s breaker for callers in ``scope`` (see ``complete``)."""
         with self._lock:
-            found = self._breakers.get(target.key)
+            found = self._breakers.get((scope, target.key))
             if found is None:
-                found = self._breakers[target.key] = Breaker(
+                found = self._breakers[(scope, target.key)] = Breaker(
                     self.breaker_threshold, self.breaker_cooldown, self.now
                 )
             return found
 
-    def latency(self, target: Target) -> float | None:
-        """The target's observed latency average in seconds, if measured."""
-        return self._latency.get(target.key)
+    def latency(self, target: Target, *, scope: str) -> float | None:
+        """The target's observed latency average in seconds for callers in ``scope``, if measured."""
+        return self._latency.get((scope, target.key))
 
-    def order(self, route: Route) -> list[Target]:
+    def order(self, route: Route, *, scope: str) -> list[Target]:
         targets = list(route.targets)
         if route.strategy == "cheapest":
 
@@ -203,7 +209,7 @@ class Router:
 
             targets.sort(key=price)
         elif route.strategy == "fastest":
-            targets.sort(key=lambda t: self._latency.get(t.key, 0.0))
+            targets.sort(key=lambda t: self._latency.get((scope, t.key), 0.0))
         return targets
 
     def backoff(self, attempt: int) -> float:
@@ -215,6 +221,7 @@ class Router:
         route: Route,
         request: ChatRequest,
         *,
+        scope: str,
         stream: bool = False,
         key_for: KeyFor = lambda _target: None,
         idempotency_key: str | None = None,
@@ -223,6 +230,10 @@ class Router:
     ) -> ChatResult:
         """Answer ``request`` from the first target that can.
 
+        Args:
+            scope: who is calling, e.g. ``tenant/namespace``: breakers and latency averages are
+                kept per scope, so no caller's failures or timings decide for another's.
+
         Raises:
             ModelCallFailed: every target failed (or was skipped), or a stream broke mid-answer;
                 ``attempts`` lists each failure.
@@ -230,8 +241,8 @@ class Router:
         failures: list[dict[str, Any]] = []
         requests = 0
         max_tokens = route.max_tokens(request)
-        for target in self.order(route):
-            breaker = self.breaker(target)
+        for target in self.order(route, scope=scope):
+            breaker = self.breaker(target, scope=scope)
             if not breaker.allow():
                 failures.append({"target": target.label, "error": "circuit open"})
                 continue
@@ -263,9 +274,9 @@ class Router:
                     failures.append(
                         {"target": target.label, "error": failure.reason, "status": failure.status}
                     )
-                    if failure.retryable or failure.status in (401, 403):
+                    if failure.retryable:
                         breaker.failure()
-                    else:
+                    else:  # a refused key or request is the caller's fault, not the target's
                         breaker.release()
                     if failure.mid_stream:
                         raise ModelCallFailed(
@@ -282,7 +293,7 @@ class Router:
                     self.sleep(delay)
                     continue
                 elapsed = self.now() - started
-                self._observe(target, elapsed)
+                self._observe(scope, target, elapsed)
                 breaker.success()
                 usage, estimated = reply.usage, False
                 if usage is None:
@@ -307,7 +318,8 @@ class Router:
         summary = "; ".join(f"{f['target']}: {f['error']}" for f in failures[-4:])
         raise ModelCallFailed(f"no target of the model policy answered ({summary})", failures)
 
-    def _observe(self, target: Target, seconds: float) -> None:
+    def _observe(self, scope: str, target: Target, seconds: float) -> None:
         with self._lock:
-            old = self._latency.get(target.key)
-            self._latency[target.key] = seconds if old is None else old + self.ewma_alpha * (seconds - old)
+            key = (scope, target.key)
+            old = self._latency.get(key)
+            self._latency[key] = seconds if old is None else old + self.ewma_alpha * (seconds - old)

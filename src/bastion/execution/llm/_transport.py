@@ -6,6 +6,7 @@ next target; after it, the answer has begun and the failure is final (``mid_stre
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,18 @@ import httpx
 
 from ._provider import Call, ProviderFailure, status_failure
 from ._types import BadChat, Reply
+
+
+def shared_client() -> httpx.Client:
+    """The connection pool a provider keeps for every tenant's calls, and keeps no cookies: a
+    cookie one caller's answer set would otherwise ride along on every other caller's requests
+    to that host (DESIGN invariant 6)."""
+    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.Client(
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        trust_env=False,
+        cookies=no_cookies,
+    )
 
 
 class Collector(Protocol):

@@ -96,10 +96,15 @@ class Claim:
 @dataclass(frozen=True, kw_only=True)
 class Event:
     id: int
+    """The event's position in its run's stream (1, 2, 3, ...): what SSE sends as ``id:`` and takes
+    back as ``Last-Event-ID``. Never the table's row id: that sequence is shared by every run of
+    every tenant, and would let a tenant count the others' activity (DESIGN invariant 6)."""
     run_id: str
     type: str
     data: dict[str, Any]
     at: datetime
+    row: int = 0
+    """The table's row id, for a reader that keeps following (``events(..., row=...)``); internal."""
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "data": self.data, "at": _stamp(self.at)}
@@ -213,16 +218,18 @@ class RunStore:
                 insert(run_events), [{"run_id": run_id, "type": t, "data": d, "at": now} for t, d in events]
             )
 
-    def events(self, conn: Connection, run_id: str, *, after: int = 0, limit: int = 500) -> list[Event]:
-        query = (
-            select(run_events)
-            .where(run_events.c.run_id == run_id, run_events.c.id > after)
-            .order_by(run_events.c.id)
-            .limit(limit)
-        )
+    def events(
+        self, conn: Connection, run_id: str, *, after: int = 0, limit: int = 500, row: int | None = None
+    ) -> list[Event]:
+        """The run's events after the ``after``-th (their ids are positions in the run's stream).
+
+        ``row``: the row id of the ``after``-th event, when the caller knows it (a reader that keeps
+        following passes the last event's ``row``), which spares skipping the first ``after``."""
+        query = select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.id).limit(limit)
+        query = query.where(run_events.c.id > row) if row is not None else query.offset(after)
         return [
-            Event(id=r["id"], run_id=r["run_id"], type=r["type"], data=r["data"], at=r["at"])
-            for r in conn.execute(query).mappings()
+            Event(id=after + n, run_id=r["run_id"], type=r["type"], data=r["data"], at=r["at"], row=r["id"])
+            for n, r in enumerate(conn.execute(query).mappings(), start=1)
         ]
 
     # --- claims, leases, fencing ------------------------------------------------------

@@ -286,7 +286,11 @@ class _AttemptRunner:
             return
         except ErrorBudgetExceeded as exc:
             settings = self._trust_settings()
-            if settings is not None and settings.on_budget_exceeded == "demote":
+            if (
+                settings is not None
+                and settings.budget.on_exhausted == "revokeAgent"
+                and settings.on_budget_exceeded == "demote"
+            ):
                 self._finish(RunState.FAILED, reason=exc.detail, exc=exc)
             else:
                 self._finish(
@@ -659,6 +663,12 @@ class _AttemptRunner:
             evidence=change.evidence,
         )
         self.w.runs.add_event(conn, run.id, "trust", event)
+        if change.action == "revoke":
+            # The explicit ``onExhausted: revokeAgent``: the agent is revoked everywhere in its
+            # namespace, as an operator's ``bastion trust revoke`` would do it.
+            self.w.runs.revoke_active(
+                conn, run.tenant_id, run.namespace, run.agent, reason=f"agent revoked: {change.reason}"
+            )
 
     def _handoff(self, reason: str) -> dict[str, Any]:
         """What this run leaves for whoever takes over: what it tried, where it stopped, what blocks."""
