@@ -133,7 +133,11 @@ def provider_secret(name: str, key: str) -> dict[str, Any]:
         "apiVersion": "bastion/v1",
         "kind": "Secret",
         "metadata": {"name": name},
-        "spec": {"stringData": {"apiKey": key}, "usableBy": {"providers": ["openai"]}},
+        "spec": {
+            "stringData": {"apiKey": key},
+            "usableBy": {"providers": ["openai"]},
+            "destinations": ["127.0.0.1"],
+        },
     }
 
 
@@ -459,7 +463,11 @@ def test_a_secret_resolved_for_one_tool_is_not_handed_to_another(ours: Side) -> 
         "apiVersion": "bastion/v1",
         "kind": "Secret",
         "metadata": {"name": "weather-key"},
-        "spec": {"stringData": {"token": FORECAST_TOKEN}, "usableBy": {"tools": ["weather"]}},
+        "spec": {
+            "stringData": {"token": FORECAST_TOKEN},
+            "usableBy": {"tools": ["weather"]},
+            "destinations": ["127.0.0.1"],
+        },
     }
     header = {"Authorization": "Bearer {secret:weather-key/token}"}
     with weather_api(FORECAST_TOKEN) as (url, seen):
