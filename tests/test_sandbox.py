@@ -23,6 +23,7 @@ from bastion.execution.sandbox import (
     SandboxLimits,
     SandboxSpec,
     SandboxState,
+    read_agent_file,
 )
 
 
@@ -369,3 +370,20 @@ def test_a_shared_sdk_cache_is_made_once_and_outlives_its_backends(tmp_path: Pat
     assert len(versions) == 1
     assert (versions[0] / "bastion" / "agent" / "_runner.py").exists()
     assert not [p for p in cache.iterdir() if p.name.startswith(".staging-")]
+
+
+def test_host_readers_of_agent_files_follow_no_link(tmp_path: Path) -> None:
+    """What the demo (and any host reader) shows of a workspace is never a host file behind a link."""
+    secret = tmp_path / "master.key"
+    secret.write_text("host master key")
+    workspace = tmp_path / "ws"
+    (workspace / "out").mkdir(parents=True)
+    (workspace / "out" / "report.md").write_text("the agent's report")
+    os.symlink(secret, workspace / "report.md")
+    os.symlink("../master.key", workspace / "relative.md")
+    os.symlink(tmp_path, workspace / "up")
+    os.mkfifo(workspace / "fifo")
+    assert read_agent_file(workspace, "out/report.md") == b"the agent's report"
+    assert read_agent_file(workspace, "out/report.md", limit=3) == b"the"
+    for hostile in ("report.md", "relative.md", "up/master.key", "fifo", "../master.key", "out", "missing"):
+        assert read_agent_file(workspace, hostile) is None, hostile

@@ -338,6 +338,39 @@ def check_no_escape_by_symlink_or_dotdot(box: Box) -> None:
         assert sorted(p.name for p in workspace.iterdir()) == ["agent.py"]
 
 
+def check_copy_back_follows_link_chains(box: Box) -> None:
+    """Links judged by what they resolve to, not by their text: ``s -> .`` makes ``s/..`` the
+    workspace's parent although it reads as the workspace itself."""
+    sandbox, workspace, _ = box.start(
+        """
+        import os
+        def main(key):
+            os.symlink(".", "s")
+            os.symlink("s/../" + key, "key")  # the workspace's parent on the host
+            os.symlink("s/s/s/../../../../../../etc/shadow", "shadow")
+            os.symlink("b", "a")
+            os.symlink("s/..", "b")  # a -> b -> the parent
+            os.symlink("missing/../../" + key, "later")
+            os.symlink("loop", "loop")
+            os.makedirs("d/e")
+            os.symlink("../../s/../" + key, "d/e/deep")
+            os.symlink("../../s/s/agent.py", "d/e/inside")
+            os.symlink("s/d/e/inside", "chain-inside")
+            return sorted(os.listdir("."))
+        """
+    )
+    key = workspace.parent / f"master-{workspace.name}.key"
+    key.write_text("host master key")
+    sandbox.call("run", {"entrypoint": "agent:main", "input": key.name}, handler=_no_requests)
+    sandbox.stop()
+    links = {p.relative_to(workspace).as_posix() for p in workspace.rglob("*") if p.is_symlink()}
+    assert links == {"s", "d/e/inside", "chain-inside"}, links
+    for link in links:
+        assert (workspace / link).resolve().is_relative_to(workspace.resolve()), link
+    assert (workspace / "chain-inside").read_text() == (workspace / "agent.py").read_text()
+    assert key.read_text() == "host master key"
+
+
 def check_no_host_processes(box: Box) -> None:
     seen = box.run(
         """
@@ -527,6 +560,7 @@ ISOLATION: list[Callable[[Box], None]] = [
     check_no_host_secrets_or_files,
     check_no_write_outside_the_workspace,
     check_no_escape_by_symlink_or_dotdot,
+    check_copy_back_follows_link_chains,
     check_no_host_processes,
     check_no_ptrace_modules_mounts_or_namespaces,
 ]

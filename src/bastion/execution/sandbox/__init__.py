@@ -33,6 +33,7 @@ from ._pool import (
 )
 from ._process import ProcessBackend, ProcessSandbox
 from ._select import BACKENDS, default_backend, open_backend, probe_backend, probe_backends
+from ._workspace import read_agent_file
 
 __all__ = [
     "BACKENDS",
@@ -72,5 +73,6 @@ __all__ = [
     "pool_dir_name",
     "probe_backend",
     "probe_backends",
+    "read_agent_file",
     "remove_stale_pool_dirs",
 ]
