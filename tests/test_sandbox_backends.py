@@ -213,20 +213,39 @@ def test_the_seccomp_numbers_match_this_kernels_headers() -> None:
         assert numbers[name] == number, name
 
 
-def test_the_seccomp_program_checks_the_architecture_and_denies_each_blocked_call() -> None:
-    program = _seccomp.program()
-    assert len(program) % 8 == 0
+def _run_filter(program: bytes, *, arch: int = 0xC000003E, nr: int, arg0: int = 0) -> int:
+    """What the kernel would decide: a minimal interpreter of the classic BPF the filter uses."""
+    data = struct.pack("=iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
     instructions = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
-    assert instructions[0] == (0x20, 0, 0, 4)  # load the arch
-    assert instructions[1][3] == 0xC000003E
-    kill, deny, allow = instructions[-1], instructions[-2], instructions[-3]
-    assert (kill[3], deny[3], allow[3]) == (0x80000000, 0x00050000 | 1, 0x7FFF0000)
-    # Each comparison jumps exactly onto the deny instruction.
-    for index, (code, true, _, number) in enumerate(instructions[4:-3], start=4):
-        assert code == 0x15 and number in _seccomp.BLOCKED.values()
-        assert index + 1 + true == len(instructions) - 2
-    assert instructions[1][2] + 2 == len(instructions) - 1
-    assert instructions[3][1] + 4 == len(instructions) - 1
+    pc, accumulator = 0, 0
+    while True:
+        code, true, false, k = instructions[pc]
+        if code == 0x20:  # ld w abs
+            accumulator = struct.unpack_from("=I", data, k)[0]
+        elif code in (0x15, 0x35):  # jeq, jge
+            taken = accumulator == k if code == 0x15 else accumulator >= k
+            pc += true if taken else false
+        elif code == 0x06:  # ret
+            return k
+        else:
+            raise AssertionError(f"unexpected BPF instruction {code:#x}")
+        pc += 1
+
+
+def test_the_seccomp_program_checks_the_architecture_denies_blocked_calls_and_socket_families() -> None:
+    program = _seccomp.program()
+    allow, kill, eperm, eafnosupport = 0x7FFF0000, 0x80000000, 0x00050000 | 1, 0x00050000 | 97
+    for number in _seccomp.BLOCKED.values():
+        assert _run_filter(program, nr=number) == eperm
+    for number in (0, 1, 2, 57, 59, 60, 231):  # read, write, open, fork, execve, exit, exit_group
+        assert _run_filter(program, nr=number) == allow
+    assert _run_filter(program, nr=0x40000000 | 1) == kill  # x32
+    assert _run_filter(program, arch=0x40000003, nr=1) == kill  # i386
+    for socket_call in (41, 53):
+        for family in (1, 2, 10):
+            assert _run_filter(program, nr=socket_call, arg0=family) == allow
+        for family in (0, 3, 9, 16, 17, 38, 40, 4096, (1 << 32) | 40):
+            assert _run_filter(program, nr=socket_call, arg0=family) == eafnosupport, family
 
 
 @pytest.fixture

@@ -371,6 +371,49 @@ def check_copy_back_follows_link_chains(box: Box) -> None:
     assert key.read_text() == "host master key"
 
 
+def check_only_the_socket_families_an_agent_needs(box: Box) -> None:
+    """AF_VSOCK is a channel to the hypervisor on a VM host; netlink and packet sockets reach the
+    kernel's network configuration. Only unix sockets and loopback IPv4/IPv6 are left."""
+    seen = box.run(
+        """
+        import ctypes, os, socket
+        libc = ctypes.CDLL(None, use_errno=True)
+        def raw(family, kind, protocol=0):
+            fd = libc.syscall(41, family, kind, protocol)  # socket(2), not through Python's module
+            if fd >= 0:
+                os.close(fd)
+                return "created"
+            return os.strerror(ctypes.get_errno())
+        def main(_):
+            out = {name: raw(*args) for name, args in {
+                "vsock": (40, socket.SOCK_STREAM), "vsock dgram": (40, socket.SOCK_DGRAM),
+                "netlink route": (16, socket.SOCK_RAW, 0), "netlink audit": (16, socket.SOCK_RAW, 9),
+                "packet": (17, socket.SOCK_RAW), "alg": (38, socket.SOCK_SEQPACKET),
+                "key": (15, socket.SOCK_RAW, 2), "bluetooth": (31, socket.SOCK_STREAM),
+                "family 4096": (4096, socket.SOCK_STREAM), "vsock + 2**32": (2**32 + 40, socket.SOCK_STREAM),
+            }.items()}
+            pair = libc.syscall(53, 40, socket.SOCK_STREAM, 0, (ctypes.c_int * 2)())
+            out["socketpair vsock"] = "created" if pair >= 0 else os.strerror(ctypes.get_errno())
+            a, b = socket.socketpair(socket.AF_UNIX)
+            a.send(b"unix")
+            out["unix"] = b.recv(4).decode()
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                with socket.socket(family) as server:
+                    server.bind((host, 0))
+                    server.listen()
+                    with socket.create_connection(server.getsockname()[:2]) as client:
+                        client.send(b"lo")
+                        out[host] = server.accept()[0].recv(2).decode()
+            return out
+        """
+    )
+    assert seen.pop("unix") == "unix"
+    assert seen.pop("127.0.0.1") == "lo" and seen.pop("::1") == "lo"
+    assert "created" not in seen.values(), seen
+    if box.name == "bwrap":
+        assert set(seen.values()) == {os.strerror(97)}, seen  # EAFNOSUPPORT, as without the family
+
+
 def check_no_host_processes(box: Box) -> None:
     seen = box.run(
         """
@@ -561,6 +604,7 @@ ISOLATION: list[Callable[[Box], None]] = [
     check_no_write_outside_the_workspace,
     check_no_escape_by_symlink_or_dotdot,
     check_copy_back_follows_link_chains,
+    check_only_the_socket_families_an_agent_needs,
     check_no_host_processes,
     check_no_ptrace_modules_mounts_or_namespaces,
 ]

@@ -6,7 +6,9 @@ a dedicated read-only root directory (built once under the state directory, neve
 the SDK (and the image, if any) read-only under ``/opt/bastion``; ``/workspace`` bound from a
 size-capped tmpfs (see ``_workspace``); a size-capped ``/tmp``; user 65534, no capabilities,
 ``noNewPrivileges``, an explicit environment (``runsc do`` would copy the worker's); no network
-but loopback. gVisor's own kernel answers the agent's system calls; the host sees only the sentry.
+but loopback; ``socket`` and ``socketpair`` only for unix, IPv4 and IPv6 sockets (an OCI seccomp
+filter that gVisor's kernel applies, ``--oci-seccomp``). gVisor's own kernel answers the agent's
+system calls; the host sees only the sentry.
 
 Limits: ``linux.resources`` (memory, pids, one CPU) in the cgroup at ``linux.cgroupsPath``, which
 the backend creates (runsc joins it and enforces it on the whole sandbox: sentry, gofer, the
@@ -24,6 +26,7 @@ Runs as root only (runsc needs it to set up its namespaces and cgroups).
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import itertools
 import json
@@ -35,7 +38,7 @@ from typing import Any
 
 from bastion.errors import SandboxError
 
-from . import _cgroup
+from . import _cgroup, _seccomp
 from ._base import MIB, Image, LogSink, SandboxLimits, SandboxSpec
 from ._channel import ChannelSandbox, base_env, bootstrap_argv, rlimits, spawn
 from ._confine import HostConfinement
@@ -117,6 +120,7 @@ class GvisorBackend:
             shutil.rmtree(bundle, ignore_errors=True)
             raise SandboxError(f"could not prepare the sandbox for {spec.workspace}: {exc}") from exc
         argv = [RUNSC, "--root", str(self._home / "state"), "--network=none", "--platform=ptrace"]
+        argv += ["--oci-seccomp"]  # gVisor's own kernel applies ``linux.seccomp`` to the agent
         argv += ["run", "--bundle", str(bundle), name]
         try:
             # Made here, not by runsc: runsc removes the cgroups it made as soon as the sandbox dies,
@@ -211,6 +215,7 @@ class GvisorBackend:
                     "cpu": {"quota": 100_000, "period": 100_000},
                 },
                 "cgroupsPath": f"/{_cgroup.PARENT}/{name}",
+                "seccomp": _socket_families(),
             },
         }
 
@@ -257,6 +262,31 @@ class GvisorBackend:
 def _memory(limits: SandboxLimits) -> int:
     """MiB for the sandbox's cgroup: the agent's, its workspace and /tmp tmpfs, gVisor's own."""
     return limits.memory_mib + 2 * limits.workspace_mib + _OVERHEAD_MIB
+
+
+def _socket_families() -> dict[str, Any]:
+    """An OCI seccomp filter that leaves ``socket`` and ``socketpair`` only the families an agent
+    needs (as ``bwrap``'s filter does); one condition per rule, as gVisor reads them."""
+    allowed = sorted(_seccomp.ALLOWED_FAMILIES.values())
+    refused = [{"index": 0, "value": allowed[-1], "op": "SCMP_CMP_GT"}]
+    refused += [
+        {"index": 0, "value": family, "op": "SCMP_CMP_EQ"}
+        for family in range(allowed[-1])
+        if family not in allowed
+    ]
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {
+                "names": ["socket", "socketpair"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": errno.EAFNOSUPPORT,
+                "args": [condition],
+            }
+            for condition in refused
+        ],
+    }
 
 
 def _image(image: Image) -> tuple[str, list[dict[str, Any]], str]:
