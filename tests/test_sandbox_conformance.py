@@ -414,6 +414,33 @@ def check_only_the_socket_families_an_agent_needs(box: Box) -> None:
         assert set(seen.values()) == {os.strerror(97)}, seen  # EAFNOSUPPORT, as without the family
 
 
+def check_no_host_paths_in_proc(box: Box) -> None:
+    """The sandbox's /proc shows no host path: not its pid 1's command line (bwrap's options name
+    the state directory, the workspace's mount and the SDK copy), not a mount's source."""
+    sandbox, workspace, _ = box.start(
+        """
+        import os
+        def main(_):
+            seen = {}
+            for pid in [p for p in os.listdir("/proc") if p.isdigit()] + ["self", "thread-self"]:
+                for name in ("cmdline", "environ", "mountinfo", "mounts", "mountstats", "cgroup"):
+                    try:
+                        with open(f"/proc/{pid}/{name}", "rb") as f:
+                            seen[f"{pid}/{name}"] = f.read().decode(errors="replace")
+                    except OSError:
+                        pass
+            return seen
+        """
+    )
+    seen = sandbox.call("run", {"entrypoint": "agent:main", "input": None}, handler=_no_requests)
+    sandbox.stop()
+    assert any(key.endswith("/mountinfo") for key in seen) and "1/cmdline" in seen, sorted(seen)
+    host_paths = [str(box.state_dir), str(workspace), str(box.tmp), str(PROJECT), tempfile.gettempdir() + "/"]
+    for key, text in seen.items():
+        for path in host_paths:
+            assert path not in text, (key, path, text[:2000])
+
+
 def check_no_host_processes(box: Box) -> None:
     seen = box.run(
         """
@@ -516,8 +543,48 @@ def check_memory_across_processes(box: Box) -> None:
                     os._exit(0)
             time.sleep(30)
         """
-    # The cgroup also allows the workspace and /tmp tmpfs pages: keep them small here.
-    assert box.limit(source, memory_mib=160, processes=16, workspace_mib=16) == "memory"
+    assert box.limit(source, memory_mib=160, processes=16) == "memory"
+
+
+def check_memory_files_count_against_the_memory_limit(box: Box) -> None:
+    """Files in /dev/shm, /dev, /tmp and the workspace are memory on the isolating backends: all of
+    it together, with the agent's own processes, stays within ``memory_mib``."""
+    before = _bastion_cgroups()
+    tag = f"bastion-fill-{os.getpid()}-{time.monotonic_ns()}"
+    sandbox, _, logs = box.start(
+        """
+        import sys
+        def main(tag):
+            held = 0
+            for path in ["/dev/shm/" + tag, "/dev/" + tag, "/tmp/" + tag, tag]:
+                try:
+                    with open(path, "wb") as f:
+                        for _ in range(1024):
+                            f.write(b"\\1" * (1 << 20))
+                            f.flush()
+                            held += 1
+                            print("held", held, file=sys.stderr, flush=True)
+                except OSError as exc:
+                    print(path, "refused", type(exc).__name__, file=sys.stderr, flush=True)
+            return held
+        """,
+        memory_mib=128,
+        workspace_mib=256,
+        file_bytes=1 << 30,
+    )
+    try:
+        with pytest.raises(LimitExceeded) as raised:
+            sandbox.call("run", {"entrypoint": "agent:main", "input": tag}, handler=_no_requests)
+    finally:
+        sandbox.stop()
+        for leftover in (Path("/dev/shm") / tag, Path(tempfile.gettempdir()) / tag):
+            leftover.unlink(missing_ok=True)  # the process backend writes the host's own
+    held = max([int(line.split()[1]) for line in logs if line.startswith("held ")], default=0)
+    assert raised.value.limit == "memory", (raised.value, logs[-3:])
+    assert held <= 128, f"the agent held {held} MiB in files with memory_mib=128"
+    if box.name != "process":
+        assert any(line.startswith(f"/dev/{tag} refused") for line in logs), logs[-5:]
+    assert_nothing_left(box, before)
 
 
 def check_cpu_past_the_limit(box: Box) -> None:
@@ -605,6 +672,7 @@ ISOLATION: list[Callable[[Box], None]] = [
     check_no_escape_by_symlink_or_dotdot,
     check_copy_back_follows_link_chains,
     check_only_the_socket_families_an_agent_needs,
+    check_no_host_paths_in_proc,
     check_no_host_processes,
     check_no_ptrace_modules_mounts_or_namespaces,
 ]
@@ -612,6 +680,7 @@ LIMITS: list[Callable[[Box], None]] = [
     check_fork_bomb_is_bounded,
     check_memory_past_the_limit,
     check_memory_across_processes,
+    check_memory_files_count_against_the_memory_limit,
     check_cpu_past_the_limit,
     check_cpu_across_processes,
     check_wall_time,

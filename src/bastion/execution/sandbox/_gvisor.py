@@ -39,7 +39,7 @@ from typing import Any
 from bastion.errors import SandboxError
 
 from . import _cgroup, _seccomp
-from ._base import MIB, Image, LogSink, SandboxLimits, SandboxSpec
+from ._base import MIB, Image, LogSink, SandboxLimits, SandboxSpec, shm_mib
 from ._channel import ChannelSandbox, base_env, bootstrap_argv, rlimits, spawn
 from ._confine import HostConfinement
 from ._sdk import shared_sdk
@@ -51,8 +51,10 @@ SDK_PATH = "/opt/bastion/sdk"
 IMAGE_PATH = "/opt/bastion/image"
 PACKAGES_PATH = "/opt/bastion/packages"
 DEFAULT_INTERPRETER = "/usr/bin/python3"
-_OVERHEAD_MIB = 96
-"""Memory the cgroup allows beyond the agent's own limit: the sentry and the gofer."""
+_OVERHEAD_MIB = 24
+"""Memory the cgroup allows beyond the agent's limit: the sentry's and the gofer's own (about 18
+MiB idle), less than they and the agent's interpreter use together, so what the agent can hold in
+its processes and its tmpfs mounts stays within ``memory_mib``."""
 _RUNSC_TASKS = 192
 """Host tasks of the sandbox that are not the agent's: the sentry's and gofer's threads."""
 _HIDDEN = ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3*")
@@ -174,6 +176,12 @@ class GvisorBackend:
                 "source": "tmpfs",
                 "options": ["nosuid", "nodev", "mode=1777", f"size={limits.workspace_mib * MIB}"],
             },
+            {
+                "destination": "/dev/shm",  # noqa: S108 -- the sandbox's own tmpfs
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "noexec", "mode=1777", f"size={shm_mib(limits) * MIB}"],
+            },
             {"destination": SDK_PATH, "type": "bind", "source": str(self._sdk), "options": ["bind", "ro"]},
             {
                 "destination": "/workspace",
@@ -260,8 +268,9 @@ class GvisorBackend:
 
 
 def _memory(limits: SandboxLimits) -> int:
-    """MiB for the sandbox's cgroup: the agent's, its workspace and /tmp tmpfs, gVisor's own."""
-    return limits.memory_mib + 2 * limits.workspace_mib + _OVERHEAD_MIB
+    """MiB for the sandbox's cgroup: the agent's (its processes and its tmpfs mounts, which gVisor
+    keeps in the same memory file), and the sentry's and gofer's own."""
+    return limits.memory_mib + _OVERHEAD_MIB
 
 
 def _socket_families() -> dict[str, Any]:
