@@ -32,11 +32,8 @@ unprivileged, must reach the SDK copy and the workspace mounts under it. The ima
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
-import itertools
 import os
-import stat
 import subprocess
 import weakref
 from pathlib import Path
@@ -48,14 +45,9 @@ from ._base import MIB, Image, LogSink, SandboxSpec, shm_mib
 from ._channel import ChannelSandbox, base_env, bootstrap_argv, open_gate, rlimits, spawn
 from ._confine import HostConfinement
 from ._sdk import shared_sdk
+from ._uids import DEFAULT_UIDS, UID_LOCKS, UidLease, unreachable
 from ._workspace import Workspace, is_mountpoint, unmount
 
-DEFAULT_UIDS = range(1_800_000_000, 1_800_000_000 + 65536)
-"""Host uids (and gids) leased one per sandbox when running as root; no account needs to exist."""
-UID_LOCKS = Path("/run/bastion/uids")
-"""Where the uid leases are held: one place per host, whatever each backend's state directory, since
-the uids, and the cgroups and mounts named after them, are the host's (``/run`` is emptied at boot,
-and a lease is a lock held by a live process)."""
 SDK_PATH = "/opt/bastion/sdk"
 IMAGE_PATH = "/opt/bastion/image"
 PACKAGES_PATH = "/opt/bastion/packages"
@@ -69,47 +61,11 @@ _LAUNCHER_PROCESSES = 4
 _HIDDEN = ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3*")
 
 
-def unreachable(path: Path) -> Path | None:
-    """The first directory from ``/`` down to ``path`` that other users cannot traverse."""
-    for directory in [*reversed(path.parents), path]:
-        try:
-            if not directory.stat().st_mode & stat.S_IXOTH:
-                return directory
-        except OSError:
-            return directory
-    return None
-
-
 def unavailable() -> str | None:
     """None when bwrap can be tried here, else why not."""
     if not Path("/usr/bin/bwrap").exists():
         return "bubblewrap is not installed (/usr/bin/bwrap is missing)"
     return _seccomp.supported()
-
-
-class UidLease:
-    """An exclusive host uid for one sandbox: a lock on ``<dir>/<uid>.lock`` held while it lives."""
-
-    _start = itertools.count()
-
-    def __init__(self, directory: Path, uids: range) -> None:
-        offset = next(self._start)
-        for index in range(len(uids)):
-            uid = uids[(offset + index) % len(uids)]
-            fd = os.open(directory / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self.uid, self._fd = uid, fd
-            return
-        raise SandboxError(f"all {len(uids)} sandbox uids are in use")
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 class BwrapBackend:
