@@ -90,7 +90,15 @@ def _no_requests(method: str, params: dict[str, Any]) -> Any:
 
 
 def _bastion_cgroups() -> set[str]:
-    return {str(p) for p in Path("/sys/fs/cgroup").glob("*/bastion/*") if p.is_dir()}
+    """The sandbox cgroups on this host, less those of other processes' process and gVisor
+    backends (named after their worker's pid: other test runs may share the machine)."""
+    found = {p for p in Path("/sys/fs/cgroup").glob("*/bastion/*") if p.is_dir()}
+    others = [
+        p
+        for p in found
+        if p.name.split("-")[0] in ("process", "gvisor") and p.name.split("-")[1] != str(os.getpid())
+    ]
+    return {str(p) for p in found.difference(others)}
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -524,6 +532,37 @@ def check_fork_bomb_is_bounded(box: Box) -> None:
     assert limit == "processes"
 
 
+def check_threads_count_as_processes(box: Box) -> None:
+    """Threads are tasks: 2,000 of them (small stacks, so memory is not what stops them) stay within
+    ``processes``, on gVisor too, whose host cgroup sees the sentry's threads, not the agent's."""
+    source = """
+        import threading, time
+        def main(_):
+            threading.stack_size(64 * 1024)
+            release = threading.Event()
+            started = 1  # this thread
+            for _ in range(2000):
+                try:
+                    threading.Thread(target=release.wait, daemon=True).start()
+                    started += 1
+                except RuntimeError:
+                    pass
+            time.sleep(0.5)  # all held at once
+            release.set()
+            return started
+        """
+    before = _bastion_cgroups()
+    sandbox, _, _ = box.start(source, processes=64)
+    try:
+        seen: Any = sandbox.call("run", {"entrypoint": "agent:main", "input": None}, handler=_no_requests)
+    except LimitExceeded as exc:
+        seen = exc.limit  # ended for it: as good as refused
+    finally:
+        sandbox.stop()
+    assert seen == "processes" or seen <= 64, f"{seen} threads ran with processes=64"
+    assert_nothing_left(box, before)
+
+
 def check_memory_past_the_limit(box: Box) -> None:
     assert box.limit("def main(_):\n    return len(bytearray(1 << 30))\n", memory_mib=128) == "memory"
 
@@ -678,6 +717,7 @@ ISOLATION: list[Callable[[Box], None]] = [
 ]
 LIMITS: list[Callable[[Box], None]] = [
     check_fork_bomb_is_bounded,
+    check_threads_count_as_processes,
     check_memory_past_the_limit,
     check_memory_across_processes,
     check_memory_files_count_against_the_memory_limit,

@@ -15,8 +15,16 @@ the backend creates (runsc joins it and enforces it on the whole sandbox: sentry
 agent's processes); the host reads CPU time, OOM kills and pid exhaustion from it, also after the
 sandbox died. RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE and
 RLIMIT_NOFILE are set inside by the bootstrap, never RLIMIT_AS on runsc itself (its Go runtime
-crashes). gVisor ignores RLIMIT_NPROC inside, so the process limit is the cgroup's, with room for
-the sentry's own threads (``_RUNSC_TASKS``): a fork bomb exhausts it and the sandbox is ended.
+crashes). The processes limit is gVisor's own: the host cgroup's pids count the sentry's host
+threads, not the agent's (2,000 agent threads fit in a few dozen of them), and gVisor ignores
+RLIMIT_NPROC. So the sandbox's first process is a launcher (``LAUNCHER``) running as root *inside*
+gVisor (no host privilege: gVisor's user namespace), with only CAP_SYS_ADMIN, CAP_DAC_OVERRIDE,
+CAP_SETUID, CAP_SETGID, CAP_SETPCAP and CAP_KILL: it mounts gVisor's pids cgroup controller, puts the agent's process into a
+cgroup of its own whose ``pids.max`` is one past the limit (every thread counts, as on Linux),
+drops it to user 65534 with no capability (the bounding set emptied too) before the bootstrap runs, and watches that cgroup: when
+the agent reaches the cap it kills every process of the agent and exits with
+``EXIT_PROCESSES``, which the host reports as the ``processes`` limit. The host cgroup's pids limit
+stays, with room for the sentry's threads (``_RUNSC_TASKS``).
 
 Cleanup on stop, also after a kill: the sandbox's processes (through its cgroup), ``runsc delete
 --force``, its state and bundle directories, and the cgroup directories runsc leaves behind.
@@ -36,7 +44,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import SandboxError
+from bastion.errors import LimitExceeded, SandboxError
 
 from . import _cgroup, _seccomp
 from ._base import MIB, Image, LogSink, SandboxLimits, SandboxSpec, shm_mib
@@ -59,6 +67,46 @@ _RUNSC_TASKS = 192
 """Host tasks of the sandbox that are not the agent's: the sentry's and gofer's threads."""
 _HIDDEN = ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3*")
 _numbers = itertools.count(1)
+EXIT_PROCESSES = 87
+"""The launcher's exit status when the agent reached its processes limit."""
+_LAUNCHER_CAPS = ["CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"]
+LAUNCHER = """\
+import ctypes, os, signal, sys, time
+limit, argv = int(sys.argv[1]), sys.argv[2:]
+cgroup = "/sys/fs/cgroup/agent"
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.mount(b"none", b"/sys/fs/cgroup", b"cgroup", 0, b"pids") != 0:
+    sys.exit("bastion launcher: cannot mount the pids cgroup: " + os.strerror(ctypes.get_errno()))
+os.mkdir(cgroup)
+with open(cgroup + "/pids.max", "w") as f:
+    f.write(str(limit + 1))
+child = os.fork()
+if child == 0:
+    with open(cgroup + "/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+    for cap in range(64):
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP: nothing left for an exec to gain
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    os.chdir("/workspace")
+    os.execv(argv[0], argv)
+for fd in (0, 1):
+    os.close(fd)
+while True:
+    pid, status = os.waitpid(child, os.WNOHANG)
+    if pid:
+        if os.WIFSIGNALED(status):
+            os._exit(128 + os.WTERMSIG(status))
+        code = os.WEXITSTATUS(status)
+        os._exit(1 if code == 87 else code)
+    with open(cgroup + "/pids.current") as f:
+        if int(f.read()) > limit:
+            os.kill(-1, signal.SIGKILL)
+            os._exit(87)
+    time.sleep(0.05)
+"""
+"""The sandbox's first process: see the module's docstring."""
 
 
 def unavailable() -> tuple[str, str] | None:
@@ -134,7 +182,7 @@ class GvisorBackend:
             workspace.close(copy_back=False)
             shutil.rmtree(bundle, ignore_errors=True)
             raise SandboxError(f"could not create the sandbox's cgroup: {exc}") from exc
-        confinement = HostConfinement(
+        confinement = _GvisorConfinement(
             limits,
             cgroup=cgroup,
             workspace=workspace,
@@ -204,11 +252,18 @@ class GvisorBackend:
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": False,
-                "user": {"uid": USER, "gid": USER},
-                "args": bootstrap_argv(interpreter, SDK_PATH, packages, inside),
+                "user": {"uid": 0, "gid": 0},  # gVisor's root, for the launcher only
+                "args": [
+                    DEFAULT_INTERPRETER,
+                    *["-I", "-S", "-B", "-c", LAUNCHER, str(limits.processes)],
+                    *bootstrap_argv(interpreter, SDK_PATH, packages, inside),
+                ],
                 "env": [f"{key}={value}" for key, value in env.items()],
-                "cwd": "/workspace",
-                "capabilities": no_caps,
+                "cwd": "/",
+                "capabilities": {
+                    **no_caps,
+                    **dict.fromkeys(("bounding", "effective", "permitted"), _LAUNCHER_CAPS),
+                },
                 "noNewPrivileges": True,
                 "rlimits": [{"type": "RLIMIT_NOFILE", "hard": limits.open_files, "soft": limits.open_files}],
             },
@@ -265,6 +320,15 @@ class GvisorBackend:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class _GvisorConfinement(HostConfinement):
+    def blame(self, exit_code: int | None) -> LimitExceeded | None:
+        if exit_code == EXIT_PROCESSES:
+            return LimitExceeded(
+                "processes", f"the sandbox tried to run more than {self.limits.processes} processes"
+            )
+        return super().blame(exit_code)
 
 
 def _memory(limits: SandboxLimits) -> int:
