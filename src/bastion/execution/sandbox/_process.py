@@ -104,7 +104,7 @@ class ProcessBackend:
         interpreter = str(image.interpreter) if image is not None else default
         packages = str(image.site_packages) if image is not None and image.site_packages is not None else ""
         if self._root and image is not None:
-            _reachable(image.interpreter.parent, f"the image {image.name}")
+            _reachable(image.interpreter, f"the image {image.name}'s interpreter")
             if image.site_packages is not None:
                 _reachable(image.site_packages, f"the image {image.name}'s packages")
         # As root the pids cgroup counts processes (RLIMIT_NPROC would hit first and hide which
@@ -213,6 +213,8 @@ def _drop_to(uid: int) -> list[str]:
 
 
 def _reachable(path: Path, what: str) -> None:
+    if not path.exists():
+        raise SandboxError(f"could not start the agent process: {what} {path} does not exist")
     if (blocked := unreachable(path)) is not None:
         raise SandboxError(
             f"{what} ({path}) cannot be reached by the sandbox's unprivileged uid at {blocked}; to fix: "
