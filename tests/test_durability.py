@@ -14,11 +14,13 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -200,6 +202,10 @@ class Cluster:
     def __init__(self, backend: str, database_url: str, tmp_path: Path, tool: CountingTool) -> None:
         self.backend, self.database_url, self.tmp_path, self.tool = backend, database_url, tmp_path, tool
         self.home = tmp_path / "home"
+        # Where agents leave files for the test: as root the process backend runs each agent under
+        # an unprivileged uid of its own, which can neither traverse tmp_path nor write root's files.
+        self.shared = Path(tempfile.mkdtemp(prefix="bastion-durability-"))
+        self.shared.chmod(0o777)
         self.bastion = Bastion(
             Settings(home=self.home, database_url=database_url, master_key=SecretStr(MASTER_KEY))
         )
@@ -302,6 +308,7 @@ class Cluster:
             worker.process.wait()
         _kill_stray_sandboxes(self.workspaces)
         self.bastion.close()
+        shutil.rmtree(self.shared, ignore_errors=True)
 
     # --- the store, read from this process -------------------------------------------------
 
@@ -530,13 +537,13 @@ def test_chaos_workers_killed_at_random_moments(cluster: Cluster) -> None:
 # --- 2. zombies ---------------------------------------------------------------------------------
 
 ZOMBIE_AGENT = """
-import json, time
+import json, os, time
 from bastion import agent
 
 def main(input):
     received = []
     for i in range(1, input["calls"] + 1):
-        if i == input["pauseBefore"]:
+        if i == input["pauseBefore"] and not os.path.exists(input["marker"]):
             open(input["marker"], "w").close()  # tells the test this agent is between calls
             time.sleep(1.0)
         answer = agent.tools.call("count", i=i)
@@ -558,7 +565,7 @@ def test_a_paused_worker_cannot_append_or_act_once_its_run_is_taken_over(
     held at the server, any request or journal entry that appears after SIGCONT is A's."""
     calls, pause_at = 6, 4
     use_counting_tool(cluster, *count_agent("zombie", ZOMBIE_AGENT))
-    marker = cluster.tmp_path / "between-calls"
+    marker = cluster.shared / "between-calls"
     a = cluster.start_worker()
     run_id = cluster.create_run(
         "zombie",
@@ -637,7 +644,7 @@ def main(input):
 def test_an_agent_that_changes_its_calls_after_a_crash_fails_naming_the_seq(cluster: Cluster) -> None:
     use_counting_tool(cluster, *count_agent("fickle", CHANGING_AGENT))
     first = cluster.start_worker()
-    run_id = cluster.create_run("fickle", {"marker": str(cluster.tmp_path / "started")})
+    run_id = cluster.create_run("fickle", {"marker": str(cluster.shared / "started")})
     wait_until("three journaled calls", lambda: len(cluster.entries(run_id)) == 3, 30, cluster.outputs)
     cluster.kill(first)
     cluster.start_worker()
@@ -668,7 +675,7 @@ def main(input):
     worker = os.getppid()
     with open(input["pids"], "a") as pids:
         pids.write(f"{worker}\\n")
-    os.kill(worker, signal.SIGKILL)
+    # The test kills the worker now: the agent itself cannot, it does not run as the worker's uid.
     while os.getppid() == worker:  # until re-parented: the worker is gone
         time.sleep(0.01)
 """
@@ -676,7 +683,7 @@ def main(input):
 
 def test_a_run_that_keeps_killing_its_workers_fails_after_three_attempts(cluster: Cluster) -> None:
     use_counting_tool(cluster, *count_agent("poison", POISON_AGENT))
-    pids = cluster.tmp_path / "pids"
+    pids = cluster.shared / "pids"
     run_id = cluster.create_run("poison", {"pids": str(pids)})
     deaths: list[int] = []
     worker = cluster.start_worker()
@@ -684,6 +691,9 @@ def test_a_run_that_keeps_killing_its_workers_fails_after_three_attempts(cluster
     while not cluster.run(run_id).state.finished:
         assert time.monotonic() < deadline, f"the poison run did not end\n{cluster.outputs()}"
         if worker.process.poll() is None:
+            if pids.exists() and str(worker.pid) in pids.read_text().split():
+                worker.process.send_signal(signal.SIGKILL)  # on the agent's word, as if it did it
+                worker.process.wait()
             time.sleep(0.02)
             continue
         assert worker.process.returncode == -signal.SIGKILL, worker.output()
@@ -695,7 +705,7 @@ def test_a_run_that_keeps_killing_its_workers_fails_after_three_attempts(cluster
     assert run.state is RunState.FAILED
     assert run.reason == "poison run: 3 attempts ended without finishing (workers died)"
     assert run.attempt == 3
-    # Each attempt's agent killed its own worker: the sandbox's parent process.
+    # Each attempt's agent had its own worker killed: the sandbox's parent process.
     assert pids.read_text().split() == [str(pid) for pid in deaths]
     assert len(deaths) == 3
     assert worker.process.poll() is None, "the fourth worker failed the run instead of running it"
@@ -748,7 +758,7 @@ def test_a_resumed_attempt_replays_effects_and_recreates_its_workspace(cluster: 
         builtin_tool("fs.read"),
         *count_agent("replayer", REPLAY_AGENT, "fs.write", "fs.read"),
     )
-    marker = cluster.tmp_path / "crash-here"
+    marker = cluster.shared / "crash-here"
     first = cluster.start_worker()
     run_id = cluster.create_run("replayer", {"marker": str(marker)})
     wait_until("the agent to reach its crash point", marker.exists, 30, cluster.outputs)

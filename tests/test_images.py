@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,10 +40,15 @@ MISSING = "bastion-no-such-package-anywhere==0.0.1"
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> Iterator[ImageCache]:
-    built = ImageCache(tmp_path / "images")
+def cache() -> Iterator[ImageCache]:
+    # Not under tmp_path: as root the process backend runs the image as a leased unprivileged uid,
+    # which must traverse every parent (as the bwrap and gVisor sandboxes' uids must).
+    root = Path(tempfile.mkdtemp(prefix="bastion-images-"))
+    root.chmod(0o711)
+    built = ImageCache(root / "images")
     yield built
     built.remove_all()  # images may be immutable: the test directory could not be removed otherwise
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def phases(events: list[BuildProgress]) -> list[str]:

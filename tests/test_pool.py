@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -33,6 +34,7 @@ from bastion.execution.sandbox import (
     WarmPool,
     open_backend,
 )
+from bastion.execution.sandbox._sdk import remove_tree  # pyright: ignore[reportPrivateUsage]
 from bastion.testing import serve_in_thread
 
 from ._agents import code_agent, wait_finished
@@ -68,12 +70,15 @@ def alive(pid: int) -> bool:
 def make_pool(tmp_path: Path) -> Iterator[Callable[..., tuple[WarmPool, list[SandboxInfo]]]]:
     """Pools over real process backends; every one is closed (and checked empty) afterwards."""
     pools: list[WarmPool] = []
+    # Not under tmp_path: as root the agents run as leased uids, which must reach the SDK copy.
+    state = Path(tempfile.mkdtemp(prefix="bastion-pool-"))
+    state.chmod(0o711)
 
     def build(**options: Any) -> tuple[WarmPool, list[SandboxInfo]]:
         seen: list[SandboxInfo] = []
         defaults: dict[str, Any] = {"size": 2, "default_keys": [KEY], "check_seconds": 0.05}
         pool = WarmPool(
-            open_backend=lambda name: open_backend(name, state_dir=tmp_path / "state"),
+            open_backend=lambda name: open_backend(name, state_dir=state),
             workspace_dir=tmp_path / "workspaces" / ".pool" / f"p{len(pools)}",
             clock=SystemClock(),
             ids=RandomIds(),
@@ -87,6 +92,7 @@ def make_pool(tmp_path: Path) -> Iterator[Callable[..., tuple[WarmPool, list[San
     for pool in pools:
         pool.close()
         assert not pool.workspace_dir.exists()
+    remove_tree(state)
 
 
 def hand_off(pooled: Any, workspace: Path, source: str, input: Any = None) -> Any:

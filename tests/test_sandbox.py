@@ -4,6 +4,7 @@ and that nothing the agent started outlives ``stop``."""
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 import threading
 import time
@@ -23,7 +24,9 @@ from bastion.execution.sandbox import (
     SandboxLimits,
     SandboxSpec,
     SandboxState,
+    read_agent_file,
 )
+from bastion.execution.sandbox._sdk import remove_tree  # pyright: ignore[reportPrivateUsage]
 
 
 @dataclass
@@ -361,11 +364,34 @@ def test_the_sdk_copy_is_read_only_and_removed_on_close(tmp_path: Path) -> None:
         backend.start(SandboxSpec(workspace=tmp_path), on_log=print)
 
 
-def test_a_shared_sdk_cache_is_made_once_and_outlives_its_backends(tmp_path: Path) -> None:
-    cache = tmp_path / "sdk"
-    with ProcessBackend(sdk_cache=cache), ProcessBackend(sdk_cache=cache):
-        pass
-    versions = [p for p in cache.iterdir() if not p.name.startswith(".")]
-    assert len(versions) == 1
-    assert (versions[0] / "bastion" / "agent" / "_runner.py").exists()
-    assert not [p for p in cache.iterdir() if p.name.startswith(".staging-")]
+def test_a_shared_sdk_cache_is_made_once_and_outlives_its_backends() -> None:
+    # As root the agent runs under a leased uid, which must reach the cache: not under tmp_path.
+    parent = Path(tempfile.mkdtemp(prefix="bastion-sdk-cache-"))
+    parent.chmod(0o711)
+    cache = parent / "sdk"
+    try:
+        with ProcessBackend(sdk_cache=cache), ProcessBackend(sdk_cache=cache):
+            pass
+        versions = [p for p in cache.iterdir() if not p.name.startswith(".")]
+        assert len(versions) == 1
+        assert (versions[0] / "bastion" / "agent" / "_runner.py").exists()
+        assert not [p for p in cache.iterdir() if p.name.startswith(".staging-")]
+    finally:
+        remove_tree(parent)
+
+
+def test_host_readers_of_agent_files_follow_no_link(tmp_path: Path) -> None:
+    """What the demo (and any host reader) shows of a workspace is never a host file behind a link."""
+    secret = tmp_path / "master.key"
+    secret.write_text("host master key")
+    workspace = tmp_path / "ws"
+    (workspace / "out").mkdir(parents=True)
+    (workspace / "out" / "report.md").write_text("the agent's report")
+    os.symlink(secret, workspace / "report.md")
+    os.symlink("../master.key", workspace / "relative.md")
+    os.symlink(tmp_path, workspace / "up")
+    os.mkfifo(workspace / "fifo")
+    assert read_agent_file(workspace, "out/report.md") == b"the agent's report"
+    assert read_agent_file(workspace, "out/report.md", limit=3) == b"the"
+    for hostile in ("report.md", "relative.md", "up/master.key", "fifo", "../master.key", "out", "missing"):
+        assert read_agent_file(workspace, hostile) is None, hostile

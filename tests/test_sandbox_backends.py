@@ -148,7 +148,9 @@ def test_an_image_puts_its_packages_between_the_sdk_and_the_workspace(
     finally:
         sandbox.stop()
     assert where == "image"
-    assert path[-1] == "."
+    # The cwd, not its path; as root the process backend's leased uid may not traverse the
+    # workspace's parents, so it is named through /proc.
+    assert path[-1] == ("/proc/self/cwd" if backend.name == "process" and os.geteuid() == 0 else ".")
     assert path.index(next(p for p in path if p.endswith(("site-packages", "packages")))) == 1
     assert not [p for p in path if "dist-packages" in p]
     assert Path(executable).resolve() == interpreter.resolve()
@@ -163,16 +165,33 @@ def test_probe_reports_every_backend_and_the_default_prefers_bwrap() -> None:
     process = next(report for report in reports if report.name == "process")
     assert process.works, process.detail
     bwrap = next(report for report in reports if report.name == "bwrap")
-    assert default_backend(reports) == ("bwrap" if bwrap.works else "process")
+    if bwrap.works or os.geteuid() != 0:
+        assert default_backend(reports) == ("bwrap" if bwrap.works else "process")
+    else:
+        with pytest.raises(SandboxError):
+            assert default_backend(reports) == "gvisor"
 
 
 def test_default_backend_is_bwrap_only_when_its_probe_worked() -> None:
     def reports(*working: str) -> list[BackendReport]:
         return [BackendReport(name=n, works=n in working, detail="x", fix=None) for n in BACKENDS]
 
-    assert default_backend(reports("process", "bwrap", "gvisor")) == "bwrap"
-    assert default_backend(reports("process", "gvisor")) == "process"
-    assert default_backend(reports()) == "process"
+    for root in (False, True):
+        assert default_backend(reports("process", "bwrap", "gvisor"), root=root) == "bwrap"
+    assert default_backend(reports("process", "gvisor"), root=False) == "process"
+    assert default_backend(reports(), root=False) == "process"
+
+
+def test_auto_never_falls_back_to_process_as_root() -> None:
+    def reports(*working: str) -> list[BackendReport]:
+        return [BackendReport(name=n, works=n in working, detail=f"{n} probe", fix=None) for n in BACKENDS]
+
+    assert default_backend(reports("process", "gvisor"), root=True) == "gvisor"
+    for working in (("process",), ()):
+        with pytest.raises(SandboxError) as raised:
+            default_backend(reports(*working), root=True)
+        assert "never process" in raised.value.detail and "BASTION_SANDBOX=process" in raised.value.detail
+        assert "bwrap probe" in raised.value.detail
 
 
 def test_a_state_dir_the_sandbox_cannot_reach_is_refused_with_the_fix(tmp_path: Path) -> None:
@@ -213,20 +232,39 @@ def test_the_seccomp_numbers_match_this_kernels_headers() -> None:
         assert numbers[name] == number, name
 
 
-def test_the_seccomp_program_checks_the_architecture_and_denies_each_blocked_call() -> None:
-    program = _seccomp.program()
-    assert len(program) % 8 == 0
+def _run_filter(program: bytes, *, arch: int = 0xC000003E, nr: int, arg0: int = 0) -> int:
+    """What the kernel would decide: a minimal interpreter of the classic BPF the filter uses."""
+    data = struct.pack("=iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
     instructions = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
-    assert instructions[0] == (0x20, 0, 0, 4)  # load the arch
-    assert instructions[1][3] == 0xC000003E
-    kill, deny, allow = instructions[-1], instructions[-2], instructions[-3]
-    assert (kill[3], deny[3], allow[3]) == (0x80000000, 0x00050000 | 1, 0x7FFF0000)
-    # Each comparison jumps exactly onto the deny instruction.
-    for index, (code, true, _, number) in enumerate(instructions[4:-3], start=4):
-        assert code == 0x15 and number in _seccomp.BLOCKED.values()
-        assert index + 1 + true == len(instructions) - 2
-    assert instructions[1][2] + 2 == len(instructions) - 1
-    assert instructions[3][1] + 4 == len(instructions) - 1
+    pc, accumulator = 0, 0
+    while True:
+        code, true, false, k = instructions[pc]
+        if code == 0x20:  # ld w abs
+            accumulator = struct.unpack_from("=I", data, k)[0]
+        elif code in (0x15, 0x35):  # jeq, jge
+            taken = accumulator == k if code == 0x15 else accumulator >= k
+            pc += true if taken else false
+        elif code == 0x06:  # ret
+            return k
+        else:
+            raise AssertionError(f"unexpected BPF instruction {code:#x}")
+        pc += 1
+
+
+def test_the_seccomp_program_checks_the_architecture_denies_blocked_calls_and_socket_families() -> None:
+    program = _seccomp.program()
+    allow, kill, eperm, eafnosupport = 0x7FFF0000, 0x80000000, 0x00050000 | 1, 0x00050000 | 97
+    for number in _seccomp.BLOCKED.values():
+        assert _run_filter(program, nr=number) == eperm
+    for number in (0, 1, 2, 57, 59, 60, 231):  # read, write, open, fork, execve, exit, exit_group
+        assert _run_filter(program, nr=number) == allow
+    assert _run_filter(program, nr=0x40000000 | 1) == kill  # x32
+    assert _run_filter(program, arch=0x40000003, nr=1) == kill  # i386
+    for socket_call in (41, 53):
+        for family in (1, 2, 10):
+            assert _run_filter(program, nr=socket_call, arg0=family) == allow
+        for family in (0, 3, 9, 16, 17, 38, 40, 4096, (1 << 32) | 40):
+            assert _run_filter(program, nr=socket_call, arg0=family) == eafnosupport, family
 
 
 @pytest.fixture
@@ -295,3 +333,107 @@ def test_bwrap_cleans_what_a_killed_worker_left(bwrap_state: Path, tmp_path: Pat
     assert done.is_set()
     assert not (bwrap_state / "bwrap" / "ws" / leftover).exists()
     assert not list(Path("/sys/fs/cgroup/pids/bastion").glob(leftover))
+
+
+def test_process_as_root_runs_agent_code_under_a_leased_uid_without_privilege(tmp_path: Path) -> None:
+    """The process backend does not isolate, but as root it never hands the agent root: two agents
+    of two tenants, with the same file names, each under its own uid, with no capability, unable to
+    mount (even through the setuid mount binary), to write root's files or to signal root's
+    processes; their workspaces come back to root when they stop. The targets are the test's own
+    (root-owned, reachable) so that the old code, where all of it succeeded, harmed nothing else."""
+    if os.geteuid() != 0:
+        _unavailable("the process backend's privilege drop is tested as root, the way a worker runs")
+    state = _state_dir()
+    target = state / "root-owned"
+    target.mkdir(mode=0o755)
+    source = textwrap.dedent("""
+        import ctypes, os, subprocess, time
+        libc = ctypes.CDLL(None, use_errno=True)
+        def attempt(do):
+            try:
+                do()
+                return "done"
+            except (OSError, subprocess.SubprocessError) as exc:
+                return "refused: " + type(exc).__name__
+        def mount_syscall(target):
+            if libc.mount(b"none", target.encode(), b"tmpfs", 0, None) != 0:
+                raise OSError(ctypes.get_errno(), "mount")
+        def mount_binary(target):
+            done = subprocess.run(["/bin/mount", "-t", "tmpfs", "none", target], capture_output=True, timeout=10)
+            if done.returncode != 0:
+                raise OSError("mount failed")
+        def main(args):
+            target, pid, marker = args["target"], args["pid"], args["marker"]
+            status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+            with open("secret.txt", "w") as f:
+                f.write(marker)  # the same name in both tenants' workspaces
+            time.sleep(0.5)  # both agents alive at once
+            return {
+                "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()],
+                "caps": [status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")],
+                "nnp": status["NoNewPrivs"].strip(),
+                "mount syscall": attempt(lambda: mount_syscall(target)),
+                "mount binary": attempt(lambda: mount_binary(target)),
+                "write root's directory": attempt(lambda: open(target + "/escape", "w").write("x")),
+                "read /etc/shadow": attempt(lambda: open("/etc/shadow").read()),
+                "signal root's process": attempt(lambda: os.kill(pid, 0)),
+                "chown": attempt(lambda: os.chown("secret.txt", 0, 0)),
+                "setuid 0": attempt(lambda: os.setuid(0)),
+                "workspace owner": os.stat(".").st_uid,
+            }
+    """)
+    backend = open_backend("process", state_dir=state)
+    workspaces = [tmp_path / "tenant-a" / "ws", tmp_path / "tenant-b" / "ws"]
+    results: dict[int, Any] = {}
+    sleeper = subprocess.Popen(["sleep", "60"])  # a root process of the host's
+    try:
+        sandboxes = []
+        for workspace in workspaces:
+            (workspace / "pkg").mkdir(parents=True)
+            (workspace / "agent.py").write_text(source)
+            sandboxes.append(backend.start(SandboxSpec(workspace=workspace), on_log=print))
+
+        def run(index: int) -> None:
+            args = {"target": str(target), "pid": sleeper.pid, "marker": f"tenant-{index}"}
+            results[index] = sandboxes[index].call(
+                "run", {"entrypoint": "agent:main", "input": args}, handler=_no_requests
+            )
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for sandbox in sandboxes:
+            sandbox.stop()
+    finally:
+        backend.close()
+        sleeper.kill()
+        sleeper.wait()
+        while os.path.ismount(target):  # only if the agent could mount: undo it, then fail below
+            subprocess.run(["umount", "-l", str(target)], check=False)
+    assert sorted(results) == [0, 1], results
+    uids = {results[i]["ids"][0] for i in range(2)}
+    assert len(uids) == 2 and 0 not in uids, results
+    for index, seen in results.items():
+        uid = seen["ids"][0]
+        assert seen["ids"] == [uid, uid, uid, uid, []], seen
+        assert seen["caps"] == ["0000000000000000"] * 5, seen
+        assert seen["nnp"] == "1"
+        assert seen["workspace owner"] == uid
+        for key in (
+            "mount syscall",
+            "mount binary",
+            "write root's directory",
+            "read /etc/shadow",
+            "signal root's process",
+            "chown",
+            "setuid 0",
+        ):
+            assert seen[key].startswith("refused"), (key, seen[key])
+        workspace = workspaces[index]
+        assert (workspace / "secret.txt").read_text() == f"tenant-{index}"
+        for path in [workspace, *workspace.rglob("*")]:
+            info = path.lstat()
+            assert (info.st_uid, info.st_gid) == (0, 0), path
+    assert list(target.iterdir()) == []

@@ -90,7 +90,15 @@ def _no_requests(method: str, params: dict[str, Any]) -> Any:
 
 
 def _bastion_cgroups() -> set[str]:
-    return {str(p) for p in Path("/sys/fs/cgroup").glob("*/bastion/*") if p.is_dir()}
+    """The sandbox cgroups on this host, less those of other processes' process and gVisor
+    backends (named after their worker's pid: other test runs may share the machine)."""
+    found = {p for p in Path("/sys/fs/cgroup").glob("*/bastion/*") if p.is_dir()}
+    others = [
+        p
+        for p in found
+        if p.name.split("-")[0] in ("process", "gvisor") and p.name.split("-")[1] != str(os.getpid())
+    ]
+    return {str(p) for p in found.difference(others)}
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -338,6 +346,109 @@ def check_no_escape_by_symlink_or_dotdot(box: Box) -> None:
         assert sorted(p.name for p in workspace.iterdir()) == ["agent.py"]
 
 
+def check_copy_back_follows_link_chains(box: Box) -> None:
+    """Links judged by what they resolve to, not by their text: ``s -> .`` makes ``s/..`` the
+    workspace's parent although it reads as the workspace itself."""
+    sandbox, workspace, _ = box.start(
+        """
+        import os
+        def main(key):
+            os.symlink(".", "s")
+            os.symlink("s/../" + key, "key")  # the workspace's parent on the host
+            os.symlink("s/s/s/../../../../../../etc/shadow", "shadow")
+            os.symlink("b", "a")
+            os.symlink("s/..", "b")  # a -> b -> the parent
+            os.symlink("missing/../../" + key, "later")
+            os.symlink("loop", "loop")
+            os.makedirs("d/e")
+            os.symlink("../../s/../" + key, "d/e/deep")
+            os.symlink("../../s/s/agent.py", "d/e/inside")
+            os.symlink("s/d/e/inside", "chain-inside")
+            return sorted(os.listdir("."))
+        """
+    )
+    key = workspace.parent / f"master-{workspace.name}.key"
+    key.write_text("host master key")
+    sandbox.call("run", {"entrypoint": "agent:main", "input": key.name}, handler=_no_requests)
+    sandbox.stop()
+    links = {p.relative_to(workspace).as_posix() for p in workspace.rglob("*") if p.is_symlink()}
+    assert links == {"s", "d/e/inside", "chain-inside"}, links
+    for link in links:
+        assert (workspace / link).resolve().is_relative_to(workspace.resolve()), link
+    assert (workspace / "chain-inside").read_text() == (workspace / "agent.py").read_text()
+    assert key.read_text() == "host master key"
+
+
+def check_only_the_socket_families_an_agent_needs(box: Box) -> None:
+    """AF_VSOCK is a channel to the hypervisor on a VM host; netlink and packet sockets reach the
+    kernel's network configuration. Only unix sockets and loopback IPv4/IPv6 are left."""
+    seen = box.run(
+        """
+        import ctypes, os, socket
+        libc = ctypes.CDLL(None, use_errno=True)
+        def raw(family, kind, protocol=0):
+            fd = libc.syscall(41, family, kind, protocol)  # socket(2), not through Python's module
+            if fd >= 0:
+                os.close(fd)
+                return "created"
+            return os.strerror(ctypes.get_errno())
+        def main(_):
+            out = {name: raw(*args) for name, args in {
+                "vsock": (40, socket.SOCK_STREAM), "vsock dgram": (40, socket.SOCK_DGRAM),
+                "netlink route": (16, socket.SOCK_RAW, 0), "netlink audit": (16, socket.SOCK_RAW, 9),
+                "packet": (17, socket.SOCK_RAW), "alg": (38, socket.SOCK_SEQPACKET),
+                "key": (15, socket.SOCK_RAW, 2), "bluetooth": (31, socket.SOCK_STREAM),
+                "family 4096": (4096, socket.SOCK_STREAM), "vsock + 2**32": (2**32 + 40, socket.SOCK_STREAM),
+            }.items()}
+            pair = libc.syscall(53, 40, socket.SOCK_STREAM, 0, (ctypes.c_int * 2)())
+            out["socketpair vsock"] = "created" if pair >= 0 else os.strerror(ctypes.get_errno())
+            a, b = socket.socketpair(socket.AF_UNIX)
+            a.send(b"unix")
+            out["unix"] = b.recv(4).decode()
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                with socket.socket(family) as server:
+                    server.bind((host, 0))
+                    server.listen()
+                    with socket.create_connection(server.getsockname()[:2]) as client:
+                        client.send(b"lo")
+                        out[host] = server.accept()[0].recv(2).decode()
+            return out
+        """
+    )
+    assert seen.pop("unix") == "unix"
+    assert seen.pop("127.0.0.1") == "lo" and seen.pop("::1") == "lo"
+    assert "created" not in seen.values(), seen
+    if box.name == "bwrap":
+        assert set(seen.values()) == {os.strerror(97)}, seen  # EAFNOSUPPORT, as without the family
+
+
+def check_no_host_paths_in_proc(box: Box) -> None:
+    """The sandbox's /proc shows no host path: not its pid 1's command line (bwrap's options name
+    the state directory, the workspace's mount and the SDK copy), not a mount's source."""
+    sandbox, workspace, _ = box.start(
+        """
+        import os
+        def main(_):
+            seen = {}
+            for pid in [p for p in os.listdir("/proc") if p.isdigit()] + ["self", "thread-self"]:
+                for name in ("cmdline", "environ", "mountinfo", "mounts", "mountstats", "cgroup"):
+                    try:
+                        with open(f"/proc/{pid}/{name}", "rb") as f:
+                            seen[f"{pid}/{name}"] = f.read().decode(errors="replace")
+                    except OSError:
+                        pass
+            return seen
+        """
+    )
+    seen = sandbox.call("run", {"entrypoint": "agent:main", "input": None}, handler=_no_requests)
+    sandbox.stop()
+    assert any(key.endswith("/mountinfo") for key in seen) and "1/cmdline" in seen, sorted(seen)
+    host_paths = [str(box.state_dir), str(workspace), str(box.tmp), str(PROJECT), tempfile.gettempdir() + "/"]
+    for key, text in seen.items():
+        for path in host_paths:
+            assert path not in text, (key, path, text[:2000])
+
+
 def check_no_host_processes(box: Box) -> None:
     seen = box.run(
         """
@@ -421,6 +532,37 @@ def check_fork_bomb_is_bounded(box: Box) -> None:
     assert limit == "processes"
 
 
+def check_threads_count_as_processes(box: Box) -> None:
+    """Threads are tasks: 2,000 of them (small stacks, so memory is not what stops them) stay within
+    ``processes``, on gVisor too, whose host cgroup sees the sentry's threads, not the agent's."""
+    source = """
+        import threading, time
+        def main(_):
+            threading.stack_size(64 * 1024)
+            release = threading.Event()
+            started = 1  # this thread
+            for _ in range(2000):
+                try:
+                    threading.Thread(target=release.wait, daemon=True).start()
+                    started += 1
+                except RuntimeError:
+                    pass
+            time.sleep(0.5)  # all held at once
+            release.set()
+            return started
+        """
+    before = _bastion_cgroups()
+    sandbox, _, _ = box.start(source, processes=64)
+    try:
+        seen: Any = sandbox.call("run", {"entrypoint": "agent:main", "input": None}, handler=_no_requests)
+    except LimitExceeded as exc:
+        seen = exc.limit  # ended for it: as good as refused
+    finally:
+        sandbox.stop()
+    assert seen == "processes" or seen <= 64, f"{seen} threads ran with processes=64"
+    assert_nothing_left(box, before)
+
+
 def check_memory_past_the_limit(box: Box) -> None:
     assert box.limit("def main(_):\n    return len(bytearray(1 << 30))\n", memory_mib=128) == "memory"
 
@@ -440,8 +582,48 @@ def check_memory_across_processes(box: Box) -> None:
                     os._exit(0)
             time.sleep(30)
         """
-    # The cgroup also allows the workspace and /tmp tmpfs pages: keep them small here.
-    assert box.limit(source, memory_mib=160, processes=16, workspace_mib=16) == "memory"
+    assert box.limit(source, memory_mib=160, processes=16) == "memory"
+
+
+def check_memory_files_count_against_the_memory_limit(box: Box) -> None:
+    """Files in /dev/shm, /dev, /tmp and the workspace are memory on the isolating backends: all of
+    it together, with the agent's own processes, stays within ``memory_mib``."""
+    before = _bastion_cgroups()
+    tag = f"bastion-fill-{os.getpid()}-{time.monotonic_ns()}"
+    sandbox, _, logs = box.start(
+        """
+        import sys
+        def main(tag):
+            held = 0
+            for path in ["/dev/shm/" + tag, "/dev/" + tag, "/tmp/" + tag, tag]:
+                try:
+                    with open(path, "wb") as f:
+                        for _ in range(1024):
+                            f.write(b"\\1" * (1 << 20))
+                            f.flush()
+                            held += 1
+                            print("held", held, file=sys.stderr, flush=True)
+                except OSError as exc:
+                    print(path, "refused", type(exc).__name__, file=sys.stderr, flush=True)
+            return held
+        """,
+        memory_mib=128,
+        workspace_mib=256,
+        file_bytes=1 << 30,
+    )
+    try:
+        with pytest.raises(LimitExceeded) as raised:
+            sandbox.call("run", {"entrypoint": "agent:main", "input": tag}, handler=_no_requests)
+    finally:
+        sandbox.stop()
+        for leftover in (Path("/dev/shm") / tag, Path(tempfile.gettempdir()) / tag):
+            leftover.unlink(missing_ok=True)  # the process backend writes the host's own
+    held = max([int(line.split()[1]) for line in logs if line.startswith("held ")], default=0)
+    assert raised.value.limit == "memory", (raised.value, logs[-3:])
+    assert held <= 128, f"the agent held {held} MiB in files with memory_mib=128"
+    if box.name != "process":
+        assert any(line.startswith(f"/dev/{tag} refused") for line in logs), logs[-5:]
+    assert_nothing_left(box, before)
 
 
 def check_cpu_past_the_limit(box: Box) -> None:
@@ -527,13 +709,18 @@ ISOLATION: list[Callable[[Box], None]] = [
     check_no_host_secrets_or_files,
     check_no_write_outside_the_workspace,
     check_no_escape_by_symlink_or_dotdot,
+    check_copy_back_follows_link_chains,
+    check_only_the_socket_families_an_agent_needs,
+    check_no_host_paths_in_proc,
     check_no_host_processes,
     check_no_ptrace_modules_mounts_or_namespaces,
 ]
 LIMITS: list[Callable[[Box], None]] = [
     check_fork_bomb_is_bounded,
+    check_threads_count_as_processes,
     check_memory_past_the_limit,
     check_memory_across_processes,
+    check_memory_files_count_against_the_memory_limit,
     check_cpu_past_the_limit,
     check_cpu_across_processes,
     check_wall_time,

@@ -15,7 +15,7 @@ from bastion.api import RawDocument
 from bastion.client import BastionClient
 from bastion.errors import UserError
 from bastion.execution.runs import Replayer
-from bastion.execution.sandbox import ProcessBackend
+from bastion.execution.sandbox import ProcessBackend, read_agent_file
 from bastion.execution.tools import builtin_tools
 from bastion.observe.record import verify_record
 
@@ -110,10 +110,12 @@ def _run_demo(client: BastionClient, docs: list[Any], city: str, workspaces: Pat
             out.print(f"[red]{final['state']}[/]: {final.get('reason')}")
             return 1
         out.print_json(data=final["result"])
-        report = workspaces / run["id"] / f"attempt-{final['attempt']}" / "report.md"
-        if report.exists():
-            out.print(f"\n[dim]{report}[/]")
-            out.print(report.read_text(), markup=False)
+        # The agent wrote this file: read it without following any link it may have planted.
+        attempt = workspaces / run["id"] / f"attempt-{final['attempt']}"
+        report = read_agent_file(attempt, "report.md")
+        if report is not None:
+            out.print(f"\n[dim]{attempt / 'report.md'}[/]")
+            out.print(report.decode("utf-8", errors="replace"), markup=False)
         denied = [e for e in client.journal(run["id"]) if e["decision"] == "deny"]
         out.rule("[bold]4. what was denied")
         for entry in denied:

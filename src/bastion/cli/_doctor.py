@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from bastion.control import Settings
-from bastion.errors import UserError
+from bastion.errors import SandboxError, UserError
 from bastion.execution.sandbox import BASES, default_backend, probe_backends
 
 from ._app import app, run_command
@@ -14,7 +14,8 @@ from ._output import out
 
 PROCESS_WARNING = (
     "[bold red]WARNING:[/] the sandbox backend is 'process': agents run [bold]without isolation[/] "
-    "(as this user, with its files and network). Development only: install bubblewrap "
+    "(they see the host's files and network; as root each runs under its own unprivileged uid, "
+    "otherwise as this user). Development only: install bubblewrap "
     "(apt-get install bubblewrap) or gVisor (apt-get install runsc), or set BASTION_SANDBOX."
 )
 
@@ -43,9 +44,19 @@ def doctor() -> None:
             works = "[green]yes[/]" if report.works else "[red]no[/]"
             table.add_row(report.name, works, report.detail, report.fix or "")
         out.print(table)
-        auto = default_backend(reports)
+        try:
+            auto = default_backend(reports)
+        except SandboxError as exc:
+            if settings.sandbox == "auto":
+                out.print(f"[bold red]No default backend:[/] {exc.detail}")
+                return 1
+            auto = "none"
         chosen = auto if settings.sandbox == "auto" else settings.sandbox
-        how = "auto: bwrap where it works, else process" if settings.sandbox == "auto" else "BASTION_SANDBOX"
+        how = (
+            "auto: bwrap where it works, else gvisor as root, process only when not root"
+            if settings.sandbox == "auto"
+            else "BASTION_SANDBOX"
+        )
         out.print(f"\nDefault backend: [bold]{chosen}[/] ({how})")
         for base, interpreter in BASES.items():
             found = (

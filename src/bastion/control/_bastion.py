@@ -22,9 +22,9 @@ from bastion.execution.sandbox import (
     default_backend,
     open_backend,
     pool_dir_name,
-    probe_backend,
     probe_backends,
     remove_stale_pool_dirs,
+    reports_for_default,
 )
 from bastion.execution.tools import builtin_tools
 from bastion.observe import Telemetry
@@ -113,8 +113,9 @@ class Bastion:
             return self.settings.sandbox
         with self._lock:
             if self._default is None:
-                # Only bwrap decides the default: probing gVisor too would cost a first run seconds.
-                reports = self._reports or [probe_backend("bwrap", state_dir=self.settings.sandbox_state_dir)]
+                # bwrap decides the default; gVisor is probed only as root when bwrap does not work
+                # (never `process` as root: default_backend raises, the run fails with the fix).
+                reports = self._reports or reports_for_default(state_dir=self.settings.sandbox_state_dir)
                 self._default = default_backend(reports)
             return self._default
 

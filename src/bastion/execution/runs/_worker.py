@@ -56,8 +56,9 @@ APPROVAL_SWEEP_SECONDS = 1.0
 log = logging.getLogger("bastion.worker")
 
 PROCESS_WARNING = (
-    "this run's sandbox is the 'process' backend, which does not isolate the agent: it runs as the "
-    "worker's user and can reach the host's files and network (development only; use bwrap or gvisor)"
+    "this run's sandbox is the 'process' backend, which does not isolate the agent: it can reach the "
+    "host's files and network (as the worker's user, or under an unprivileged uid of its own when the "
+    "worker is root; development only; use bwrap or gvisor)"
 )
 _IMAGE_OUTPUT_LINES = 1000
 """pip output lines kept as events per image build; the rest are counted."""

@@ -32,7 +32,15 @@ from ._pool import (
     remove_stale_pool_dirs,
 )
 from ._process import ProcessBackend, ProcessSandbox
-from ._select import BACKENDS, default_backend, open_backend, probe_backend, probe_backends
+from ._select import (
+    BACKENDS,
+    default_backend,
+    open_backend,
+    probe_backend,
+    probe_backends,
+    reports_for_default,
+)
+from ._workspace import read_agent_file
 
 __all__ = [
     "BACKENDS",
@@ -72,5 +80,7 @@ __all__ = [
     "pool_dir_name",
     "probe_backend",
     "probe_backends",
+    "read_agent_file",
     "remove_stale_pool_dirs",
+    "reports_for_default",
 ]

@@ -38,7 +38,18 @@ class SandboxLimits:
     """Largest file the agent may write (RLIMIT_FSIZE)."""
     workspace_mib: int = 256
     """Disk the workspace may use (a size-capped tmpfs on ``bwrap`` and ``gvisor``; polled on
-    ``process``); past it the agent is stopped (limit ``workspace``)."""
+    ``process``); past it the agent is stopped (limit ``workspace``). On ``bwrap`` and ``gvisor``
+    the workspace, ``/tmp`` and ``/dev/shm`` are memory: what the agent keeps there counts against
+    ``memory_mib`` too, whichever cap it reaches first."""
+
+
+SHM_MIB = 64
+"""The largest ``/dev/shm`` a sandbox gets (never more than its ``memory_mib``)."""
+
+
+def shm_mib(limits: SandboxLimits) -> int:
+    """The size of a sandbox's ``/dev/shm`` tmpfs."""
+    return min(SHM_MIB, limits.memory_mib)
 
 
 @dataclass(frozen=True, kw_only=True)

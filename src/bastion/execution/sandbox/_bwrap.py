@@ -3,10 +3,12 @@
 What the agent sees: a root that is an empty tmpfs remounted read-only, holding ``/usr`` read-only
 (with the ``/bin``, ``/lib``, ``/lib64``, ``/sbin`` links and ``/etc/ld.so.cache``) with the host's
 Python packages (``/usr/lib/python3/dist-packages``, ``/usr/local/lib/python3*``) hidden under
-empty read-only tmpfs mounts, the SDK copy read-only at ``/opt/bastion/sdk``, the image (if any)
-read-only under ``/opt/bastion/image``, a writable ``/workspace`` (its cwd), a size-capped ``/tmp``,
-its own ``/proc`` and a minimal ``/dev``. Nothing else of the host: no home directory, no
-``/etc/shadow``, no unix socket, no project directory.
+empty read-only tmpfs mounts, the SDK's files copied (``--file``) into the root at
+``/opt/bastion/sdk``, the image (if any) read-only under ``/opt/bastion/image``, a writable
+``/workspace`` (its cwd), a size-capped ``/tmp``, its own ``/proc`` and a minimal read-only ``/dev``
+with a size-capped ``/dev/shm``. Nothing else of the host: no home directory, no ``/etc/shadow``, no
+unix socket, no project directory. bwrap's options are read from a memfd (``--args``): the sandbox's
+pid 1 is bwrap, and its ``/proc/1/cmdline`` would show the host paths of the state directory.
 
 How: ``bwrap --unshare-all --unshare-user --disable-userns --die-with-parent --new-session
 --clearenv``: new user, pid, net (only ``lo``), ipc, uts and cgroup namespaces, no capabilities,
@@ -16,7 +18,7 @@ uid per sandbox from ``uids`` (a lock file per uid under the state directory, so
 share a range safely) and the launcher drops to it (``setgroups([])``, ``setgid``, ``setuid``)
 before exec; not as root, the sandbox runs as the calling user.
 
-Limits, as root: a cgroup per sandbox (memory + workspace + /tmp, processes, one CPU, CPU time
+Limits, as root: a cgroup per sandbox (memory, tmpfs pages included, processes, one CPU, CPU time
 watched every 0.1 s) that the launcher joins before bwrap forks; RLIMIT_CPU, RLIMIT_AS,
 RLIMIT_NOFILE, RLIMIT_NPROC (per dedicated uid, so per sandbox), RLIMIT_FSIZE inside; the
 workspace is a size-capped tmpfs (see ``_workspace``). Not as root: no cgroup (RLIMIT_NPROC then
@@ -30,11 +32,8 @@ unprivileged, must reach the SDK copy and the workspace mounts under it. The ima
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
-import itertools
 import os
-import stat
 import subprocess
 import weakref
 from pathlib import Path
@@ -42,38 +41,24 @@ from pathlib import Path
 from bastion.errors import SandboxError
 
 from . import _cgroup, _seccomp
-from ._base import MIB, Image, LogSink, SandboxSpec
+from ._base import MIB, Image, LogSink, SandboxSpec, shm_mib
 from ._channel import ChannelSandbox, base_env, bootstrap_argv, open_gate, rlimits, spawn
 from ._confine import HostConfinement
 from ._sdk import shared_sdk
+from ._uids import DEFAULT_UIDS, UID_LOCKS, UidLease, unreachable
 from ._workspace import Workspace, is_mountpoint, unmount
 
-DEFAULT_UIDS = range(1_800_000_000, 1_800_000_000 + 65536)
-"""Host uids (and gids) leased one per sandbox when running as root; no account needs to exist."""
-UID_LOCKS = Path("/run/bastion/uids")
-"""Where the uid leases are held: one place per host, whatever each backend's state directory, since
-the uids, and the cgroups and mounts named after them, are the host's (``/run`` is emptied at boot,
-and a lease is a lock held by a live process)."""
 SDK_PATH = "/opt/bastion/sdk"
 IMAGE_PATH = "/opt/bastion/image"
 PACKAGES_PATH = "/opt/bastion/packages"
 DEFAULT_INTERPRETER = "/usr/bin/python3"
-_OVERHEAD_MIB = 32
-"""Memory the cgroup allows beyond the agent's own limit, for bwrap and the interpreter's start."""
+_OVERHEAD_MIB = 8
+"""Memory the cgroup allows beyond the agent's limit: bwrap's own two processes and the launcher
+(about 3 MiB), less than the agent's interpreter itself uses, so what the agent can hold in its
+processes and its tmpfs mounts together stays within ``memory_mib``."""
 _LAUNCHER_PROCESSES = 4
 """Processes of the sandbox that are not the agent's: the launcher, bwrap, its pid 1."""
 _HIDDEN = ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3*")
-
-
-def unreachable(path: Path) -> Path | None:
-    """The first directory from ``/`` down to ``path`` that other users cannot traverse."""
-    for directory in [*reversed(path.parents), path]:
-        try:
-            if not directory.stat().st_mode & stat.S_IXOTH:
-                return directory
-        except OSError:
-            return directory
-    return None
 
 
 def unavailable() -> str | None:
@@ -81,31 +66,6 @@ def unavailable() -> str | None:
     if not Path("/usr/bin/bwrap").exists():
         return "bubblewrap is not installed (/usr/bin/bwrap is missing)"
     return _seccomp.supported()
-
-
-class UidLease:
-    """An exclusive host uid for one sandbox: a lock on ``<dir>/<uid>.lock`` held while it lives."""
-
-    _start = itertools.count()
-
-    def __init__(self, directory: Path, uids: range) -> None:
-        offset = next(self._start)
-        for index in range(len(uids)):
-            uid = uids[(offset + index) % len(uids)]
-            fd = os.open(directory / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self.uid, self._fd = uid, fd
-            return
-        raise SandboxError(f"all {len(uids)} sandbox uids are in use")
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 class BwrapBackend:
@@ -138,6 +98,11 @@ class BwrapBackend:
                 hint=f"chmod o+x {blocked}",
             )
         self._sdk = shared_sdk(self._runtime / "sdk")
+        sources = sorted(p for p in self._sdk.rglob("*") if p.is_file())
+        self._sdk_files = [(f"{SDK_PATH}/{p.relative_to(self._sdk)}", p) for p in sources]
+        self._sdk_dirs = [SDK_PATH] + [
+            f"{SDK_PATH}/{p.relative_to(self._sdk)}" for p in sorted(self._sdk.rglob("*")) if p.is_dir()
+        ]
         if self._root:
             self._sweep()
         self._seccomp = _seccomp.program()
@@ -163,7 +128,7 @@ class BwrapBackend:
         try:
             self._clean_leftovers(name)
             if self._cgroups:
-                memory = limits.memory_mib + 2 * limits.workspace_mib + _OVERHEAD_MIB
+                memory = limits.memory_mib + _OVERHEAD_MIB
                 cgroup = _cgroup.Cgroup(
                     name, memory_bytes=memory * MIB, processes=limits.processes + _LAUNCHER_PROCESSES
                 )
@@ -199,16 +164,26 @@ class BwrapBackend:
             signal_status=True,
             cleanup=cleanup,
         )
-        filter_read, filter_write = os.pipe()
+        passed: list[int] = []
         try:
-            os.write(filter_write, self._seccomp)
-            os.close(filter_write)
-            argv[argv.index("--seccomp") + 1] = str(filter_read)
+            # The SDK's files are copied into the sandbox's own root (no bind mount, whose source
+            # path /proc/self/mountinfo would show), and every option travels through --args: the
+            # sandbox's pid 1 is bwrap, and its command line must show no host path and no env.
+            for index, (_, source) in enumerate(self._sdk_files):
+                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+                passed.append(fd)
+                argv[argv.index(f"--sdk-file-{index}")] = str(fd)
+            filter_fd = _memfd("bastion-seccomp", self._seccomp)
+            passed.append(filter_fd)
+            argv[argv.index("--seccomp") + 1] = str(filter_fd)
+            end = argv.index("--")  # the command stays outside: bwrap reads only options there
+            args_fd = _memfd("bastion-args", b"".join(os.fsencode(arg) + b"\0" for arg in argv[1:end]))
+            passed.append(args_fd)
             process, write_fd, read_fd, log_fd = spawn(
-                argv,
+                [argv[0], "--args", str(args_fd), *argv[end:]],
                 cwd="/",
                 env={"PATH": "/usr/bin:/bin"},
-                pass_fds=(filter_read,),
+                pass_fds=tuple(passed),
                 user=uid if self._root else None,
                 group=gid if self._root else None,
                 gated=cgroup is not None,
@@ -217,7 +192,8 @@ class BwrapBackend:
             confinement.release()
             raise SandboxError(f"could not start bwrap: {exc}") from exc
         finally:
-            os.close(filter_read)
+            for fd in passed:
+                os.close(fd)
         sandbox = ChannelSandbox(process, write_fd, read_fd, log_fd, limits, on_log, confinement)
         if cgroup is not None:
             try:
@@ -245,9 +221,16 @@ class BwrapBackend:
         for pattern in _HIDDEN:
             for hidden in sorted(glob.glob(pattern)):
                 argv += ["--perms", "0555", "--tmpfs", hidden, "--remount-ro", hidden]
+        # /dev is bwrap's own tmpfs: read-only, with a size-capped /dev/shm (all counted in memory).
         argv += ["--proc", "/proc", "--dev", "/dev"]
+        shm = ["--perms", "1777", "--size", str(shm_mib(limits) * MIB), "--tmpfs", "/dev/shm"]  # noqa: S108 -- the sandbox's own
+        argv += shm
+        argv += ["--remount-ro", "/dev"]
         argv += ["--perms", "1777", "--size", str(limits.workspace_mib * MIB), "--tmpfs", "/tmp"]  # noqa: S108 -- the sandbox's own
-        argv += ["--ro-bind", str(self._sdk), SDK_PATH]
+        for directory in self._sdk_dirs:
+            argv += ["--dir", directory]
+        for index, (path, _) in enumerate(self._sdk_files):
+            argv += ["--perms", "0444", "--file", f"--sdk-file-{index}", path]  # the fd, at start
         packages = ""
         if spec.image is not None:
             for source in (_image_root(spec.image), spec.image.site_packages):
@@ -316,6 +299,20 @@ class BwrapBackend:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """A sealed-off in-memory file holding ``data``, positioned at its start, for bwrap to read."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _image_root(image: Image) -> Path | None:

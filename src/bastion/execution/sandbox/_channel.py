@@ -464,30 +464,33 @@ def rlimits(
 
 # Runs as the child's first code: limits first, then the SDK copy ahead of the stdlib so a workspace
 # cannot shadow it, the image's packages after it, and the workspace last so its modules cannot
-# replace what the runner imports. The workspace entry is "." -- the cwd, not its path: a warm
-# sandbox's workspace may be renamed on the host after start. Python turns "." into the cwd's path
+# replace what the runner imports. The workspace entry is "." (or /proc/self/cwd) -- the cwd, not
+# its path: a warm sandbox's workspace may be renamed on the host after start. Python turns "." into the cwd's path
 # when it first makes a finder for it, so the finder made while starting up is dropped before the
 # runner waits for its first call; the next one is made at the first import from the workspace.
 BOOTSTRAP = """\
 import json, resource, sys
-sdk, packages, limits = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+sdk, packages, limits, workspace = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 for name, soft, hard in limits:
     resource.setrlimit(getattr(resource, name), (soft, hard))
 del sys.argv[1:]
 sys.path.insert(0, sdk)
 if packages:
     sys.path.insert(1, packages)
-sys.path.append(".")
+sys.path.append(workspace)
 from bastion.agent._runner import main
-sys.path_importer_cache.pop(".", None)
+sys.path_importer_cache.pop(workspace, None)
 main()
 """
 
 
 def bootstrap_argv(
-    interpreter: str, sdk: str, packages: str, limits: list[tuple[str, int, int]]
+    interpreter: str, sdk: str, packages: str, limits: list[tuple[str, int, int]], *, workspace: str = "."
 ) -> list[str]:
-    return [interpreter, "-I", "-S", "-B", "-c", BOOTSTRAP, sdk, packages, json.dumps(limits)]
+    """``workspace``: the ``sys.path`` entry of the agent's modules, the cwd. ``/proc/self/cwd``
+    where the agent's uid cannot traverse the directories above its workspace (Python lists the
+    entry "." by its absolute path)."""
+    return [interpreter, "-I", "-S", "-B", "-c", BOOTSTRAP, sdk, packages, json.dumps(limits), workspace]
 
 
 def base_env(home: str, env: Mapping[str, str]) -> dict[str, str]:

@@ -6,15 +6,25 @@ a dedicated read-only root directory (built once under the state directory, neve
 the SDK (and the image, if any) read-only under ``/opt/bastion``; ``/workspace`` bound from a
 size-capped tmpfs (see ``_workspace``); a size-capped ``/tmp``; user 65534, no capabilities,
 ``noNewPrivileges``, an explicit environment (``runsc do`` would copy the worker's); no network
-but loopback. gVisor's own kernel answers the agent's system calls; the host sees only the sentry.
+but loopback; ``socket`` and ``socketpair`` only for unix, IPv4 and IPv6 sockets (an OCI seccomp
+filter that gVisor's kernel applies, ``--oci-seccomp``). gVisor's own kernel answers the agent's
+system calls; the host sees only the sentry.
 
 Limits: ``linux.resources`` (memory, pids, one CPU) in the cgroup at ``linux.cgroupsPath``, which
 the backend creates (runsc joins it and enforces it on the whole sandbox: sentry, gofer, the
 agent's processes); the host reads CPU time, OOM kills and pid exhaustion from it, also after the
 sandbox died. RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE and
 RLIMIT_NOFILE are set inside by the bootstrap, never RLIMIT_AS on runsc itself (its Go runtime
-crashes). gVisor ignores RLIMIT_NPROC inside, so the process limit is the cgroup's, with room for
-the sentry's own threads (``_RUNSC_TASKS``): a fork bomb exhausts it and the sandbox is ended.
+crashes). The processes limit is gVisor's own: the host cgroup's pids count the sentry's host
+threads, not the agent's (2,000 agent threads fit in a few dozen of them), and gVisor ignores
+RLIMIT_NPROC. So the sandbox's first process is a launcher (``LAUNCHER``) running as root *inside*
+gVisor (no host privilege: gVisor's user namespace), with only CAP_SYS_ADMIN, CAP_DAC_OVERRIDE,
+CAP_SETUID, CAP_SETGID, CAP_SETPCAP and CAP_KILL: it mounts gVisor's pids cgroup controller, puts the agent's process into a
+cgroup of its own whose ``pids.max`` is one past the limit (every thread counts, as on Linux),
+drops it to user 65534 with no capability (the bounding set emptied too) before the bootstrap runs, and watches that cgroup: when
+the agent reaches the cap it kills every process of the agent and exits with
+``EXIT_PROCESSES``, which the host reports as the ``processes`` limit. The host cgroup's pids limit
+stays, with room for the sentry's threads (``_RUNSC_TASKS``).
 
 Cleanup on stop, also after a kill: the sandbox's processes (through its cgroup), ``runsc delete
 --force``, its state and bundle directories, and the cgroup directories runsc leaves behind.
@@ -24,6 +34,7 @@ Runs as root only (runsc needs it to set up its namespaces and cgroups).
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import itertools
 import json
@@ -33,10 +44,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import SandboxError
+from bastion.errors import LimitExceeded, SandboxError
 
-from . import _cgroup
-from ._base import MIB, Image, LogSink, SandboxLimits, SandboxSpec
+from . import _cgroup, _seccomp
+from ._base import MIB, Image, LogSink, SandboxLimits, SandboxSpec, shm_mib
 from ._channel import ChannelSandbox, base_env, bootstrap_argv, rlimits, spawn
 from ._confine import HostConfinement
 from ._sdk import shared_sdk
@@ -48,12 +59,54 @@ SDK_PATH = "/opt/bastion/sdk"
 IMAGE_PATH = "/opt/bastion/image"
 PACKAGES_PATH = "/opt/bastion/packages"
 DEFAULT_INTERPRETER = "/usr/bin/python3"
-_OVERHEAD_MIB = 96
-"""Memory the cgroup allows beyond the agent's own limit: the sentry and the gofer."""
+_OVERHEAD_MIB = 24
+"""Memory the cgroup allows beyond the agent's limit: the sentry's and the gofer's own (about 18
+MiB idle), less than they and the agent's interpreter use together, so what the agent can hold in
+its processes and its tmpfs mounts stays within ``memory_mib``."""
 _RUNSC_TASKS = 192
 """Host tasks of the sandbox that are not the agent's: the sentry's and gofer's threads."""
 _HIDDEN = ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3*")
 _numbers = itertools.count(1)
+EXIT_PROCESSES = 87
+"""The launcher's exit status when the agent reached its processes limit."""
+_LAUNCHER_CAPS = ["CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"]
+LAUNCHER = """\
+import ctypes, os, signal, sys, time
+limit, argv = int(sys.argv[1]), sys.argv[2:]
+cgroup = "/sys/fs/cgroup/agent"
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.mount(b"none", b"/sys/fs/cgroup", b"cgroup", 0, b"pids") != 0:
+    sys.exit("bastion launcher: cannot mount the pids cgroup: " + os.strerror(ctypes.get_errno()))
+os.mkdir(cgroup)
+with open(cgroup + "/pids.max", "w") as f:
+    f.write(str(limit + 1))
+child = os.fork()
+if child == 0:
+    with open(cgroup + "/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+    for cap in range(64):
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP: nothing left for an exec to gain
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    os.chdir("/workspace")
+    os.execv(argv[0], argv)
+for fd in (0, 1):
+    os.close(fd)
+while True:
+    pid, status = os.waitpid(child, os.WNOHANG)
+    if pid:
+        if os.WIFSIGNALED(status):
+            os._exit(128 + os.WTERMSIG(status))
+        code = os.WEXITSTATUS(status)
+        os._exit(1 if code == 87 else code)
+    with open(cgroup + "/pids.current") as f:
+        if int(f.read()) > limit:
+            os.kill(-1, signal.SIGKILL)
+            os._exit(87)
+    time.sleep(0.05)
+"""
+"""The sandbox's first process: see the module's docstring."""
 
 
 def unavailable() -> tuple[str, str] | None:
@@ -117,6 +170,7 @@ class GvisorBackend:
             shutil.rmtree(bundle, ignore_errors=True)
             raise SandboxError(f"could not prepare the sandbox for {spec.workspace}: {exc}") from exc
         argv = [RUNSC, "--root", str(self._home / "state"), "--network=none", "--platform=ptrace"]
+        argv += ["--oci-seccomp"]  # gVisor's own kernel applies ``linux.seccomp`` to the agent
         argv += ["run", "--bundle", str(bundle), name]
         try:
             # Made here, not by runsc: runsc removes the cgroups it made as soon as the sandbox dies,
@@ -128,7 +182,7 @@ class GvisorBackend:
             workspace.close(copy_back=False)
             shutil.rmtree(bundle, ignore_errors=True)
             raise SandboxError(f"could not create the sandbox's cgroup: {exc}") from exc
-        confinement = HostConfinement(
+        confinement = _GvisorConfinement(
             limits,
             cgroup=cgroup,
             workspace=workspace,
@@ -170,6 +224,12 @@ class GvisorBackend:
                 "source": "tmpfs",
                 "options": ["nosuid", "nodev", "mode=1777", f"size={limits.workspace_mib * MIB}"],
             },
+            {
+                "destination": "/dev/shm",  # noqa: S108 -- the sandbox's own tmpfs
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "noexec", "mode=1777", f"size={shm_mib(limits) * MIB}"],
+            },
             {"destination": SDK_PATH, "type": "bind", "source": str(self._sdk), "options": ["bind", "ro"]},
             {
                 "destination": "/workspace",
@@ -192,11 +252,18 @@ class GvisorBackend:
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": False,
-                "user": {"uid": USER, "gid": USER},
-                "args": bootstrap_argv(interpreter, SDK_PATH, packages, inside),
+                "user": {"uid": 0, "gid": 0},  # gVisor's root, for the launcher only
+                "args": [
+                    DEFAULT_INTERPRETER,
+                    *["-I", "-S", "-B", "-c", LAUNCHER, str(limits.processes)],
+                    *bootstrap_argv(interpreter, SDK_PATH, packages, inside),
+                ],
                 "env": [f"{key}={value}" for key, value in env.items()],
-                "cwd": "/workspace",
-                "capabilities": no_caps,
+                "cwd": "/",
+                "capabilities": {
+                    **no_caps,
+                    **dict.fromkeys(("bounding", "effective", "permitted"), _LAUNCHER_CAPS),
+                },
                 "noNewPrivileges": True,
                 "rlimits": [{"type": "RLIMIT_NOFILE", "hard": limits.open_files, "soft": limits.open_files}],
             },
@@ -211,6 +278,7 @@ class GvisorBackend:
                     "cpu": {"quota": 100_000, "period": 100_000},
                 },
                 "cgroupsPath": f"/{_cgroup.PARENT}/{name}",
+                "seccomp": _socket_families(),
             },
         }
 
@@ -254,9 +322,44 @@ class GvisorBackend:
         self.close()
 
 
+class _GvisorConfinement(HostConfinement):
+    def blame(self, exit_code: int | None) -> LimitExceeded | None:
+        if exit_code == EXIT_PROCESSES:
+            return LimitExceeded(
+                "processes", f"the sandbox tried to run more than {self.limits.processes} processes"
+            )
+        return super().blame(exit_code)
+
+
 def _memory(limits: SandboxLimits) -> int:
-    """MiB for the sandbox's cgroup: the agent's, its workspace and /tmp tmpfs, gVisor's own."""
-    return limits.memory_mib + 2 * limits.workspace_mib + _OVERHEAD_MIB
+    """MiB for the sandbox's cgroup: the agent's (its processes and its tmpfs mounts, which gVisor
+    keeps in the same memory file), and the sentry's and gofer's own."""
+    return limits.memory_mib + _OVERHEAD_MIB
+
+
+def _socket_families() -> dict[str, Any]:
+    """An OCI seccomp filter that leaves ``socket`` and ``socketpair`` only the families an agent
+    needs (as ``bwrap``'s filter does); one condition per rule, as gVisor reads them."""
+    allowed = sorted(_seccomp.ALLOWED_FAMILIES.values())
+    refused = [{"index": 0, "value": allowed[-1], "op": "SCMP_CMP_GT"}]
+    refused += [
+        {"index": 0, "value": family, "op": "SCMP_CMP_EQ"}
+        for family in range(allowed[-1])
+        if family not in allowed
+    ]
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {
+                "names": ["socket", "socketpair"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": errno.EAFNOSUPPORT,
+                "args": [condition],
+            }
+            for condition in refused
+        ],
+    }
 
 
 def _image(image: Image) -> tuple[str, list[dict[str, Any]], str]:

@@ -6,6 +6,12 @@ kernel interfaces that container escapes and kernel exploits go through (``ptrac
 modules, ``kexec``, ``bpf``, ``perf_event_open``, ``io_uring``, keyrings, namespace changes, handle
 based opens, the clock) and leaves the rest of Linux to an ordinary Python program.
 
+Sockets are the exception, an allow list: ``socket`` and ``socketpair`` work only for the families
+an agent needs (``ALLOWED_FAMILIES``: unix sockets, and IPv4/IPv6 on its own loopback, the only
+interface its network namespace has); any other family (``AF_VSOCK``, a channel to the hypervisor
+on a VM host; ``AF_NETLINK``; ``AF_PACKET``; ...) fails with ``EAFNOSUPPORT``, as on a kernel built
+without it.
+
 Only x86_64 is supported: a call made through another ABI (i386 through ``int 0x80``, x32) kills the
 process, so the numbers below cannot be bypassed by switching ABI.
 """
@@ -25,7 +31,10 @@ _SECCOMP_RET_ERRNO = 0x00050000
 _SECCOMP_RET_ALLOW = 0x7FFF0000
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _X32_SYSCALL_BIT = 0x40000000
-_OFFSET_NR, _OFFSET_ARCH = 0, 4  # struct seccomp_data
+_OFFSET_NR, _OFFSET_ARCH, _OFFSET_ARG0 = 0, 4, 16  # struct seccomp_data (arg 0's low 32 bits)
+_SOCKET, _SOCKETPAIR = 41, 53
+ALLOWED_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10}
+"""The socket address families an agent may create (linux/socket.h); every other one is refused."""
 
 BLOCKED: dict[str, int] = {
     # Debugging and reading other processes.
@@ -96,12 +105,33 @@ BLOCKED: dict[str, int] = {
 """Blocked system calls and their x86_64 numbers (asm/unistd_64.h)."""
 
 
-def _statement(code: int, k: int) -> bytes:
-    return struct.pack("=HBBI", code, 0, 0, k)
+Instruction = tuple[int, int, "int | str", "int | str"]
+"""(code, k, jump if true, jump if false); a jump is a count or the name of a label."""
 
 
-def _jump(code: int, k: int, true: int, false: int) -> bytes:
-    return struct.pack("=HBBI", code, true, false, k)
+def _assemble(program: list[Instruction | str]) -> bytes:
+    """Encode ``program`` (instructions and label names), resolving jumps to labels (forward only,
+    as BPF requires)."""
+    labels: dict[str, int] = {}
+    instructions: list[Instruction] = []
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = len(instructions)
+        else:
+            instructions.append(item)
+
+    def offset(here: int, target: int | str) -> int:
+        if isinstance(target, int):
+            return target
+        distance = labels[target] - here - 1
+        if not 0 <= distance < 256:
+            raise ValueError(f"a BPF jump to {target} must go forward by less than 256")
+        return distance
+
+    return b"".join(
+        struct.pack("=HBBI", code, offset(index, true), offset(index, false), k)
+        for index, (code, k, true, false) in enumerate(instructions)
+    )
 
 
 def supported() -> str | None:
@@ -115,21 +145,30 @@ def supported() -> str | None:
 def program(blocked: dict[str, int] | None = None) -> bytes:
     """The filter as ``bwrap --seccomp`` reads it: a ``struct sock_filter`` array, native order."""
     numbers = sorted(set((blocked if blocked is not None else BLOCKED).values()))
-    deny = _statement(_BPF_RET | _BPF_K, _SECCOMP_RET_ERRNO | errno.EPERM)
-    kill = _statement(_BPF_RET | _BPF_K, _SECCOMP_RET_KILL_PROCESS)
-    allow = _statement(_BPF_RET | _BPF_K, _SECCOMP_RET_ALLOW)
-    # Layout: 0 load arch, 1 arch check, 2 load nr, 3 x32 check, 4.. one jeq per number, then
-    # allow (4 + count), deny (5 + count), kill (6 + count). Jump offsets count from the next one.
-    count = len(numbers)
-    parts = [
-        _statement(_BPF_LD | _BPF_W | _BPF_ABS, _OFFSET_ARCH),
-        # Not x86_64: jump over everything to kill (distance to the last instruction).
-        _jump(_BPF_JMP | _BPF_JEQ | _BPF_K, _AUDIT_ARCH_X86_64, 0, count + 4),
-        _statement(_BPF_LD | _BPF_W | _BPF_ABS, _OFFSET_NR),
-        _jump(_BPF_JMP | _BPF_JGE | _BPF_K, _X32_SYSCALL_BIT, count + 2, 0),
+    load, jeq, jge, ret = (
+        _BPF_LD | _BPF_W | _BPF_ABS,
+        _BPF_JMP | _BPF_JEQ | _BPF_K,
+        _BPF_JMP | _BPF_JGE | _BPF_K,
+        _BPF_RET | _BPF_K,
+    )
+    code: list[Instruction | str] = [
+        (load, _OFFSET_ARCH, 0, 0),
+        (jeq, _AUDIT_ARCH_X86_64, 0, "kill"),  # another ABI: the numbers below would not apply
+        (load, _OFFSET_NR, 0, 0),
+        (jge, _X32_SYSCALL_BIT, "kill", 0),
+        *[(jeq, number, "deny", 0) for number in numbers],
+        (jeq, _SOCKET, "socket", 0),
+        (jeq, _SOCKETPAIR, "socket", 0),
+        (ret, _SECCOMP_RET_ALLOW, 0, 0),
+        "socket",
+        (load, _OFFSET_ARG0, 0, 0),
+        *[(jeq, family, "allow", 0) for family in sorted(ALLOWED_FAMILIES.values())],
+        (ret, _SECCOMP_RET_ERRNO | errno.EAFNOSUPPORT, 0, 0),
+        "allow",
+        (ret, _SECCOMP_RET_ALLOW, 0, 0),
+        "deny",
+        (ret, _SECCOMP_RET_ERRNO | errno.EPERM, 0, 0),
+        "kill",
+        (ret, _SECCOMP_RET_KILL_PROCESS, 0, 0),
     ]
-    for index, number in enumerate(numbers):
-        # A match jumps over the remaining comparisons and the allow, onto deny.
-        parts.append(_jump(_BPF_JMP | _BPF_JEQ | _BPF_K, number, count - index, 0))
-    parts += [allow, deny, kill]
-    return b"".join(parts)
+    return _assemble(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import textwrap
@@ -76,10 +77,38 @@ def probe_backend(name: str, *, state_dir: Path) -> BackendReport:
         shutil.rmtree(workspace, ignore_errors=True)
 
 
-def default_backend(reports: list[BackendReport]) -> str:
-    """``bwrap`` when its report says it works, else ``process`` (development isolation only)."""
+def default_backend(reports: list[BackendReport], *, root: bool | None = None) -> str:
+    """``bwrap`` when its report says it works. Otherwise, not as root, ``process`` (development
+    isolation only); as root (``root`` defaults to this process's euid), ``gvisor`` when its report
+    says it works, and never ``process``: a worker running as root does not fall back to running
+    agents without isolation, whatever it finds. ``process`` as root must be chosen by name.
+
+    Raises:
+        SandboxError: as root, neither bwrap nor gVisor works (the detail says how to fix it).
+    """
     works = {report.name for report in reports if report.works}
-    return "bwrap" if "bwrap" in works else "process"
+    if "bwrap" in works:
+        return "bwrap"
+    if not (os.geteuid() == 0 if root is None else root):
+        return "process"
+    if "gvisor" in works:
+        return "gvisor"
+    why = "; ".join(f"{r.name}: {r.detail}" for r in reports if r.name != "process" and not r.works)
+    raise SandboxError(
+        f"as root, the sandbox backend `auto` is bwrap or gvisor, never process, and neither works here"
+        f"{f' ({why})' if why else ''}; to fix: {_FIXES['bwrap']}, or set BASTION_SANDBOX=process to run "
+        "agents without isolation knowingly (each under its own unprivileged uid)",
+        hint="make bwrap work here, or set BASTION_SANDBOX=process knowingly",
+    )
+
+
+def reports_for_default(*, state_dir: Path) -> list[BackendReport]:
+    """The probes ``default_backend`` needs, cheapest first: bwrap's, and gVisor's only as root
+    when bwrap does not work (probing gVisor costs seconds)."""
+    reports = [probe_backend("bwrap", state_dir=state_dir)]
+    if not reports[0].works and os.geteuid() == 0:
+        reports.append(probe_backend("gvisor", state_dir=state_dir))
+    return reports
 
 
 def _refuse(method: str, params: dict[str, Any]) -> Any:

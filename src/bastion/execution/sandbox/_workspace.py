@@ -19,9 +19,17 @@ The caller's directory stays the host's view of the workspace:
 
 The copy never follows a symlink and copies only directories, regular files and symlinks (as
 symlinks): the agent controls the tree, and a FIFO or a link to a host path cannot make the host
-block or write outside the directory. Copying back, a link that is absolute or climbs out of the
-workspace is dropped: on the host it would name the host's files. Tmpfs pages are charged to the memory cgroup of the process
-that writes them, so backends add the workspace size to the cgroup's memory limit.
+block or write outside the directory. Copying back, every link is judged by what it resolves to,
+not by its text: it is followed component by component through the copied tree, through the other
+links it meets (``s -> .`` makes ``s/s/s/../../..`` climb three levels), with the workspace as the
+root it may not leave; a link that is absolute, climbs above the workspace at any step, or loops
+is removed (on the host it would name the host's files). A component that does not exist is taken
+as a directory, so a dangling link is kept only if it would stay inside whatever is created later.
+Host code that reads what an agent left still never follows a link (``read_agent_file``): the
+``process`` backend and ``bwrap`` without root have the agent write the caller's directory itself.
+
+Tmpfs pages are charged to the memory cgroup of the process that writes them: what the agent keeps
+in its workspace counts against its memory limit.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ _MS_NOSUID, _MS_NODEV = 0x2, 0x4
 _MNT_DETACH = 0x2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _COPY_CHUNK = 1024 * 1024
+_MAX_LINK_HOPS = 40
+"""Links followed while resolving one path, as the kernel's ELOOP limit."""
 
 
 def mount_tmpfs(target: Path, *, size: int, inodes: int, uid: int, gid: int, mode: int = 0o700) -> None:
@@ -57,6 +67,42 @@ def is_mountpoint(path: Path) -> bool:
         return os.path.ismount(path)
     except OSError:
         return False
+
+
+def read_agent_file(root: Path, relative: str, *, limit: int = 1024 * 1024) -> bytes | None:
+    """The first ``limit`` bytes of the regular file ``relative`` under ``root``, a directory an
+    agent wrote; None when it is missing, not a regular file, or reached through a symlink. Every
+    component is opened with ``O_NOFOLLOW`` from its parent's descriptor, so no link is followed,
+    not even one swapped in while this reads."""
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        reader = os.open(parts[-1], flags, dir_fd=fd)
+        try:
+            if not stat.S_ISREG(os.fstat(reader).st_mode):
+                return None
+            chunks: list[bytes] = []
+            size = 0
+            while size < limit and (chunk := os.read(reader, min(_COPY_CHUNK, limit - size))):
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(reader)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class Workspace:
@@ -104,6 +150,7 @@ class Workspace:
                 try:
                     _clear(self._source)
                     _copy_tree(source, self._source, "", None, owner=None)
+                    drop_escaping_links(self._source)
                 finally:
                     os.close(source)
             unmount(self.mountpoint)
@@ -153,8 +200,6 @@ def _copy_tree(
                 seen[key] = version
         elif stat.S_ISLNK(info.st_mode):
             link = os.readlink(name, dir_fd=source)
-            if owner is None and _escapes(prefix, link):
-                continue  # back on the host, it would point at the host's files
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=target)
             with contextlib.suppress(OSError):
@@ -163,12 +208,49 @@ def _copy_tree(
                     os.chown(name, *owner, dir_fd=target, follow_symlinks=False)
 
 
-def _escapes(prefix: str, link: str) -> bool:
-    """True when a link at ``prefix`` (relative to the workspace) points outside the workspace."""
-    if os.path.isabs(link):
-        return True
-    resolved = os.path.normpath(os.path.join(prefix, link))
-    return resolved == ".." or resolved.startswith("../")
+def drop_escaping_links(root: int) -> None:
+    """Remove every symlink under the directory fd ``root`` that resolves outside it (see the
+    module's docstring); never follows a link while walking."""
+    escaping: list[str] = []  # all judged first, on the tree as the agent left it
+    for parent, _, _, fd in os.fwalk(".", dir_fd=root, follow_symlinks=False):
+        where = [part for part in parent.split("/") if part not in ("", ".")]
+        for entry in os.scandir(fd):
+            if entry.is_symlink() and not _stays_inside(root, where, os.readlink(entry.name, dir_fd=fd)):
+                escaping.append("/".join([*where, entry.name]))
+    for path in escaping:
+        os.unlink(path, dir_fd=root)
+
+
+def _stays_inside(root: int, where: list[str], link: str) -> bool:
+    """Whether ``link``, found in the directory ``where`` (components from ``root``), resolves to a
+    path inside ``root`` when every link on the way is followed as the kernel would."""
+    pending = link.split("/")
+    if link.startswith("/"):
+        return False
+    where, hops = list(where), 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not where:
+                return False
+            where.pop()
+            continue
+        try:
+            info = os.stat("/".join([*where, part]), dir_fd=root, follow_symlinks=False)
+        except OSError:
+            where.append(part)  # missing: judged as a directory someone may create later
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            hops += 1
+            target = os.readlink("/".join([*where, part]), dir_fd=root)
+            if hops > _MAX_LINK_HOPS or target.startswith("/"):
+                return False
+            pending = target.split("/") + pending
+        else:
+            where.append(part)
+    return True
 
 
 def _copy_file(source: int, target: int, name: str, mode: int, owner: tuple[int, int] | None) -> None:
