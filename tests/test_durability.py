@@ -251,7 +251,7 @@ class Cluster:
         self.workers.append(worker)
         return worker
 
-    def freeze(self, worker: WorkerProcess, run_id: str) -> None:
+    def freeze(self, worker: WorkerProcess, run_id: str, *others: str) -> None:
         """SIGSTOP the worker at a moment it holds no lock on the run's row (or SQLite's write lock).
 
         A process frozen inside its lease-renewal transaction keeps the row locked: claims skip
@@ -261,7 +261,7 @@ class Cluster:
         for _ in range(100):
             worker.process.send_signal(signal.SIGSTOP)
             time.sleep(0.01)
-            if self._run_row_free(run_id):
+            if all(self._run_row_free(r) for r in (run_id, *others)):
                 return
             worker.process.send_signal(signal.SIGCONT)
             time.sleep(0.005)
@@ -287,6 +287,10 @@ class Cluster:
         finally:
             probe.close()
         return True
+
+    def lost_leases(self, worker: WorkerProcess) -> int:
+        """How many attempts ``worker`` abandoned because it found its lease lost."""
+        return worker.output().count("lost its lease; abandoning it")
 
     def kill(self, worker: WorkerProcess) -> None:
         worker.process.send_signal(signal.SIGKILL)
@@ -609,6 +613,67 @@ def test_a_paused_worker_cannot_append_or_act_once_its_run_is_taken_over(
         f"{run_id}:{seq}": 2 if seq == pause_at and paused == "mid-call" else 1 for seq in range(1, calls + 1)
     }
     assert [answer_n(e) for e in entries] == [executions[f"{run_id}:{e.seq}"][-1].n for e in entries]
+
+
+LOOP_AGENT = """
+from bastion import agent
+
+def main(input):
+    for i in range(1, input["calls"] + 1):
+        agent.tools.call("count", i=i)
+    return input["calls"]
+"""
+
+
+def sends_after(cluster: Cluster, woke: float, recorded: set[str]) -> list[Effect]:
+    """Requests that reached the tool after ``woke`` for calls already journaled by then: effects
+    of a zombie (the counting tool ignores idempotency keys, like many real tools)."""
+    return [e for e in cluster.tool.effects() if e.at > woke and e.key in recorded]
+
+
+def zombie_sends(cluster: Cluster, runs: int = 6) -> tuple[int, int]:
+    """Worker A runs ``runs`` busy runs (back-to-back tool calls) and is SIGSTOPped at a random
+    moment; worker B takes them over and goes past where A stopped; A is woken (SIGCONT).
+    Returns (sends after waking of calls B had already journaled, attempts A abandoned)."""
+    cluster.lease_seconds = 1.0
+    cluster.concurrency = runs
+    use_counting_tool(cluster, *count_agent("busy", LOOP_AGENT))
+    a = cluster.start_worker()
+    ids = [cluster.create_run("busy", {"calls": 100_000}) for _ in range(runs)]
+    wait_until(
+        "A to run every run", lambda: all(len(cluster.entries(r)) >= 5 for r in ids), 60, cluster.outputs
+    )
+    time.sleep(random.uniform(0.0, 0.3))
+    cluster.freeze(a, *ids)
+    stopped_at = {r: len(cluster.entries(r)) for r in ids}
+    b = cluster.start_worker()
+
+    def b_went_past() -> bool:
+        for run_id in ids:
+            entries = cluster.entries(run_id)
+            if len(entries) < stopped_at[run_id] + 3 or entries[-1].attempt < 2:
+                return False
+        return True
+
+    wait_until("B to take every run over and go past A", b_went_past, 60, cluster.outputs)
+    recorded = {f"{r}:{e.seq}" for r in ids for e in cluster.entries(r)}
+    woke = time.monotonic()
+    a.process.send_signal(signal.SIGCONT)
+    wait_until("A to abandon every attempt", lambda: cluster.lost_leases(a) >= runs, 20, cluster.outputs)
+    time.sleep(0.5)  # anything A still had to send has arrived by now
+    late = sends_after(cluster, woke, recorded)
+    cluster.kill(b)
+    return len(late), cluster.lost_leases(a)
+
+
+def test_a_woken_zombie_sends_nothing_its_successor_recorded(cluster: Cluster) -> None:
+    """A worker stopped between its lease check and its send used to send on waking, after its
+    successor had executed and recorded the same calls: only a tool honouring Idempotency-Key
+    was safe. The check is now a renewal right before the send, and the send itself refuses to
+    go out once the lease has less than its margin left, which a stopped worker always has."""
+    late, abandoned = zombie_sends(cluster)
+    assert abandoned == 6
+    assert late == 0, f"the woken zombie sent {late} calls its successor had already recorded"
 
 
 # --- 3. determinism -----------------------------------------------------------------------------

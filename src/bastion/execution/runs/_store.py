@@ -11,20 +11,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 
 from bastion.api import Clock, IdSource, RandomIds, SystemClock
 from bastion.errors import LeaseLost, UserError
 from bastion.observe import Database
+from bastion.observe.journal import journal_entries
 
 from ._states import ACTIVE, FINISHED, RunState
-from ._tables import run_events, runs
+from ._tables import run_attempts, run_events, runs
 
 DEFAULT_MAX_ATTEMPTS = 3
+"""How many deaths that point at a run (see ``RunStore._poison``) make it a poison run."""
+POISON_FUSE = 10
+"""A run whose attempts died this many times its budget is failed even without evidence."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +95,9 @@ class Claim:
     run: Run
     """The run as claimed: ``attempt`` is this claim's fencing token."""
     owner: str
+    claimed: float
+    """``time.monotonic()`` before the claim's transaction began: its lease ends no earlier than
+    this plus the lease's length."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,23 +234,24 @@ class RunStore:
 
     # --- claims, leases, fencing ------------------------------------------------------
 
-    def claim(self, owner: str, lease_seconds: float) -> Claim | None:
-        """Take the oldest claimable run: Scheduled, or active with an expired lease (a dead worker's).
+    def claim(self, owner: str, lease_seconds: float, *, takeovers_only: bool = False) -> Claim | None:
+        """Take a claimable run: first an active one whose lease expired (a dead worker's: its
+        user is already waiting), else the oldest Scheduled one. ``takeovers_only``: only the former.
 
-        A run past its attempt budget is failed as a poison run instead, and the next is tried.
+        A taken-over run whose deaths show that it kills its workers is failed as a poison run
+        instead (``_poison``), and the next is tried.
         """
         while True:
+            started = time.monotonic()
             with self.db.write() as conn:
                 now = self.clock.now()
+                expired = and_(runs.c.state.in_([str(s) for s in ACTIVE]), runs.c.lease_expires_at < now)
                 query = (
                     select(runs)
                     .where(
-                        or_(
-                            runs.c.state == str(RunState.SCHEDULED),
-                            and_(runs.c.state.in_([str(s) for s in ACTIVE]), runs.c.lease_expires_at < now),
-                        )
+                        expired if takeovers_only else or_(runs.c.state == str(RunState.SCHEDULED), expired)
                     )
-                    .order_by(runs.c.created_at)
+                    .order_by(case((expired, 0), else_=1), runs.c.created_at)
                     .limit(1)
                 )
                 if self._postgres:
@@ -251,9 +260,11 @@ class RunStore:
                 if row is None:
                     return None
                 run = _run(row)
-                attempt = run.attempt + 1
-                if attempt > run.max_attempts:
-                    reason = f"poison run: {run.max_attempts} attempts ended without finishing (workers died)"
+                # A claim of an active run is a takeover from a dead worker; a Scheduled one is not
+                # (a new run, or one re-queued after a suspension).
+                takeover = run.state in ACTIVE
+                reason = self._poison(conn, run) if takeover else None
+                if reason is not None:
                     self._set(
                         conn, run.id, state=RunState.FAILED, reason=reason, finished_at=now, lease_owner=None
                     )
@@ -264,10 +275,8 @@ class RunStore:
                         {"state": str(RunState.FAILED), "attempt": run.attempt, "reason": reason},
                     )
                     continue
+                attempt = run.attempt + 1
                 expires = now + timedelta(seconds=lease_seconds)
-                # A claim of an active run is a takeover from a dead worker; a Scheduled one is not
-                # (a new run, or one re-queued after a suspension).
-                takeover = run.state in ACTIVE
                 self._set(
                     conn,
                     run.id,
@@ -276,6 +285,9 @@ class RunStore:
                     lease_owner=owner,
                     lease_expires_at=expires,
                     takeovers=runs.c.takeovers + int(takeover),
+                )
+                conn.execute(
+                    insert(run_attempts).values(run_id=run.id, attempt=attempt, owner=owner, claimed_at=now)
                 )
                 event: dict[str, Any] = {"state": str(RunState.STARTING), "attempt": attempt, "worker": owner}
                 if takeover:
@@ -287,7 +299,66 @@ class RunStore:
                 claimed = replace(
                     run, state=RunState.STARTING, attempt=attempt, lease_owner=owner, lease_expires_at=expires
                 )
-                return Claim(run=claimed, owner=owner)
+                return Claim(run=claimed, owner=owner, claimed=started)
+
+    def _poison(self, conn: Connection, run: Run) -> str | None:
+        """Record how the attempt of ``run`` that is being taken over died, and judge the run on
+        its own deaths: why it must be failed as a poison run, or None.
+
+        A worker dies with every attempt it runs, so a death is evidence against a run only when
+        it points at that run: the worker ran nothing else (``alone``), or the run's attempts
+        keep dying at the same point of its journal (a replay reaches the same step and the
+        worker dies there), one time more than its budget. Neighbours of a worker that died for any other reason are resumed,
+        however often that happens; only a run dying ``POISON_FUSE`` times its budget is failed
+        without such evidence, so that no run can kill workers forever.
+        """
+        died_seq = int(
+            conn.execute(
+                select(func.coalesce(func.max(journal_entries.c.seq), 0)).where(
+                    journal_entries.c.run_id == run.id
+                )
+            ).scalar_one()
+        )
+        neighbour = conn.execute(
+            select(run_attempts.c.run_id)
+            .where(
+                run_attempts.c.owner == run.lease_owner,
+                run_attempts.c.ended_at.is_(None),
+                run_attempts.c.run_id != run.id,
+            )
+            .limit(1)
+        ).first()
+        alone = neighbour is None
+        conn.execute(
+            update(run_attempts)
+            .where(run_attempts.c.run_id == run.id, run_attempts.c.attempt == run.attempt)
+            .values(died_seq=died_seq, alone=alone)
+        )
+        earlier = conn.execute(
+            select(run_attempts.c.died_seq, run_attempts.c.alone)
+            .where(
+                run_attempts.c.run_id == run.id,
+                run_attempts.c.attempt < run.attempt,
+                run_attempts.c.died_seq.is_not(None),
+            )
+            .order_by(run_attempts.c.attempt)
+        ).all()
+        deaths = [(int(seq), bool(was_alone)) for seq, was_alone in earlier] + [(died_seq, alone)]
+        budget = run.max_attempts
+        if sum(1 for _, was_alone in deaths if was_alone) >= budget:
+            return f"poison run: its worker died {budget} times while it ran there alone"
+        # Beside other runs a death can be chance: an attempt killed while it starts or replays
+        # dies where the last one did. One death more than the budget makes chance unlikely, and
+        # seq 0 (nothing recorded yet) is where every young attempt dies, so it is no evidence.
+        last = deaths[-(budget + 1) :]
+        if died_seq > 0 and len(last) == budget + 1 and all(seq == died_seq for seq, _ in last):
+            return f"poison run: {len(last)} attempts in a row died with their worker at seq {died_seq}"
+        if len(deaths) >= POISON_FUSE * budget:
+            return (
+                f"{len(deaths)} attempts died with their workers ({POISON_FUSE} times its budget of "
+                f"{budget}), at different points and beside other runs"
+            )
+        return None
 
     def fence(self, conn: Connection, run_id: str, attempt: int, owner: str) -> None:
         """Raise LeaseLost unless this attempt still holds the run (inside the caller's write transaction)."""
@@ -332,6 +403,7 @@ class RunStore:
             )
             if journal is not None:
                 values.update(journal_count=journal[0], journal_head=journal[1])
+            self._ended(conn, run)
         self._set(conn, run.id, **values)
         event: dict[str, Any] = {"state": str(state), "attempt": run.attempt}
         if reason:
@@ -346,6 +418,7 @@ class RunStore:
         the queue. A suspension is not a failed attempt: the run gets one more attempt in its budget,
         so waiting many times never turns it into a poison run."""
         self.fence(conn, run.id, run.attempt, owner)
+        self._ended(conn, run)
         self._set(
             conn,
             run.id,
@@ -358,6 +431,14 @@ class RunStore:
         self.add_event(conn, run.id, "state", {"state": str(state), "attempt": run.attempt, "reason": reason})
         if ready:
             self.requeue(conn, run.id, reason="what it waited for happened while it was suspending")
+
+    def _ended(self, conn: Connection, run: Run) -> None:
+        """The attempt ended on its worker: it will not die with it."""
+        conn.execute(
+            update(run_attempts)
+            .where(run_attempts.c.run_id == run.id, run_attempts.c.attempt == run.attempt)
+            .values(ended_at=self.clock.now())
+        )
 
     def lock(self, conn: Connection, run_id: str) -> Run | None:
         """Read a run and, on PostgreSQL, lock its row until the transaction ends (the lock a worker's

@@ -53,3 +53,21 @@ run_events = Table(
     Column("at", UtcDateTime(), nullable=False),
     Index(None, "run_id", "id"),
 )
+
+run_attempts = Table(
+    "run_attempts",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("claimed_at", UtcDateTime(), nullable=False),
+    # Set when the attempt ends on its worker (finished or parked); NULL on an attempt that
+    # died with its worker, or is still running.
+    Column("ended_at", UtcDateTime(), nullable=True),
+    # For an attempt taken over from a dead worker: the last journaled seq when it died, and
+    # whether no other run's attempt died with that worker.
+    Column("died_seq", Integer, nullable=True),
+    Column("alone", Boolean, nullable=True),
+    Index(None, "owner", "ended_at"),
+)
+"""One row per claim (revision 0010): the poison rule's evidence."""
