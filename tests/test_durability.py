@@ -758,7 +758,7 @@ def test_a_run_that_keeps_killing_its_workers_fails_after_three_attempts(cluster
 
     run = cluster.run(run_id)
     assert run.state is RunState.FAILED
-    assert run.reason == "poison run: 3 attempts ended without finishing (workers died)"
+    assert run.reason == "poison run: 3 attempts in a row died with their worker at seq 1, the last one alone on it"
     assert run.attempt == 3
     # Each attempt's agent killed its own worker: the sandbox's parent process.
     assert pids.read_text().split() == [str(pid) for pid in deaths]
@@ -778,6 +778,43 @@ def test_a_run_that_keeps_killing_its_workers_fails_after_three_attempts(cluster
         ("Failed", 3),
     ]
     cluster.verify(run_id)
+
+
+def test_a_poison_run_beside_innocent_runs_is_failed_and_they_are_not(cluster: Cluster) -> None:
+    """Each death of the worker kills the poison run and its neighbours alike. The poison run's
+    attempts keep dying at seq 1, so it is quarantined, dies alone, and is failed; the
+    neighbours are resumed (quarantined too if they died twice in one place) and succeed."""
+    cluster.tool.delay = 0.02
+    use_counting_tool(
+        cluster, *count_agent("poison", POISON_AGENT), *count_agent("busy", LOOP_AGENT)
+    )
+    pids = cluster.tmp_path / "pids"
+    innocent = [cluster.create_run("busy", {"calls": 30}) for _ in range(3)]
+    poison = cluster.create_run("poison", {"pids": str(pids)})
+    deaths = 0
+    worker = cluster.start_worker()
+    deadline = time.monotonic() + 120
+    while not all(cluster.run(r).state.finished for r in [poison, *innocent]):
+        assert time.monotonic() < deadline, f"the runs did not end\n{cluster.outputs()}"
+        if worker.process.poll() is None:
+            time.sleep(0.02)
+            continue
+        deaths += 1
+        assert deaths <= 8, f"the poison run was not stopped\n{cluster.outputs()}"
+        worker = cluster.start_worker()
+
+    run = cluster.run(poison)
+    assert run.state is RunState.FAILED, (run.state, run.reason)
+    assert run.reason is not None and run.reason.startswith("poison run: 3 attempts in a row died"), run.reason
+    assert any(e.type == "quarantine" for e in cluster.events(poison))
+    for run_id in innocent:
+        done = cluster.run(run_id)
+        assert done.state is RunState.SUCCEEDED, (done.state, done.reason, cluster.outputs())
+        assert [e.seq for e in cluster.entries(run_id)] == list(range(1, 31))
+        cluster.verify(run_id)
+    # The quarantined poison run ran alone: its last attempt had no neighbour on its worker.
+    last = [e for e in cluster.events(poison) if e.type == "state" and e.data["state"] == "Starting"][-1]
+    assert last.data.get("alone") is True
 
 
 # --- 5. replay ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ._states import ACTIVE, FINISHED, RunState
 from ._tables import run_attempts, run_events, runs
 
 DEFAULT_MAX_ATTEMPTS = 3
-"""How many deaths that point at a run (see ``RunStore._poison``) make it a poison run."""
+"""How many deaths that point at a run (see ``RunStore._judge_death``) make it a poison run."""
 POISON_FUSE = 10
 """A run whose attempts died this many times its budget is failed even without evidence."""
 
@@ -98,6 +98,8 @@ class Claim:
     claimed: float
     """``time.monotonic()`` before the claim's transaction began: its lease ends no earlier than
     this plus the lease's length."""
+    alone: bool = False
+    """The run is quarantined (suspected of killing its workers): run it with nothing beside it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +160,7 @@ class RunStore:
             "parent_run_id": parent_run_id,
             "fork_seq": fork_seq,
             "takeovers": 0,
+            "quarantined": False,
         }
         conn.execute(insert(runs).values(**values))
         self.add_event(conn, values["id"], "state", {"state": str(RunState.PENDING), "attempt": 0})
@@ -234,23 +237,30 @@ class RunStore:
 
     # --- claims, leases, fencing ------------------------------------------------------
 
-    def claim(self, owner: str, lease_seconds: float, *, takeovers_only: bool = False) -> Claim | None:
+    def claim(
+        self, owner: str, lease_seconds: float, *, takeovers_only: bool = False, idle: bool = True
+    ) -> Claim | None:
         """Take a claimable run: first an active one whose lease expired (a dead worker's: its
-        user is already waiting), else the oldest Scheduled one. ``takeovers_only``: only the former.
+        user is already waiting), else the oldest Scheduled one. ``takeovers_only``: only the
+        former. ``idle``: the claimant runs nothing now, so it may take a quarantined run (which
+        it must then run alone, ``Claim.alone``); a busy one never does.
 
         A taken-over run whose deaths show that it kills its workers is failed as a poison run
-        instead (``_poison``), and the next is tried.
+        instead (``_judge_death``), and the next is tried.
         """
         while True:
             started = time.monotonic()
             with self.db.write() as conn:
                 now = self.clock.now()
                 expired = and_(runs.c.state.in_([str(s) for s in ACTIVE]), runs.c.lease_expires_at < now)
+                claimable = (
+                    expired if takeovers_only else or_(runs.c.state == str(RunState.SCHEDULED), expired)
+                )
+                if not idle:
+                    claimable = and_(claimable, runs.c.quarantined.is_(False))
                 query = (
                     select(runs)
-                    .where(
-                        expired if takeovers_only else or_(runs.c.state == str(RunState.SCHEDULED), expired)
-                    )
+                    .where(claimable)
                     .order_by(case((expired, 0), else_=1), runs.c.created_at)
                     .limit(1)
                 )
@@ -260,21 +270,39 @@ class RunStore:
                 if row is None:
                     return None
                 run = _run(row)
+                quarantined = bool(row["quarantined"])
                 # A claim of an active run is a takeover from a dead worker; a Scheduled one is not
                 # (a new run, or one re-queued after a suspension).
                 takeover = run.state in ACTIVE
-                reason = self._poison(conn, run) if takeover else None
-                if reason is not None:
-                    self._set(
-                        conn, run.id, state=RunState.FAILED, reason=reason, finished_at=now, lease_owner=None
-                    )
-                    self.add_event(
-                        conn,
-                        run.id,
-                        "state",
-                        {"state": str(RunState.FAILED), "attempt": run.attempt, "reason": reason},
-                    )
-                    continue
+                if takeover:
+                    reason, suspect = self._judge_death(conn, run)
+                    if reason is not None:
+                        self._set(
+                            conn,
+                            run.id,
+                            state=RunState.FAILED,
+                            reason=reason,
+                            finished_at=now,
+                            lease_owner=None,
+                        )
+                        self.add_event(
+                            conn,
+                            run.id,
+                            "state",
+                            {"state": str(RunState.FAILED), "attempt": run.attempt, "reason": reason},
+                        )
+                        continue
+                    if suspect and not quarantined:
+                        quarantined = True
+                        self._set(conn, run.id, quarantined=True)
+                        self.add_event(
+                            conn,
+                            run.id,
+                            "quarantine",
+                            {"attempt": run.attempt, "reason": "its last attempts died at the same seq"},
+                        )
+                        if not idle:
+                            continue  # left for a worker with nothing else to run
                 attempt = run.attempt + 1
                 expires = now + timedelta(seconds=lease_seconds)
                 self._set(
@@ -295,22 +323,28 @@ class RunStore:
                         "from": run.lease_owner,
                         "leaseExpiredAt": _stamp(run.lease_expires_at) if run.lease_expires_at else None,
                     }
+                if quarantined:
+                    event["alone"] = True
                 self.add_event(conn, run.id, "state", event)
                 claimed = replace(
                     run, state=RunState.STARTING, attempt=attempt, lease_owner=owner, lease_expires_at=expires
                 )
-                return Claim(run=claimed, owner=owner, claimed=started)
+                return Claim(run=claimed, owner=owner, claimed=started, alone=quarantined)
 
-    def _poison(self, conn: Connection, run: Run) -> str | None:
-        """Record how the attempt of ``run`` that is being taken over died, and judge the run on
-        its own deaths: why it must be failed as a poison run, or None.
+    def _judge_death(self, conn: Connection, run: Run) -> tuple[str | None, bool]:
+        """Record how the attempt of ``run`` being taken over died, and judge the run on its own
+        deaths: why it must be failed as a poison run (or None), and whether it is suspect.
 
-        A worker dies with every attempt it runs, so a death is evidence against a run only when
-        it points at that run: the worker ran nothing else (``alone``), or the run's attempts
-        keep dying at the same point of its journal (a replay reaches the same step and the
-        worker dies there), one time more than its budget. Neighbours of a worker that died for any other reason are resumed,
-        however often that happens; only a run dying ``POISON_FUSE`` times its budget is failed
-        without such evidence, so that no run can kill workers forever.
+        A worker dies with every attempt it runs, so only deaths that point at a run count
+        against it. A run whose last two attempts died at the same seq (a replay reached the
+        same step and the worker died there) is suspect, and is quarantined: from then on it is
+        claimed only by a worker running nothing else, which takes nothing else until it ends.
+        It is a poison run when its last ``max_attempts`` attempts all died at the same seq and
+        the latest of them died alone on its worker: the place is its own, and no neighbour was
+        there to blame (at seq 0, where every young attempt dies, all of them must have died
+        alone). Neighbours of a worker that died for any other reason -- killed, or killed by a
+        poison run -- are resumed however often that happens; only a run dying ``POISON_FUSE``
+        times its budget is failed without such evidence, so that no run kills workers forever.
         """
         died_seq = int(
             conn.execute(
@@ -345,20 +379,22 @@ class RunStore:
         ).all()
         deaths = [(int(seq), bool(was_alone)) for seq, was_alone in earlier] + [(died_seq, alone)]
         budget = run.max_attempts
-        if sum(1 for _, was_alone in deaths if was_alone) >= budget:
-            return f"poison run: its worker died {budget} times while it ran there alone"
-        # Beside other runs a death can be chance: an attempt killed while it starts or replays
-        # dies where the last one did. One death more than the budget makes chance unlikely, and
-        # seq 0 (nothing recorded yet) is where every young attempt dies, so it is no evidence.
-        last = deaths[-(budget + 1) :]
-        if died_seq > 0 and len(last) == budget + 1 and all(seq == died_seq for seq, _ in last):
-            return f"poison run: {len(last)} attempts in a row died with their worker at seq {died_seq}"
+        last = deaths[-budget:]
+        same_place = len(last) == budget and all(seq == died_seq for seq, _ in last)
+        if same_place and alone and (died_seq > 0 or all(was_alone for _, was_alone in last)):
+            where = f"at seq {died_seq}" if died_seq else "before recording anything"
+            return (
+                f"poison run: {budget} attempts in a row died with their worker {where}, "
+                "the last one alone on it",
+                True,
+            )
         if len(deaths) >= POISON_FUSE * budget:
             return (
                 f"{len(deaths)} attempts died with their workers ({POISON_FUSE} times its budget of "
-                f"{budget}), at different points and beside other runs"
+                f"{budget}) without evidence that it killed them",
+                True,
             )
-        return None
+        return None, len(deaths) >= 2 and deaths[-2][0] == died_seq
 
     def fence(self, conn: Connection, run_id: str, attempt: int, owner: str) -> None:
         """Raise LeaseLost unless this attempt still holds the run (inside the caller's write transaction)."""

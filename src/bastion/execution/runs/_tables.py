@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, Index, Integer, MetaData, String, Table, Text, false
 
 from bastion.observe import UtcDateTime
 
@@ -39,6 +39,7 @@ runs = Table(
     Column("parent_run_id", String(36), nullable=True),
     Column("fork_seq", Integer, nullable=True),
     Column("takeovers", Integer, nullable=False, server_default="0"),
+    Column("quarantined", Boolean, nullable=False, server_default=false()),
     Index(None, "state", "lease_expires_at"),
     Index(None, "tenant_id", "namespace", "created_at"),
 )

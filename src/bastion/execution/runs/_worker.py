@@ -114,6 +114,8 @@ class Worker:
             max_workers=config.concurrency * 2, thread_name_prefix="bastion-attempt"
         )
         self._active: set[Future[None]] = set()
+        self._alone: Future[None] | None = None
+        """The attempt of a quarantined run, which no other attempt may run beside."""
         self._lock = threading.Lock()
 
     def run_until(self, stop: threading.Event, *, on_ready: Callable[[], None] | None = None) -> None:
@@ -173,13 +175,15 @@ class Worker:
         with self._lock:
             self._active = {f for f in self._active if not f.done()}
             busy = len(self._active)
-        if busy >= self.config.concurrency * 2:
-            return False
+            alone = self._alone is not None and not self._alone.done()
+        if busy >= self.config.concurrency * 2 or alone:
+            return False  # a quarantined run has this worker to itself
         try:
             claim = self.runs.claim(
                 self.config.owner,
                 self.config.lease_seconds,
                 takeovers_only=busy >= self.config.concurrency,
+                idle=busy == 0,
             )
         except Exception:
             log.exception("claiming a run failed")
@@ -189,6 +193,8 @@ class Worker:
         future = self._pool.submit(self.execute, claim)
         with self._lock:
             self._active.add(future)
+            if claim.alone:
+                self._alone = future
         return True
 
     def execute(self, claim: Claim) -> None:
