@@ -8,6 +8,7 @@ rich, no API server): ``bastion.cli.main`` sends ``worker`` here before it loads
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 import sys
 import threading
@@ -50,6 +51,8 @@ def run_worker(metrics_port: int | None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # `kill -USR1 PID` prints every thread's stack to stderr: what a stuck worker is waiting for.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         _work(stop, metrics_port)
     except BastionError as exc:  # as print_error says it, without loading rich

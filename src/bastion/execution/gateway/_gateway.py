@@ -77,8 +77,9 @@ class EffectLease(Protocol):
         ...
 
     def check(self) -> None:
-        """Raise LeaseLost unless the lease has more than its safety margin left. No I/O: called
-        right before a request's first byte is written."""
+        """Raise LeaseLost unless the lease has more than its safety margin left; called right
+        before a request's first byte is written. No I/O unless the margin is reached, when it
+        renews first (which fails if a successor holds the run)."""
         ...
 
 

@@ -257,6 +257,13 @@ class RunStore:
                     expired if takeovers_only else or_(runs.c.state == str(RunState.SCHEDULED), expired)
                 )
                 if not idle:
+                    # A quarantined run waiting makes a busy worker take no new run (only dead
+                    # workers' runs), so that some worker soon has nothing else and can take it.
+                    waiting = conn.execute(
+                        select(runs.c.id).where(claimable, runs.c.quarantined.is_(True)).limit(1)
+                    ).first()
+                    if waiting is not None:
+                        claimable = expired
                     claimable = and_(claimable, runs.c.quarantined.is_(False))
                 query = (
                     select(runs)
@@ -346,6 +353,13 @@ class RunStore:
         poison run -- are resumed however often that happens; only a run dying ``POISON_FUSE``
         times its budget is failed without such evidence, so that no run kills workers forever.
         """
+        ended = conn.execute(
+            select(run_attempts.c.ended_at).where(
+                run_attempts.c.run_id == run.id, run_attempts.c.attempt == run.attempt
+            )
+        ).scalar()
+        if ended is not None:
+            return None, False  # it lost its lease on a live worker, which said so: not a death
         died_seq = int(
             conn.execute(
                 select(func.coalesce(func.max(journal_entries.c.seq), 0)).where(
@@ -374,6 +388,7 @@ class RunStore:
                 run_attempts.c.run_id == run.id,
                 run_attempts.c.attempt < run.attempt,
                 run_attempts.c.died_seq.is_not(None),
+                run_attempts.c.ended_at.is_(None),  # a zombie that woke up later said it lived
             )
             .order_by(run_attempts.c.attempt)
         ).all()
@@ -467,6 +482,11 @@ class RunStore:
         self.add_event(conn, run.id, "state", {"state": str(state), "attempt": run.attempt, "reason": reason})
         if ready:
             self.requeue(conn, run.id, reason="what it waited for happened while it was suspending")
+
+    def abandoned(self, conn: Connection, run: Run) -> None:
+        """An attempt that lost its lease ended on a live worker (it was slow or stopped, not
+        killed): not a death. Its own row only, so no fence: the run is someone else's now."""
+        self._ended(conn, run)
 
     def _ended(self, conn: Connection, run: Run) -> None:
         """The attempt ended on its worker: it will not die with it."""

@@ -242,8 +242,14 @@ class _Lease:
         self.extend(started)
 
     def check(self) -> None:
+        if self.runner.lost.is_set():
+            raise LeaseLost(f"attempt {self.runner.run_.attempt} of run {self.runner.run_.id} lost its lease")
+        if self.left() < self.margin:
+            # Slow since the last renewal (a loaded machine) or stopped (a zombie): renew, which
+            # fails if a successor has the run, and then send with a full lease ahead.
+            self.renew()
         left = self.left()
-        if self.runner.lost.is_set() or left < self.margin:
+        if left < self.margin:
             self.runner.lost.set()
             raise LeaseLost(
                 f"attempt {self.runner.run_.attempt} of run {self.runner.run_.id} has {max(left, 0):.3f} s "
@@ -341,6 +347,7 @@ class _AttemptRunner:
         except LeaseLost as exc:
             log.warning("attempt %s of run %s lost its lease; abandoning it", run.attempt, run.id)
             span.fail("lease_lost", exc.detail, exc)
+            self._abandoned()
             return
         except _Outcome as outcome:
             if outcome.state is not None:
@@ -561,6 +568,15 @@ class _AttemptRunner:
         with self.w.runs.db.write() as conn:
             self.fence(conn)
             self.w.runs.add_events(conn, self.run_.id, scrubbed)
+
+    def _abandoned(self) -> None:
+        """Say that this attempt ended on a live worker: its run's next claim must not count it
+        as a death (the poison rule's evidence)."""
+        try:
+            with self.w.runs.db.write() as conn:
+                self.w.runs.abandoned(conn, self.run_)
+        except Exception:
+            log.exception("recording that attempt %s of run %s ended failed", self.run_.attempt, self.run_.id)
 
     def _park(self, suspended: RunSuspended) -> None:
         """Wait for an approval without a sandbox or a lease (suspend = stop; resume = replay)."""
