@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -531,6 +531,192 @@ def test_chaos_workers_killed_at_random_moments(cluster: Cluster) -> None:
     assert resumed >= KILLS // 2, f"the kills hit only {resumed} attempts"
 
 
+@dataclass(kw_only=True)
+class Chaos:
+    """What a chaos run measured (``chaos``)."""
+
+    runs: dict[str, Run]
+    kills: int
+    from_kill: list[float]
+    """Seconds from each kill to the takeover of each run the killed worker held."""
+    from_expiry: list[float]
+    """Seconds from the expiry of each dead worker's lease to the takeover."""
+    quarantined: list[float]
+    """The same for runs in quarantine (suspected of killing workers), which wait for a worker
+    with nothing else to run."""
+    late_sends: list[str]
+    """Calls executed again after an attempt had journaled them (``run_id:seq``)."""
+    leftovers: list[str]
+    seconds: float
+
+    def failed(self) -> dict[str, str | None]:
+        return {r.id: r.reason for r in self.runs.values() if r.state is not RunState.SUCCEEDED}
+
+
+def chaos(
+    cluster: Cluster,
+    *,
+    runs: int,
+    workers: int,
+    calls: int,
+    kill_every: tuple[float, float] = (1.0, 3.0),
+    seed: int = 1234,
+    stall_seconds: float = 60.0,
+) -> Chaos:
+    """``runs`` runs of a ``calls``-call agent on ``workers`` worker processes, one of them
+    SIGKILLed every ``kill_every`` seconds (and replaced at once) until the runs are done.
+
+    The test's budget scales with the work: it fails only when nothing moves (no journal entry,
+    no finished run) for ``stall_seconds``, however slow the machine is."""
+    rng = random.Random(seed)
+    cluster.concurrency = 4
+    cluster.tool.delay = 0.03
+    use_counting_tool(cluster, *count_agent("chaos", CHAOS_AGENT))
+    live = [cluster.start_worker() for _ in range(workers)]
+    wait_until("the workers to start", lambda: all(w.ready() for w in live), 120, cluster.outputs)
+    began = time.monotonic()
+    ids = {cluster.create_run("chaos", {"run": i, "calls": calls}): i for i in range(runs)}
+    killed: dict[int, float] = {}
+    """pid of each killed worker -> when (wall clock, as the store's stamps)."""
+    next_kill = time.monotonic() + rng.uniform(*kill_every)
+    progress, moved = -1, time.monotonic()
+    while True:
+        unfinished = cluster.unfinished()
+        if not unfinished:
+            break
+        now = time.monotonic()
+        seen = cluster.journaled() - len(unfinished)
+        if seen != progress:
+            progress, moved = seen, now
+        if now - moved >= stall_seconds:
+            stuck = "\n".join(
+                f"{r.id} {r.state} attempt={r.attempt} owner={r.lease_owner} expires={r.lease_expires_at}"
+                for r in unfinished
+            )
+            live_pids = [(w.pid, w.process.poll(), w.ready()) for w in live]
+            for worker in live:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGUSR1)  # each prints its threads' stacks
+            time.sleep(1)
+            raise AssertionError(
+                f"nothing moved for {stall_seconds:g} s; now {datetime.now(UTC)}\n{stuck}\n"
+                f"live: {live_pids}\n{cluster.outputs()[-20_000:]}"
+            )
+        # The last few runs are left alone: a run dying alone on its worker is, by design,
+        # evidence against it, and the tail would make every run alone.
+        # Only workers at work are killed (one still starting holds nothing to take over), and
+        # never the last one ready: a takeover needs a live worker, not a restarted one.
+        ready = [w for w in live if w.ready()]
+        if now >= next_kill and len(unfinished) > workers and len(ready) >= min(2, workers):
+            victim = ready[rng.randrange(len(ready))]
+            cluster.kill(victim)
+            killed[victim.pid] = time.time()
+            live[live.index(victim)] = cluster.start_worker()
+            next_kill = now + rng.uniform(*kill_every)
+        time.sleep(0.05)
+    seconds = time.monotonic() - began
+
+    from_kill: list[float] = []
+    from_expiry: list[float] = []
+    quarantined: list[float] = []
+    late: list[str] = []
+    finished: dict[str, Run] = {}
+    for run_id in ids:
+        finished[run_id] = cluster.run(run_id)
+        entries = cluster.entries(run_id)
+        executions = cluster.tool.by_key(run_id)
+        for entry in entries:
+            done = executions.get(f"{run_id}:{entry.seq}", [])
+            # The journaled execution must be the last one: nothing ran once it was recorded.
+            if done and answer_n(entry) != done[-1].n:
+                late.append(f"{run_id}:{entry.seq}")
+        for takeover in cluster.takeovers(run_id):
+            lost: dict[str, Any] = takeover.data["takeover"]
+            pid = next((p for p in killed if f":{p}:" in str(lost["from"])), None)
+            if pid is not None:
+                from_kill.append(takeover.at.timestamp() - killed[pid])
+            waited = (takeover.at - stamp(lost["leaseExpiredAt"])).total_seconds()
+            # A quarantined run waits for a worker with nothing else to run: measured apart.
+            (quarantined if takeover.data.get("alone") else from_expiry).append(waited)
+    for worker in live:
+        worker.process.send_signal(signal.SIGTERM)
+    for worker in live:
+        worker.process.wait(timeout=60)
+    return Chaos(
+        runs=finished,
+        kills=len(killed),
+        from_kill=from_kill,
+        from_expiry=from_expiry,
+        quarantined=quarantined,
+        late_sends=late,
+        leftovers=leftovers(cluster, [w.pid for w in cluster.workers]),
+        seconds=seconds,
+    )
+
+
+def leftovers(cluster: Cluster, pids: list[int]) -> list[str]:
+    """What the cluster's workers left on the host once they stopped: processes working in its
+    workspaces, mounts under its home, and cgroups of its workers' sandboxes. Dead workers'
+    cgroups are removed by the sweep every backend makes when it opens (as a restarted worker
+    does): that sweep runs first."""
+    from bastion.execution.sandbox import open_backend
+
+    open_backend("process", state_dir=cluster.bastion.settings.sandbox_state_dir).close()
+    found: list[str] = []
+    deadline = time.monotonic() + 5
+    while True:
+        found = []
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and os.readlink(proc / "cwd").startswith(str(cluster.workspaces)):
+                    found.append(f"process {proc.name} in {os.readlink(proc / 'cwd')}")
+        if not found or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    found += [f"mount {line.split()[4]}" for line in mounts if str(cluster.home) in line]
+    for pid in pids:
+        found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob(f"*/bastion/process-{pid}-*")]
+    return found
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_three_workers_killed_every_one_to_three_seconds(
+    backend: str, postgres: PostgresDatabases, tmp_path: Path
+) -> None:
+    """The chaos of bench/chaos.py, smaller: 24 runs on three workers, one killed every 1-3 s.
+    No run is lost or failed as poison, no effect is sent after a newer attempt recorded it (the
+    counting tool ignores idempotency keys), live workers take a dead one's runs over within a
+    second of the lease expiring, and nothing is left behind."""
+    with counting_server() as tool:
+        cluster = Cluster(backend, postgres.create(), tmp_path, tool)
+        try:
+            with (
+                serve_in_thread(create_app(cluster.bastion)) as api,
+                BastionClient(api, cluster.admin_key) as client,
+            ):
+                cluster.client = client
+                figures = chaos(cluster, runs=24, workers=3, calls=30)
+        finally:
+            cluster.close()
+    assert figures.kills >= 2, f"only {figures.kills} kills landed"
+    assert figures.failed() == {}, figures.failed()
+    assert len(figures.runs) == 24
+    assert figures.late_sends == []
+    assert figures.from_expiry, "no run was taken over"
+    # Live workers take a dead one's runs at their next poll (target: within 1 s of the lease
+    # expiring). A shared 2-core machine delays a claim now and then, and starting replacement
+    # workers compete for it, so only the median is held to the target; before, it was 9.5 s.
+    waits = sorted(figures.from_expiry)
+    assert percentile(waits, 0.5) <= 1.0 and waits[-1] <= 5.0, waits
+    assert figures.leftovers == []
+
+
 # --- 2. zombies ---------------------------------------------------------------------------------
 
 ZOMBIE_AGENT = """
@@ -758,7 +944,10 @@ def test_a_run_that_keeps_killing_its_workers_fails_after_three_attempts(cluster
 
     run = cluster.run(run_id)
     assert run.state is RunState.FAILED
-    assert run.reason == "poison run: 3 attempts in a row died with their worker at seq 1, the last one alone on it"
+    assert (
+        run.reason
+        == "poison run: 3 attempts in a row died with their worker at seq 1, the last one alone on it"
+    )
     assert run.attempt == 3
     # Each attempt's agent killed its own worker: the sandbox's parent process.
     assert pids.read_text().split() == [str(pid) for pid in deaths]
@@ -785,9 +974,7 @@ def test_a_poison_run_beside_innocent_runs_is_failed_and_they_are_not(cluster: C
     attempts keep dying at seq 1, so it is quarantined, dies alone, and is failed; the
     neighbours are resumed (quarantined too if they died twice in one place) and succeed."""
     cluster.tool.delay = 0.02
-    use_counting_tool(
-        cluster, *count_agent("poison", POISON_AGENT), *count_agent("busy", LOOP_AGENT)
-    )
+    use_counting_tool(cluster, *count_agent("poison", POISON_AGENT), *count_agent("busy", LOOP_AGENT))
     pids = cluster.tmp_path / "pids"
     innocent = [cluster.create_run("busy", {"calls": 30}) for _ in range(3)]
     poison = cluster.create_run("poison", {"pids": str(pids)})
@@ -805,7 +992,9 @@ def test_a_poison_run_beside_innocent_runs_is_failed_and_they_are_not(cluster: C
 
     run = cluster.run(poison)
     assert run.state is RunState.FAILED, (run.state, run.reason)
-    assert run.reason is not None and run.reason.startswith("poison run: 3 attempts in a row died"), run.reason
+    assert run.reason is not None and run.reason.startswith("poison run: 3 attempts in a row died"), (
+        run.reason
+    )
     assert any(e.type == "quarantine" for e in cluster.events(poison))
     for run_id in innocent:
         done = cluster.run(run_id)
