@@ -64,9 +64,20 @@ def run_worker(metrics_port: int | None) -> None:
 
 
 def _work(stop: threading.Event, metrics_port: int | None) -> None:
-    from bastion.control import Bastion, Settings
+    from pydantic import ValidationError
 
-    bastion = Bastion(Settings())
+    from bastion.control import Bastion, Settings
+    from bastion.errors import UserError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UserError(
+            f"setting {field!r}: {first['msg']}", field=field, hint=f"fix BASTION_{field.upper()}"
+        ) from None
+    bastion = Bastion(settings)
     try:
         if metrics_port is not None:
             from prometheus_client import start_http_server
