@@ -9,7 +9,7 @@
 * sends after wake-up: a worker running 6 busy runs is SIGSTOPped, another takes them over, the
   first is woken: requests it sent afterwards for calls its successor had already recorded.
 
-Run ``.venv/bin/python bench/chaos.py [--runs N] [--skip-single]`` (the test suite runs a small
+Run ``.venv/bin/python bench/chaos.py [--runs N] [--steps ready,wake,chaos,single]`` (the test suite runs a small
 version: tests/test_durability.py). The machine is shared: figures are noisy.
 """
 
@@ -133,21 +133,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Durability under chaos (see the module docstring).")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--single-runs", type=int, default=30, help="runs of the 1-worker chaos")
-    parser.add_argument("--skip-single", action="store_true", help="skip the 1-worker chaos")
     parser.add_argument("--wake-rounds", type=int, default=3)
+    parser.add_argument(
+        "--steps",
+        default="ready,wake,chaos,single",
+        help="which measures, comma-separated: ready, wake, chaos (3 workers), single (1 worker)",
+    )
     options = parser.parse_args()
     print(machine_facts())
     databases = PostgresDatabases(POSTGRES_ADMIN_URL)
-    step: list[Callable[[], Any]] = [
-        start_to_ready,
-        lambda: wake_up(databases, options.wake_rounds),
-        lambda: run_chaos(databases, options.runs, 3),
-    ]
-    if not options.skip_single:
-        step.append(lambda: run_chaos(databases, options.single_runs, 1))
+    steps: dict[str, Callable[[], Any]] = {
+        "ready": start_to_ready,
+        "wake": lambda: wake_up(databases, options.wake_rounds),
+        "chaos": lambda: run_chaos(databases, options.runs, 3),
+        "single": lambda: run_chaos(databases, options.single_runs, 1),
+    }
     try:
-        for measure in step:
-            measure()
+        for name in options.steps.split(","):
+            steps[name.strip()]()
     finally:
         databases.drop_all()
 
