@@ -90,22 +90,32 @@ def start_to_ready(samples: int = 5) -> None:
         env["BASTION_POOL_SIZE"] = "0"
         ready: list[float] = []
         imports: list[float] = []
-        for _ in range(samples):
+        for n in range(samples):
+            # -X importtime writes a lot to stderr: into a file, or the pipe fills and blocks it.
+            trace = Path(home) / f"importtime-{n}.txt"
             began = time.monotonic()
-            process = subprocess.Popen(
-                [sys.executable, "-X", "importtime", "-c", "from bastion.cli import main; main()", "worker"],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            ready.append(time.monotonic() - began)
-            process.terminate()
-            _, err = process.communicate(timeout=60)
-            assert "worker started" in line, err[-2000:]
-            imports.append(_import_seconds(err))
+            with trace.open("w") as errors:
+                process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-X",
+                        "importtime",
+                        "-c",
+                        "from bastion.cli import main; main()",
+                        "worker",
+                    ],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                    text=True,
+                )
+                assert process.stdout is not None
+                line = process.stdout.readline()
+                ready.append(time.monotonic() - began)
+                process.terminate()
+                process.communicate(timeout=60)
+            assert "worker started" in line, trace.read_text()[-2000:]
+            imports.append(_import_seconds(trace.read_text()))
     print(f"\nworker start-to-ready: {seconds(ready)}")
     print(f"  of which imports:     {seconds(imports)}")
 
@@ -140,7 +150,7 @@ def main() -> None:
         help="which measures, comma-separated: ready, wake, chaos (3 workers), single (1 worker)",
     )
     options = parser.parse_args()
-    print(machine_facts())
+    print(machine_facts(), flush=True)
     databases = PostgresDatabases(POSTGRES_ADMIN_URL)
     steps: dict[str, Callable[[], Any]] = {
         "ready": start_to_ready,
