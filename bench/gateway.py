@@ -386,7 +386,7 @@ class Journaled(Row):
         run = self.bed.new_run(calls, warmup)
         handled: list[int] = []
         with self.timed_handle(handled):
-            self.worker.execute(Claim(run=run, owner=OWNER))
+            self.worker.execute(Claim(run=run, owner=OWNER, claimed=time.monotonic()))  # claimed just now
         with b.store.read() as conn:
             done = b.runs.get(conn, run.id)
         assert done is not None

@@ -90,3 +90,55 @@ def test_output_rules_apply_where_they_say() -> None:
 def test_no_pii_setting_means_no_analyzer_call() -> None:
     clean = compile_policy([policy("p")], [])
     assert clean.inspect_output("jane@example.org").effect == "allow"
+
+
+BROKEN_PHONENUMBERS = """
+import sys, threading, time
+sys.modules["phonenumbers.data.region_US"] = None  # a broken install: this module cannot be imported
+from bastion.policy import compile_policy
+from tests._policy import policy
+
+checks = compile_policy([policy("pii", pii="redact")], [])
+results = []
+
+def check():
+    began = time.monotonic()
+    decision = checks.inspect_output("call +1 415-555-0132 after nine")
+    results.append((decision.effect, decision.rule_ids, round(time.monotonic() - began, 2)))
+
+for _ in range(2):
+    check()  # the first fails inside phonenumbers; the second must not wait on what it left
+threads = [threading.Thread(target=check) for _ in range(3)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(results)
+"""
+
+
+def test_a_broken_pii_install_denies_at_once_and_never_hangs(tmp_path: Any) -> None:
+    """A ModuleNotFoundError inside ``phonenumbers`` during a check once left a lock of its own
+    held, so every later check hung (to the test's timeout): each check must deny, quickly."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", BROKEN_PHONENUMBERS],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError("a PII check hung after one failed inside phonenumbers") from None
+    assert done.returncode == 0, done.stderr
+    results: list[tuple[str, tuple[str, ...], float]] = eval(done.stdout)  # noqa: S307 - our own repr
+    assert len(results) == 5
+    assert all(effect == "deny" and rule_ids == ("policy/error",) for effect, rule_ids, _ in results), results
+    # Only the first pays for loading Presidio; the others fail at once.
+    assert all(seconds < 1.0 for _, _, seconds in results[1:]), results

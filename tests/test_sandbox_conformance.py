@@ -34,6 +34,7 @@ from bastion.execution.sandbox import (
     open_backend,
     probe_backend,
 )
+from bastion.execution.sandbox._cgroup import unavailable as cgroups_unavailable
 from bastion.execution.sandbox._sdk import remove_tree  # pyright: ignore[reportPrivateUsage]
 
 from .conftest import _unavailable
@@ -52,6 +53,8 @@ class Box:
     state_dir: Path
     tmp: Path
     started: list[ChannelSandbox] = field(default_factory=list[ChannelSandbox])
+    cgroups: dict[int, dict[Path, int]] = field(default_factory=dict[int, dict[Path, int]])
+    """The cgroup directories each started sandbox (by ``id``) had, with their inode numbers."""
 
     def start(self, source: str, **limits: Any) -> tuple[ChannelSandbox, Path, list[str]]:
         workspace = Path(tempfile.mkdtemp(dir=self.tmp, prefix="ws-"))
@@ -60,6 +63,7 @@ class Box:
         spec = SandboxSpec(workspace=workspace, limits=SandboxLimits(**{"wall_seconds": 20.0, **limits}))
         sandbox: Any = self.backend.start(spec, on_log=logs.append)
         self.started.append(sandbox)
+        self.cgroups[id(sandbox)] = _own_cgroups(sandbox)
         return sandbox, workspace, logs
 
     def run(self, source: str, payload: Any = None, **limits: Any) -> Any:
@@ -72,7 +76,6 @@ class Box:
 
     def limit(self, source: str, payload: Any = None, **limits: Any) -> str:
         """Run an agent that must hit a limit: the limit's name, after checking nothing is left."""
-        before = _bastion_cgroups()
         began = time.monotonic()
         with pytest.raises(LimitExceeded) as raised:
             self.run(source, payload, **limits)
@@ -81,7 +84,7 @@ class Box:
         status = sandbox.status()
         assert status.state is SandboxState.FAILED
         assert status.reason is not None and raised.value.limit in status.reason
-        assert_nothing_left(self, before)
+        assert_nothing_left(self, sandbox)
         return raised.value.limit
 
 
@@ -89,16 +92,32 @@ def _no_requests(method: str, params: dict[str, Any]) -> Any:
     raise AssertionError(f"unexpected request {method}")
 
 
-def _bastion_cgroups() -> set[str]:
-    """The sandbox cgroups on this host, less those of other processes' process and gVisor
-    backends (named after their worker's pid: other test runs may share the machine)."""
-    found = {p for p in Path("/sys/fs/cgroup").glob("*/bastion/*") if p.is_dir()}
-    others = [
-        p
-        for p in found
-        if p.name.split("-")[0] in ("process", "gvisor") and p.name.split("-")[1] != str(os.getpid())
-    ]
-    return {str(p) for p in found.difference(others)}
+def _own_cgroups(sandbox: Any) -> dict[Path, int]:
+    """The cgroup directories of one sandbox, with their inodes: only what this test made is
+    checked, never the host's other Bastions' (a developer's, another CI job's)."""
+    confinement = getattr(sandbox, "_confinement", None)
+    cgroup = getattr(confinement, "cgroup", None)
+    dirs: dict[str, Path] = getattr(cgroup, "dirs", {})
+    found: dict[Path, int] = {}
+    for path in dirs.values():
+        try:
+            found[path] = path.stat().st_ino
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def _still_there(cgroups: dict[Path, int]) -> list[Path]:
+    """Those of ``cgroups`` that still exist: the same directory, not a new one by the same name
+    (a uid, and the cgroup named after it, can be leased again by another process at once)."""
+    left: list[Path] = []
+    for path, inode in cgroups.items():
+        try:
+            if path.stat().st_ino == inode:
+                left.append(path)
+        except FileNotFoundError:
+            continue
+    return left
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -117,12 +136,13 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-def assert_nothing_left(box: Box, cgroups_before: set[str]) -> None:
+def assert_nothing_left(box: Box, sandbox: ChannelSandbox) -> None:
     """No process, cgroup, mount or temporary directory of a stopped sandbox remains."""
+    cgroups = box.cgroups.get(id(sandbox), {})
     until = time.monotonic() + 5
-    while time.monotonic() < until and _bastion_cgroups() - cgroups_before:
+    while time.monotonic() < until and _still_there(cgroups):
         time.sleep(0.05)
-    assert _bastion_cgroups() - cgroups_before == set()
+    assert _still_there(cgroups) == []
     assert _mounts_under(box.state_dir) == []
     for leftovers in ("bwrap/ws", "gvisor/ws", "gvisor/bundles"):
         directory = box.state_dir / leftovers
@@ -551,7 +571,6 @@ def check_threads_count_as_processes(box: Box) -> None:
             release.set()
             return started
         """
-    before = _bastion_cgroups()
     sandbox, _, _ = box.start(source, processes=64)
     try:
         seen: Any = sandbox.call("run", {"entrypoint": "agent:main", "input": None}, handler=_no_requests)
@@ -560,7 +579,7 @@ def check_threads_count_as_processes(box: Box) -> None:
     finally:
         sandbox.stop()
     assert seen == "processes" or seen <= 64, f"{seen} threads ran with processes=64"
-    assert_nothing_left(box, before)
+    assert_nothing_left(box, sandbox)
 
 
 def check_memory_past_the_limit(box: Box) -> None:
@@ -588,7 +607,6 @@ def check_memory_across_processes(box: Box) -> None:
 def check_memory_files_count_against_the_memory_limit(box: Box) -> None:
     """Files in /dev/shm, /dev, /tmp and the workspace are memory on the isolating backends: all of
     it together, with the agent's own processes, stays within ``memory_mib``."""
-    before = _bastion_cgroups()
     tag = f"bastion-fill-{os.getpid()}-{time.monotonic_ns()}"
     sandbox, _, logs = box.start(
         """
@@ -623,7 +641,7 @@ def check_memory_files_count_against_the_memory_limit(box: Box) -> None:
     assert held <= 128, f"the agent held {held} MiB in files with memory_mib=128"
     if box.name != "process":
         assert any(line.startswith(f"/dev/{tag} refused") for line in logs), logs[-5:]
-    assert_nothing_left(box, before)
+    assert_nothing_left(box, sandbox)
 
 
 def check_cpu_past_the_limit(box: Box) -> None:
@@ -673,7 +691,6 @@ def check_fill_the_workspace(box: Box) -> None:
 
 
 def check_nothing_left_after_stop(box: Box) -> None:
-    before = _bastion_cgroups()
     marker = str(900_000 + os.getpid() % 1000)
     sandbox, _, _ = box.start(
         """
@@ -699,7 +716,9 @@ def check_nothing_left_after_stop(box: Box) -> None:
     while _processes_with(f"sleep\0{marker}") and time.monotonic() < until:
         time.sleep(0.02)
     assert _processes_with(f"sleep\0{marker}") == []
-    assert_nothing_left(box, before)
+    if cgroups_unavailable() is None:
+        assert box.cgroups[id(sandbox)], "the sandbox's cgroups were not found: nothing would be checked"
+    assert_nothing_left(box, sandbox)
 
 
 ISOLATION: list[Callable[[Box], None]] = [

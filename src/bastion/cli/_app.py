@@ -357,5 +357,21 @@ def up(
     run_command(lambda: serve({k: v for k, v in overrides.items() if v is not None}))
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8080].")] = None,
+    home: Annotated[Path | None, typer.Option(help="Data directory [env: BASTION_HOME].")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Database URL [env: BASTION_DATABASE_URL].")
+    ] = None,
+) -> None:
+    """Serve the API only; runs are executed by `bastion worker` processes on the same database."""
+    from ._up import serve as serve_api
+
+    overrides = {"host": host, "port": port, "home": home, "database_url": database_url}
+    run_command(lambda: serve_api({k: v for k, v in overrides.items() if v is not None}, with_worker=False))
+
+
 def main() -> None:
     app()

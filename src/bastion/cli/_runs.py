@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from typing import Annotated, Any
 
 import typer
@@ -254,31 +252,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker: claim runs from the database (BASTION_DATABASE_URL) and execute them."""
-    from prometheus_client import start_http_server
+    # `bastion worker` normally never gets here: bastion.cli.main runs it without typer.
+    from ._worker import run_worker
 
-    from bastion.control import Bastion, Settings
-
-    def body() -> None:
-        bastion = Bastion(Settings())
-        if metrics_port is not None:
-            # The gateway's counters and histograms live in the process that serves the calls.
-            start_http_server(metrics_port, addr="127.0.0.1", registry=bastion.registry)
-            out.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics", highlight=False)
-        stop = threading.Event()
-
-        def on_signal(_signum: int, _frame: object) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-
-        def ready() -> None:
-            # Said once the worker can claim runs, not before its pool and backends are set up.
-            out.print(f"worker started on {bastion.store.backend}; stop with Ctrl-C", highlight=False)
-
-        try:
-            bastion.worker().run_until(stop, on_ready=ready)
-        finally:
-            bastion.close()
-
-    run_command(body)
+    run_worker(metrics_port)

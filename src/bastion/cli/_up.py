@@ -1,8 +1,10 @@
-"""``bastion up``: the API server and one worker, in one process, on the embedded default."""
+"""``bastion up``: the API server and one worker, in one process, on the embedded default;
+``bastion serve``: the API server alone, beside ``bastion worker`` processes (production)."""
 
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from typing import Any
 
@@ -30,7 +32,10 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def serve(overrides: dict[str, Any]) -> None:
+def serve(overrides: dict[str, Any], *, with_worker: bool = True) -> None:
+    """Serve the API until SIGINT or SIGTERM, then stop the worker (and its sandboxes) and return.
+
+    ``with_worker``: also run one worker in this process (``bastion up``)."""
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -53,20 +58,32 @@ def serve(overrides: dict[str, Any]) -> None:
     out.print(f"Data directory: {settings.home}    database: {bastion.store.backend}")
     out.print(f"API: {url}/api/v1    OpenAPI: {url}/api/v1/openapi.json    stop with Ctrl-C")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    backend = bastion.default_backend
-    worker, stop = bastion.start_worker()
-    out.print(
-        f"Worker: in-process, {settings.worker_concurrency} runs at a time; workspaces in {settings.resolved_workspace_dir}"
-    )
-    out.print(f"Sandbox: {backend} by default, {settings.pool_size} warm per image (`bastion doctor` checks)")
-    if backend == "process":
-        err.print(PROCESS_WARNING)
+    worker: Any = None
+    stop: Any = None
+    if with_worker:
+        backend = bastion.default_backend
+        worker, stop = bastion.start_worker()
+        out.print(
+            f"Worker: in-process, {settings.worker_concurrency} runs at a time; workspaces in {settings.resolved_workspace_dir}"
+        )
+        out.print(
+            f"Sandbox: {backend} by default, {settings.pool_size} warm per image (`bastion doctor` checks)"
+        )
+        if backend == "process":
+            err.print(PROCESS_WARNING)
+    else:
+        out.print("No worker in this process: runs wait for `bastion worker` processes on this database.")
+    # uvicorn stops on SIGTERM, then raises the signal again under the handler it found: with
+    # the default one the process would die there, before the worker and its sandboxes stop.
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     try:
         uvicorn.run(
             create_app(bastion), host=settings.host, port=settings.port, log_level="warning", access_log=False
         )
     finally:
-        stop.set()
-        worker.join(timeout=30)
+        signal.signal(signal.SIGTERM, previous)
+        if stop is not None:
+            stop.set()
+            worker.join(timeout=30)
         bastion.close()
         err.print("Bastion stopped.")

@@ -1,7 +1,21 @@
 """The control plane: settings, store, API server and the composition of it all."""
 
+from typing import TYPE_CHECKING, Any
+
 from ._bastion import SYSTEM_TENANT, Bastion, Bootstrap
-from .server import create_app
 from .settings import ClientSettings, Settings
 
+if TYPE_CHECKING:
+    from .server import create_app
+
 __all__ = ["SYSTEM_TENANT", "Bastion", "Bootstrap", "ClientSettings", "Settings", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # The API server (FastAPI and every route) is imported when first asked for: a worker
+    # process never serves the API, and must be claiming runs within a second of starting.
+    if name == "create_app":
+        from .server import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,11 +6,16 @@ check, IBANs with their checksum, US SSNs, IP addresses) plus one of ours for AP
 tokens. The email recognizer's validation is replaced by an offline one: Presidio's asks
 ``tldextract``, which would fetch the public suffix list from the network on first use.
 The engine is built once per process, on first use (importing Presidio takes about a second).
+
+A broken install fails fast, every time: ``phonenumbers`` loads a region's metadata on first use,
+holding a lock that a failing import never releases, so every later check would hang on it. The
+metadata is loaded whole when the engine is built, nothing is loaded lazily after that, and an
+engine that could not be built is remembered as broken: each check then fails at once, and the
+policy engine turns the failure into a deny (fail closed).
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -28,6 +33,15 @@ API_KEY_PATTERNS = (
     r"\bAIza[0-9A-Za-z_-]{35}\b",
 )
 _lock = threading.Lock()
+_LOCK_SECONDS = 30.0
+"""A check that cannot get the analyzer this long fails (a stuck check must not stall the others)."""
+_built: AnalyzerEngine | None = None
+_broken: str | None = None
+_build_lock = threading.Lock()
+
+
+class PiiUnavailable(RuntimeError):
+    """The PII analyzer cannot be used in this process; every check fails (and so denies)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +52,32 @@ class Detection:
     score: float
 
 
-@functools.cache
 def analyzer() -> AnalyzerEngine:
-    """The process's analyzer, built on first use."""
+    """The process's analyzer, built on first use.
+
+    Raises:
+        PiiUnavailable: it could not be built (now or at an earlier attempt)."""
+    global _built, _broken
+    if _built is not None:
+        return _built
+    if not _build_lock.acquire(timeout=_LOCK_SECONDS):
+        raise PiiUnavailable(f"the PII analyzer was still being built after {_LOCK_SECONDS:g} s")
+    try:
+        if _built is None:
+            if _broken is not None:
+                raise PiiUnavailable(_broken)
+            try:
+                _built = _build()
+            except Exception as exc:
+                _broken = f"the PII analyzer could not be loaded: {type(exc).__name__}: {str(exc)[:200]}"
+                raise PiiUnavailable(_broken) from exc
+        return _built
+    finally:
+        _build_lock.release()
+
+
+def _build() -> AnalyzerEngine:
+    from phonenumbers.phonemetadata import PhoneMetadata
     from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NoOpNlpEngine
     from presidio_analyzer.predefined_recognizers import (
@@ -74,6 +111,8 @@ def analyzer() -> AnalyzerEngine:
         ),
     ):
         registry.add_recognizer(recognizer)
+    # Every region now, not one by one under a lock a failed import would leave held.
+    PhoneMetadata.load_all()
     return AnalyzerEngine(
         registry=registry,
         nlp_engine=NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}]),
@@ -86,10 +125,15 @@ def detect(text: str, entities: Collection[str], min_score: float) -> list[Detec
     if not text.strip():
         return []
     engine = analyzer()
-    with _lock:  # Presidio's recognizers keep per-call state on shared objects
+    # Presidio's recognizers keep per-call state on shared objects.
+    if not _lock.acquire(timeout=_LOCK_SECONDS):
+        raise PiiUnavailable(f"another PII check held the analyzer for over {_LOCK_SECONDS:g} s")
+    try:
         results = engine.analyze(
             text=text, language="en", entities=sorted(entities), score_threshold=min_score
         )
+    finally:
+        _lock.release()
     found = sorted(
         (
             Detection(r.entity_type, r.start, r.end, float(r.score))

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from contextlib import contextmanager
 from importlib import resources as importlib_resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import QueuePool
 
 from bastion.errors import UserError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -84,6 +84,8 @@ def _sqlite_setup(engine: Engine) -> None:
 
 @contextmanager
 def _alembic(engine: Engine) -> Generator[tuple[Config, Connection]]:
+    from alembic.config import Config
+
     location = importlib_resources.files("bastion.control.store") / "migrations"
     config = Config()
     config.set_main_option("script_location", str(location))
@@ -92,8 +94,39 @@ def _alembic(engine: Engine) -> Generator[tuple[Config, Connection]]:
         yield config, conn
 
 
+_REVISION = re.compile(r"^(down_revision|revision) = (?:\"(\w+)\"|None)$", re.MULTILINE)
+
+
+def _newest_revision() -> str | None:
+    """The head of the migration scripts, read from their text (without importing Alembic)."""
+    revisions: set[str] = set()
+    replaced: set[str] = set()
+    versions = importlib_resources.files("bastion.control.store") / "migrations" / "versions"
+    for script in versions.iterdir():
+        if script.name.endswith(".py"):
+            for kind, value in _REVISION.findall(script.read_text(encoding="utf-8")):
+                if value:
+                    (revisions if kind == "revision" else replaced).add(value)
+    heads = revisions - replaced
+    return heads.pop() if len(heads) == 1 else None
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
+    """Bring the schema to the newest migration (idempotent).
+
+    A database already at the newest revision is left alone without importing Alembic (a third
+    of a second): every worker start comes through here, and a takeover can wait for one."""
+    newest = _newest_revision()
+    if newest is not None:
+        try:
+            with engine.connect() as conn:
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        except DBAPIError:  # no such table yet: a new database
+            current = []
+        if current == [newest]:
+            return
+    from alembic import command
+
     with _alembic(engine) as (config, conn):
         command.upgrade(config, "head")
         conn.commit()
@@ -101,6 +134,9 @@ def migrate(engine: Engine) -> None:
 
 def migration_state(engine: Engine) -> tuple[str | None, str | None]:
     """The database's current revision and the newest one this code knows."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     with _alembic(engine) as (config, conn):
         current = MigrationContext.configure(conn).get_current_revision()
         head = ScriptDirectory.from_config(config).get_current_head()

@@ -3,7 +3,7 @@
 from ._approvals import STATES as APPROVAL_STATES
 from ._approvals import Approval, ApprovalState, ApprovalStore
 from ._approvals import metadata as approvals_metadata
-from ._gateway import Attempt, Gateway, GatewaySession
+from ._gateway import Attempt, EffectLease, Gateway, GatewaySession
 from ._metrics import GatewayMetrics
 from ._resources import ResourceReader
 from ._scrub import Redactor
@@ -15,6 +15,7 @@ __all__ = [
     "ApprovalState",
     "ApprovalStore",
     "Attempt",
+    "EffectLease",
     "Gateway",
     "GatewayMetrics",
     "GatewaySession",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection
 
@@ -69,6 +69,21 @@ if the attempt no longer holds its run; the engine puts the agent's pending log 
 events, so the event stream keeps the order things happened in."""
 
 
+class EffectLease(Protocol):
+    """The attempt's lease, as the last gate before an external effect."""
+
+    def renew(self) -> None:
+        """Renew the lease now, checking in the same statement that this attempt still holds the
+        run; raises LeaseLost if it does not."""
+        ...
+
+    def check(self) -> None:
+        """Raise LeaseLost unless the lease has more than its safety margin left; called right
+        before a request's first byte is written. No I/O unless the margin is reached, when it
+        renews first (which fails if a successor holds the run)."""
+        ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class Attempt:
     """The attempt a session serves. The run engine builds it; the gateway never imports the engine."""
@@ -87,6 +102,8 @@ class Attempt:
     """The attempt's ``invoke_agent`` span: tool spans are started as its children."""
     tier: str | None = None
     """The agent's earned trust tier; None: the tier its spec declares."""
+    lease: EffectLease | None = None
+    """Renewed and checked before each external effect; None: a fenced read instead."""
 
 
 class Gateway:
@@ -491,10 +508,6 @@ class GatewaySession:
                     name, f"implementation type {impl_type!r} is not available in this release"
                 ).to_record(),
             )
-        if not tool.workspace_only:
-            # Last chance to notice a lost lease before an external effect.
-            with self.g.db.read() as conn:
-                self.attempt.fence(conn)
         value, error = self._invoke(seq, tool, params, decision)
         if error is not None:
             return as_denial(decision, error), value, error
@@ -566,12 +579,29 @@ class GatewaySession:
                 headers=headers,
                 secrets=carried,
                 limits=self.g.limits,
+                may_send=self._fence_effect(tool),
+                pool=f"{self.tenant_id}/{self.namespace}",
             )
             value = tool.invoke(dict(params.get("args", {})), ctx)
         except ToolCallFailed as exc:
             return None, exc.to_record()
         incident = self.echoes.check(name, self.secrets.injected([c.name for c in carried]), value)
         return (None, incident) if incident is not None else (value, None)
+
+    def _fence_effect(self, tool: Tool) -> Callable[[], None] | None:
+        """The last gate before an external effect, as late as it can be: renew the lease (the
+        check and the renewal in one statement), and hand the tool the lease's own check for the
+        moment it sends. A worker paused anywhere before that moment finds its lease past its
+        margin when it wakes, and sends nothing (README, "Effects after a lost lease")."""
+        if tool.workspace_only:
+            return None
+        lease = self.attempt.lease
+        if lease is None:
+            with self.g.db.read() as conn:
+                self.attempt.fence(conn)
+            return None
+        lease.renew()
+        return lease.check
 
     @staticmethod
     def _answer(value: Any, error: dict[str, Any] | None) -> Any:

@@ -20,7 +20,7 @@ from bastion.errors import LeaseLost
 from bastion.observe import Database
 from bastion.observe.journal import Prepared
 
-from ._states import FINISHED
+from ._states import ACTIVE, FINISHED
 
 _FENCE = "SELECT attempt, lease_owner, state FROM runs WHERE id = ?"
 _BLOB = (
@@ -32,6 +32,11 @@ _ENTRY = (
     "response, error, started_at, duration_us, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _EVENT = "INSERT INTO run_events (run_id, type, data, at) VALUES (?, ?, ?, ?)"
+_RENEW = (
+    "UPDATE runs SET lease_expires_at = ? "
+    "WHERE id = ? AND attempt = ? AND lease_owner = ? AND state IN (?, ?)"
+)
+_ACTIVE_STATES = tuple(sorted(str(s) for s in ACTIVE))
 _FINISHED_STATES = frozenset(str(s) for s in FINISHED)
 
 # PostgreSQL: the whole step as one statement, one round trip, on a held connection in autocommit.
@@ -77,6 +82,7 @@ class StepWriter:
         self._blob = _BLOB.replace("?", mark)
         self._entry = _ENTRY.replace("?", mark)
         self._event = _EVENT.replace("?", mark)
+        self._renew = _RENEW.replace("?", mark)
 
     def _stamp(self, at: datetime) -> Any:
         # SQLAlchemy's SQLite DateTime format, so rows read back exactly as Core-written ones.
@@ -212,6 +218,22 @@ class StepWriter:
         elif rows:
             cursor.executemany(self._event, rows)
 
+    def renew_on(
+        self, raw: Any, autocommit: bool, *, run_id: str, attempt: int, owner: str, expires: datetime
+    ) -> bool:
+        """``HeldStepWriter.renew`` on ``raw`` (in autocommit on PostgreSQL)."""
+        params = (self._stamp(expires), run_id, attempt, owner, *_ACTIVE_STATES)
+        if autocommit:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(self._renew, params)
+                return cursor.rowcount == 1
+            finally:
+                cursor.close()
+        with self.db.raw_write(raw) as cursor:
+            cursor.execute(self._renew, params)
+            return cursor.rowcount == 1
+
 
 class HeldStepWriter:
     """``StepWriter.commit`` on a connection held for one attempt."""
@@ -248,3 +270,11 @@ class HeldStepWriter:
             self._writer.write_on(
                 cursor, run_id=run_id, attempt=attempt, owner=owner, prepared=prepared, events=events, at=at
             )
+
+    def renew(self, *, run_id: str, attempt: int, owner: str, expires: datetime) -> bool:
+        """Extend this attempt's lease to ``expires`` on the held connection; False if the attempt
+        no longer holds the run. The fence before an external effect: the check and the renewal
+        are one statement, and no pool checkout stands between it and the send."""
+        return self._writer.renew_on(
+            self._raw, self._one_statement, run_id=run_id, attempt=attempt, owner=owner, expires=expires
+        )

@@ -12,20 +12,25 @@ import base64
 import binascii
 import json
 import re
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 
 from bastion.api import Clock, IdSource, RandomIds, SystemClock
 from bastion.errors import LeaseLost, UserError
 from bastion.observe import Database
+from bastion.observe.journal import journal_entries
 
 from ._states import ACTIVE, FINISHED, RunState
-from ._tables import run_events, runs
+from ._tables import run_attempts, run_events, runs
 
 DEFAULT_MAX_ATTEMPTS = 3
+"""How many deaths that point at a run (see ``RunStore._judge_death``) make it a poison run."""
+POISON_FUSE = 10
+"""A run whose attempts died this many times its budget is failed even without evidence."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +96,11 @@ class Claim:
     run: Run
     """The run as claimed: ``attempt`` is this claim's fencing token."""
     owner: str
+    claimed: float
+    """``time.monotonic()`` before the claim's transaction began: its lease ends no earlier than
+    this plus the lease's length."""
+    alone: bool = False
+    """The run is quarantined (suspected of killing its workers): run it with nothing beside it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +166,7 @@ class RunStore:
             "parent_run_id": parent_run_id,
             "fork_seq": fork_seq,
             "takeovers": 0,
+            "quarantined": False,
         }
         conn.execute(insert(runs).values(**values))
         self.add_event(conn, values["id"], "state", {"state": str(RunState.PENDING), "attempt": 0})
@@ -234,23 +245,38 @@ class RunStore:
 
     # --- claims, leases, fencing ------------------------------------------------------
 
-    def claim(self, owner: str, lease_seconds: float) -> Claim | None:
-        """Take the oldest claimable run: Scheduled, or active with an expired lease (a dead worker's).
+    def claim(
+        self, owner: str, lease_seconds: float, *, takeovers_only: bool = False, idle: bool = True
+    ) -> Claim | None:
+        """Take a claimable run: first an active one whose lease expired (a dead worker's: its
+        user is already waiting), else the oldest Scheduled one. ``takeovers_only``: only the
+        former. ``idle``: the claimant runs nothing now, so it may take a quarantined run (which
+        it must then run alone, ``Claim.alone``); a busy one never does.
 
-        A run past its attempt budget is failed as a poison run instead, and the next is tried.
+        A taken-over run whose deaths show that it kills its workers is failed as a poison run
+        instead (``_judge_death``), and the next is tried.
         """
         while True:
+            started = time.monotonic()
             with self.db.write() as conn:
                 now = self.clock.now()
+                expired = and_(runs.c.state.in_([str(s) for s in ACTIVE]), runs.c.lease_expires_at < now)
+                claimable = (
+                    expired if takeovers_only else or_(runs.c.state == str(RunState.SCHEDULED), expired)
+                )
+                if not idle:
+                    # A quarantined run waiting makes a busy worker take no new run (only dead
+                    # workers' runs), so that some worker soon has nothing else and can take it.
+                    waiting = conn.execute(
+                        select(runs.c.id).where(claimable, runs.c.quarantined.is_(True)).limit(1)
+                    ).first()
+                    if waiting is not None:
+                        claimable = expired
+                    claimable = and_(claimable, runs.c.quarantined.is_(False))
                 query = (
                     select(runs)
-                    .where(
-                        or_(
-                            runs.c.state == str(RunState.SCHEDULED),
-                            and_(runs.c.state.in_([str(s) for s in ACTIVE]), runs.c.lease_expires_at < now),
-                        )
-                    )
-                    .order_by(runs.c.created_at)
+                    .where(claimable)
+                    .order_by(case((expired, 0), else_=1), runs.c.created_at)
                     .limit(1)
                 )
                 if self._postgres:
@@ -259,23 +285,41 @@ class RunStore:
                 if row is None:
                     return None
                 run = _run(row)
-                attempt = run.attempt + 1
-                if attempt > run.max_attempts:
-                    reason = f"poison run: {run.max_attempts} attempts ended without finishing (workers died)"
-                    self._set(
-                        conn, run.id, state=RunState.FAILED, reason=reason, finished_at=now, lease_owner=None
-                    )
-                    self.add_event(
-                        conn,
-                        run.id,
-                        "state",
-                        {"state": str(RunState.FAILED), "attempt": run.attempt, "reason": reason},
-                    )
-                    continue
-                expires = now + timedelta(seconds=lease_seconds)
+                quarantined = bool(row["quarantined"])
                 # A claim of an active run is a takeover from a dead worker; a Scheduled one is not
                 # (a new run, or one re-queued after a suspension).
                 takeover = run.state in ACTIVE
+                if takeover:
+                    reason, suspect = self._judge_death(conn, run)
+                    if reason is not None:
+                        self._set(
+                            conn,
+                            run.id,
+                            state=RunState.FAILED,
+                            reason=reason,
+                            finished_at=now,
+                            lease_owner=None,
+                        )
+                        self.add_event(
+                            conn,
+                            run.id,
+                            "state",
+                            {"state": str(RunState.FAILED), "attempt": run.attempt, "reason": reason},
+                        )
+                        continue
+                    if suspect and not quarantined:
+                        quarantined = True
+                        self._set(conn, run.id, quarantined=True)
+                        self.add_event(
+                            conn,
+                            run.id,
+                            "quarantine",
+                            {"attempt": run.attempt, "reason": "its last attempts died at the same seq"},
+                        )
+                        if not idle:
+                            continue  # left for a worker with nothing else to run
+                attempt = run.attempt + 1
+                expires = now + timedelta(seconds=lease_seconds)
                 self._set(
                     conn,
                     run.id,
@@ -285,17 +329,95 @@ class RunStore:
                     lease_expires_at=expires,
                     takeovers=runs.c.takeovers + int(takeover),
                 )
+                conn.execute(
+                    insert(run_attempts).values(run_id=run.id, attempt=attempt, owner=owner, claimed_at=now)
+                )
                 event: dict[str, Any] = {"state": str(RunState.STARTING), "attempt": attempt, "worker": owner}
                 if takeover:
                     event["takeover"] = {
                         "from": run.lease_owner,
                         "leaseExpiredAt": _stamp(run.lease_expires_at) if run.lease_expires_at else None,
                     }
+                if quarantined:
+                    event["alone"] = True
                 self.add_event(conn, run.id, "state", event)
                 claimed = replace(
                     run, state=RunState.STARTING, attempt=attempt, lease_owner=owner, lease_expires_at=expires
                 )
-                return Claim(run=claimed, owner=owner)
+                return Claim(run=claimed, owner=owner, claimed=started, alone=quarantined)
+
+    def _judge_death(self, conn: Connection, run: Run) -> tuple[str | None, bool]:
+        """Record how the attempt of ``run`` being taken over died, and judge the run on its own
+        deaths: why it must be failed as a poison run (or None), and whether it is suspect.
+
+        A worker dies with every attempt it runs, so only deaths that point at a run count
+        against it. A run whose last two attempts died at the same seq (a replay reached the
+        same step and the worker died there) is suspect, and is quarantined: from then on it is
+        claimed only by a worker running nothing else, which takes nothing else until it ends.
+        It is a poison run when its last ``max_attempts`` attempts all died at the same seq and
+        the latest of them died alone on its worker: the place is its own, and no neighbour was
+        there to blame (at seq 0, where every young attempt dies, all of them must have died
+        alone). Neighbours of a worker that died for any other reason -- killed, or killed by a
+        poison run -- are resumed however often that happens; only a run dying ``POISON_FUSE``
+        times its budget is failed without such evidence, so that no run kills workers forever.
+        """
+        ended = conn.execute(
+            select(run_attempts.c.ended_at).where(
+                run_attempts.c.run_id == run.id, run_attempts.c.attempt == run.attempt
+            )
+        ).scalar()
+        if ended is not None:
+            return None, False  # it lost its lease on a live worker, which said so: not a death
+        died_seq = int(
+            conn.execute(
+                select(func.coalesce(func.max(journal_entries.c.seq), 0)).where(
+                    journal_entries.c.run_id == run.id
+                )
+            ).scalar_one()
+        )
+        neighbour = conn.execute(
+            select(run_attempts.c.run_id)
+            .where(
+                run_attempts.c.owner == run.lease_owner,
+                run_attempts.c.ended_at.is_(None),
+                run_attempts.c.run_id != run.id,
+            )
+            .limit(1)
+        ).first()
+        alone = neighbour is None
+        conn.execute(
+            update(run_attempts)
+            .where(run_attempts.c.run_id == run.id, run_attempts.c.attempt == run.attempt)
+            .values(died_seq=died_seq, alone=alone)
+        )
+        earlier = conn.execute(
+            select(run_attempts.c.died_seq, run_attempts.c.alone)
+            .where(
+                run_attempts.c.run_id == run.id,
+                run_attempts.c.attempt < run.attempt,
+                run_attempts.c.died_seq.is_not(None),
+                run_attempts.c.ended_at.is_(None),  # a zombie that woke up later said it lived
+            )
+            .order_by(run_attempts.c.attempt)
+        ).all()
+        deaths = [(int(seq), bool(was_alone)) for seq, was_alone in earlier] + [(died_seq, alone)]
+        budget = run.max_attempts
+        last = deaths[-budget:]
+        same_place = len(last) == budget and all(seq == died_seq for seq, _ in last)
+        if same_place and alone and (died_seq > 0 or all(was_alone for _, was_alone in last)):
+            where = f"at seq {died_seq}" if died_seq else "before recording anything"
+            return (
+                f"poison run: {budget} attempts in a row died with their worker {where}, "
+                "the last one alone on it",
+                True,
+            )
+        if len(deaths) >= POISON_FUSE * budget:
+            return (
+                f"{len(deaths)} attempts died with their workers ({POISON_FUSE} times its budget of "
+                f"{budget}) without evidence that it killed them",
+                True,
+            )
+        return None, len(deaths) >= 2 and deaths[-2][0] == died_seq
 
     def fence(self, conn: Connection, run_id: str, attempt: int, owner: str) -> None:
         """Raise LeaseLost unless this attempt still holds the run (inside the caller's write transaction)."""
@@ -340,6 +462,7 @@ class RunStore:
             )
             if journal is not None:
                 values.update(journal_count=journal[0], journal_head=journal[1])
+            self._ended(conn, run)
         self._set(conn, run.id, **values)
         event: dict[str, Any] = {"state": str(state), "attempt": run.attempt}
         if reason:
@@ -354,6 +477,7 @@ class RunStore:
         the queue. A suspension is not a failed attempt: the run gets one more attempt in its budget,
         so waiting many times never turns it into a poison run."""
         self.fence(conn, run.id, run.attempt, owner)
+        self._ended(conn, run)
         self._set(
             conn,
             run.id,
@@ -366,6 +490,19 @@ class RunStore:
         self.add_event(conn, run.id, "state", {"state": str(state), "attempt": run.attempt, "reason": reason})
         if ready:
             self.requeue(conn, run.id, reason="what it waited for happened while it was suspending")
+
+    def abandoned(self, conn: Connection, run: Run) -> None:
+        """An attempt that lost its lease ended on a live worker (it was slow or stopped, not
+        killed): not a death. Its own row only, so no fence: the run is someone else's now."""
+        self._ended(conn, run)
+
+    def _ended(self, conn: Connection, run: Run) -> None:
+        """The attempt ended on its worker: it will not die with it."""
+        conn.execute(
+            update(run_attempts)
+            .where(run_attempts.c.run_id == run.id, run_attempts.c.attempt == run.attempt)
+            .values(ended_at=self.clock.now())
+        )
 
     def lock(self, conn: Connection, run_id: str) -> Run | None:
         """Read a run and, on PostgreSQL, lock its row until the transaction ends (the lock a worker's

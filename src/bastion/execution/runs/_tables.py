@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, Index, Integer, MetaData, String, Table, Text, false
 
 from bastion.observe import UtcDateTime
 
@@ -39,6 +39,7 @@ runs = Table(
     Column("parent_run_id", String(36), nullable=True),
     Column("fork_seq", Integer, nullable=True),
     Column("takeovers", Integer, nullable=False, server_default="0"),
+    Column("quarantined", Boolean, nullable=False, server_default=false()),
     Index(None, "state", "lease_expires_at"),
     Index(None, "tenant_id", "namespace", "created_at"),
 )
@@ -53,3 +54,21 @@ run_events = Table(
     Column("at", UtcDateTime(), nullable=False),
     Index(None, "run_id", "id"),
 )
+
+run_attempts = Table(
+    "run_attempts",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("claimed_at", UtcDateTime(), nullable=False),
+    # Set when the attempt ends on its worker (finished or parked); NULL on an attempt that
+    # died with its worker, or is still running.
+    Column("ended_at", UtcDateTime(), nullable=True),
+    # For an attempt taken over from a dead worker: the last journaled seq when it died, and
+    # whether no other run's attempt died with that worker.
+    Column("died_seq", Integer, nullable=True),
+    Column("alone", Boolean, nullable=True),
+    Index(None, "owner", "ended_at"),
+)
+"""One row per claim (revision 0010): the poison rule's evidence."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -110,8 +111,12 @@ class Worker:
         self._default_backend: str | None = None
         self.steps = StepWriter(runs.db)
         self.trust = TrustStore()
-        self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bastion-attempt")
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.concurrency * 2, thread_name_prefix="bastion-attempt"
+        )
         self._active: set[Future[None]] = set()
+        self._alone: Future[None] | None = None
+        """The attempt of a quarantined run, which no other attempt may run beside."""
         self._lock = threading.Lock()
 
     def run_until(self, stop: threading.Event, *, on_ready: Callable[[], None] | None = None) -> None:
@@ -165,12 +170,22 @@ class Worker:
         return expired
 
     def claim_into_pool(self) -> bool:
+        """Claim one run if there is room. A worker with all its slots busy still takes over a dead
+        worker's runs, up to as many again: their users are already waiting, and a run must not
+        wait for a restarted worker while live ones poll (a worker takes a few seconds to start)."""
         with self._lock:
             self._active = {f for f in self._active if not f.done()}
-            if len(self._active) >= self.config.concurrency:
-                return False
+            busy = len(self._active)
+            alone = self._alone is not None and not self._alone.done()
+        if busy >= self.config.concurrency * 2 or alone:
+            return False  # a quarantined run has this worker to itself
         try:
-            claim = self.runs.claim(self.config.owner, self.config.lease_seconds)
+            claim = self.runs.claim(
+                self.config.owner,
+                self.config.lease_seconds,
+                takeovers_only=busy >= self.config.concurrency,
+                idle=busy == 0,
+            )
         except Exception:
             log.exception("claiming a run failed")
             return False
@@ -179,6 +194,8 @@ class Worker:
         future = self._pool.submit(self.execute, claim)
         with self._lock:
             self._active.add(future)
+            if claim.alone:
+                self._alone = future
         return True
 
     def execute(self, claim: Claim) -> None:
@@ -189,11 +206,64 @@ class Worker:
             log.exception("attempt %s of run %s crashed the worker thread", claim.run.attempt, claim.run.id)
 
 
+class _Lease:
+    """What this process knows of its attempt's lease: valid until a monotonic instant, which
+    each renewal moves to the renewal's *start* plus the lease's length (the database dates the
+    expiry later than that, so the local view is never the longer one). Monotonic time keeps
+    running while the process is stopped, so a worker that wakes from SIGSTOP sees its lease
+    expired here before it could act on it."""
+
+    def __init__(self, runner: _AttemptRunner, claimed: float) -> None:
+        self.runner = runner
+        seconds = runner.w.config.lease_seconds
+        self.seconds = seconds
+        self.margin = min(seconds / 4, 1.0)
+        """Sends need this much lease left: the time a request may take to reach the tool,
+        plus the clock skew between hosts that claims compare expiries with."""
+        self._until = claimed + seconds
+        self._lock = threading.Lock()
+
+    def extend(self, started: float) -> None:
+        with self._lock:
+            self._until = max(self._until, started + self.seconds)
+
+    def left(self) -> float:
+        with self._lock:
+            return self._until - time.monotonic()
+
+    def renew(self) -> None:
+        runner = self.runner
+        writer, run = runner.writer, runner.run_
+        assert writer is not None
+        started = time.monotonic()
+        expires = runner.w.runs.clock.now() + timedelta(seconds=self.seconds)
+        if not writer.renew(run_id=run.id, attempt=run.attempt, owner=runner.claim.owner, expires=expires):
+            runner.lost.set()
+            raise LeaseLost(f"attempt {run.attempt} of run {run.id} no longer holds its lease")
+        self.extend(started)
+
+    def check(self) -> None:
+        if self.runner.lost.is_set():
+            raise LeaseLost(f"attempt {self.runner.run_.attempt} of run {self.runner.run_.id} lost its lease")
+        if self.left() < self.margin:
+            # Slow since the last renewal (a loaded machine) or stopped (a zombie): renew, which
+            # fails if a successor has the run, and then send with a full lease ahead.
+            self.renew()
+        left = self.left()
+        if left < self.margin:
+            self.runner.lost.set()
+            raise LeaseLost(
+                f"attempt {self.runner.run_.attempt} of run {self.runner.run_.id} has {max(left, 0):.3f} s "
+                f"of lease left, under the {self.margin:g} s an external effect needs"
+            )
+
+
 class _AttemptRunner:
     def __init__(self, worker: Worker, claim: Claim) -> None:
         self.w = worker
         self.claim = claim
         self.run_ = claim.run
+        self.lease = _Lease(self, claim.claimed)
         self.stopping = threading.Event()
         self.lost = threading.Event()
         self.cancelled = threading.Event()
@@ -266,6 +336,7 @@ class _AttemptRunner:
             commit=self.commit,
             span=span,
             tier=trust.tier,
+            lease=self.lease,
         )
         # The lease clock started at the claim: renew from now on, through setup as well.
         heartbeat = threading.Thread(target=self._heartbeat, name=f"bastion-lease-{run.id[:8]}", daemon=True)
@@ -277,6 +348,7 @@ class _AttemptRunner:
         except LeaseLost as exc:
             log.warning("attempt %s of run %s lost its lease; abandoning it", run.attempt, run.id)
             span.fail("lease_lost", exc.detail, exc)
+            self._abandoned()
             return
         except _Outcome as outcome:
             if outcome.state is not None:
@@ -502,6 +574,15 @@ class _AttemptRunner:
             self.fence(conn)
             self.w.runs.add_events(conn, self.run_.id, scrubbed)
 
+    def _abandoned(self) -> None:
+        """Say that this attempt ended on a live worker: its run's next claim must not count it
+        as a death (the poison rule's evidence)."""
+        try:
+            with self.w.runs.db.write() as conn:
+                self.w.runs.abandoned(conn, self.run_)
+        except Exception:
+            log.exception("recording that attempt %s of run %s ended failed", self.run_.attempt, self.run_.id)
+
     def _park(self, suspended: RunSuspended) -> None:
         """Wait for an approval without a sandbox or a lease (suspend = stop; resume = replay)."""
         run, approvals = self.run_, self.w.gateway.approvals
@@ -554,6 +635,7 @@ class _AttemptRunner:
     def _heartbeat(self) -> None:
         interval = self.w.config.lease_seconds / 3
         while not self.stopping.wait(interval):
+            started = time.monotonic()
             try:
                 cancel = self.w.runs.renew(
                     self.run_.id, self.run_.attempt, self.claim.owner, self.w.config.lease_seconds
@@ -563,8 +645,10 @@ class _AttemptRunner:
                 continue
             if cancel is None:
                 self.lost.set()
-            elif cancel:
-                self.cancelled.set()
+            else:
+                self.lease.extend(started)
+                if cancel:
+                    self.cancelled.set()
             if (self.lost.is_set() or self.cancelled.is_set()) and self.sandbox is not None:
                 self.sandbox.stop()
                 return

@@ -144,8 +144,8 @@ class Workspace:
 
     def close(self, *, copy_back: bool = True) -> None:
         """Copy the tmpfs back to the host's directory (replacing its content), unmount, remove."""
-        if self._mounted:
-            if copy_back:
+        try:
+            if self._mounted and copy_back:
                 source = os.open(self.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                 try:
                     _clear(self._source)
@@ -153,13 +153,17 @@ class Workspace:
                     drop_escaping_links(self._source)
                 finally:
                     os.close(source)
-            unmount(self.mountpoint)
-            self._mounted = False
-        with contextlib.suppress(FileNotFoundError):
-            self.mountpoint.rmdir()
-        if self._source >= 0:
-            os.close(self._source)
-            self._source = -1
+        finally:
+            # The copy fails when the host's directory is gone (a zombie's, removed by the
+            # attempt that took its run over): the tmpfs must not outlive it anyway.
+            if self._mounted:
+                unmount(self.mountpoint)
+                self._mounted = False
+            with contextlib.suppress(FileNotFoundError):
+                self.mountpoint.rmdir()
+            if self._source >= 0:
+                os.close(self._source)
+                self._source = -1
 
 
 def _copy_tree(
@@ -172,7 +176,7 @@ def _copy_tree(
 ) -> None:
     """Copy directories, regular files and symlinks from the directory fd ``source`` into
     ``target`` without following any link; with ``seen``, skip files whose (size, mtime) it has."""
-    for entry in os.scandir(source):
+    for entry in list(os.scandir(source)):  # read whole: a failed copy leaves no open iterator
         name, key = entry.name, prefix + entry.name
         info = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(info.st_mode):
@@ -276,7 +280,7 @@ def _copy_file(source: int, target: int, name: str, mode: int, owner: tuple[int,
 
 def _clear(directory: int) -> None:
     """Remove everything inside the directory fd (never following a link)."""
-    for entry in os.scandir(directory):
+    for entry in list(os.scandir(directory)):
         if entry.is_dir(follow_symlinks=False):
             child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
             try:

@@ -4,7 +4,7 @@ with the grant's egress allowlist and the secret-bearing headers it already reso
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +45,13 @@ class ToolContext:
     secrets: Sequence[BoundSecret] = ()
     """The Secrets filled into ``headers``: a request may go only where every one of them allows."""
     limits: ToolLimits = field(default_factory=ToolLimits)
+    may_send: Callable[[], None] | None = None
+    """Called right before a request's first byte is written (after connecting); raises to
+    refuse the send. The gateway passes the attempt's lease check: a worker that lost its lease
+    while paused must not act."""
+    pool: str = ""
+    """Who may share this call's connections: HTTP clients are reused, one per pool key (the
+    gateway passes the tenant and namespace), never across keys."""
 
     @property
     def idempotency_key(self) -> str:

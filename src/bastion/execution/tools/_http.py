@@ -119,11 +119,15 @@ class _Deadline:
     def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpx's ``trace`` extension: remember each socket as it connects."""
         if event == "connection.connect_tcp.complete":
-            sock: socket.socket = info["return_value"].get_extra_info("socket")
-            with self._lock:
-                self._sockets.append(sock)
-                if self.expired:
-                    _shutdown(sock)
+            self.watch(info["return_value"].get_extra_info("socket"))
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shutdown(sock)
 
     def _expire(self) -> None:
         with self._lock:
@@ -217,6 +221,35 @@ def _failure(exc: BaseException) -> str:
     return "could not connect"
 
 
+_CLIENTS_KEPT = 64
+_clients: dict[str, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(pool: str) -> httpx.Client:
+    """The process's client for one pool key: building one costs tens of milliseconds (its TLS
+    context), which must not sit between the lease check and the send, and its keep-alive
+    connections spare a handshake per call. Keys never share connections (DESIGN invariant 6)."""
+    with _clients_lock:
+        client = _clients.pop(pool, None)
+        if client is None:
+            client = httpx.Client(trust_env=False, follow_redirects=False)
+            if len(_clients) >= _CLIENTS_KEPT:
+                # The least recently used goes; its calls in flight keep their connections.
+                del _clients[next(iter(_clients))]
+        _clients[pool] = client  # most recently used last
+        return client
+
+
+def _tracer(deadline: _Deadline, ctx: ToolContext) -> Any:
+    def trace(event: str, info: dict[str, Any]) -> None:
+        deadline.trace(event, info)
+        if ctx.may_send is not None and event.endswith(".send_request_headers.started"):
+            ctx.may_send()  # connected; nothing written yet
+
+    return trace
+
+
 def _send(
     tool: str, method: str, target: HttpTarget, headers: dict[str, str], body: bytes | None, ctx: ToolContext
 ) -> dict[str, Any]:
@@ -228,14 +261,17 @@ def _send(
         )
     with _Deadline(limits.timeout_seconds) as deadline:
         try:
-            with (
-                httpx.Client(
-                    trust_env=False, follow_redirects=False, timeout=limits.timeout_seconds
-                ) as client,
-                client.stream(
-                    method, target.url, headers=headers, content=body, extensions={"trace": deadline.trace}
-                ) as response,
-            ):
+            with _client(ctx.pool).stream(
+                method,
+                target.url,
+                headers=headers,
+                content=body,
+                timeout=limits.timeout_seconds,
+                extensions={"trace": _tracer(deadline, ctx)},
+            ) as response:
+                # A reused connection was not seen connecting: the deadline learns its socket here.
+                stream = response.extensions.get("network_stream")
+                deadline.watch(stream.get_extra_info("socket") if stream is not None else None)
                 return _result(response, _read_body(tool, response, limits.max_response_bytes))
         except (httpx.HTTPError, httpx.StreamError, OSError) as exc:
             if deadline.expired or isinstance(exc, httpx.TimeoutException):
