@@ -11,6 +11,7 @@ same provider: each tenant's key is searched for in both tenants' outputs."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -108,7 +109,8 @@ def test_agent_never_reads_the_key_a_provider_error_quotes(
                     for crash in (False, True):
                         run_input = {"provider": provider, "stream": stream, "crash": crash}
                         run = wait_finished(client, client.create_run("leaker", run_input)["id"])
-                        read = (run.get("result") or {}).get("reversed", "")[::-1]
+                        result: dict[str, Any] = run.get("result") or {}
+                        read = str(result.get("reversed", ""))[::-1]
                         stored = json.dumps([run, client.journal(run["id"]), list(client.events(run["id"]))])
                         outputs.extend([read, stored])
     assert hostile.seen and any(s.carries(KEY) for s in hostile.seen), "the key was not even sent"
