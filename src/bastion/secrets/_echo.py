@@ -15,12 +15,17 @@ and after decoding, up to two layers deep:
 * **text unescapes**: URL percent-encoding (``%xx``, ``+``), HTML and XML character references
   (``&#x73;``, ``&amp;``), backslash escapes (``\\u0073``, ``\\x73``, ``\\163``, ``\\n``) of JSON,
   JavaScript, Python and C, and Unicode compatibility forms (NFKC: fullwidth letters, ...);
-* **binary decodings**, over only that alphabet's characters and at every alignment, so line
-  breaks, separators and splits do not hide them: base64 (standard and URL-safe), base32, hex;
-* **decompression** of any byte string, raw or decoded: gzip, zlib, raw deflate, bzip2, xz/lzma;
+* **binary decodings** at every alignment, over all of the alphabet's characters joined (line
+  breaks) and over each run of them with the next (a split by words or JSON keys; the decoded
+  pieces are searched for a split secret too): base64 (standard and URL-safe), base32, hex;
+  on the response's own strings and binary bodies only (not nested): base32hex, base85,
+  ascii85, decimal and octal byte codes, binary octets;
+* **decompression** of any byte string, raw or decoded, from every position a header occurs:
+  gzip, zlib, raw deflate, bzip2, xz/lzma; a search that reaches its work or output bound
+  returns an unverified ``Echo`` (the caller refuses: fail closed);
 * **comparison**, case-insensitive and over ASCII letters and digits only (punctuation, spaces,
   quotes and the NUL bytes of UTF-16 are dropped, so ``s-e-c-r-e-t`` matches), forwards,
-  reversed, in ROT13, and every second or third character (a secret interleaved with filler).
+  reversed, in ROT13 and ROT47, and every second, third or fourth character (interleaved).
 
 Outside the family (not claimed): encryption or any keyed transform, arbitrary permutations or
 substitutions, arithmetic on the value, a secret leaked a few characters per response whose
