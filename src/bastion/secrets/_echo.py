@@ -18,8 +18,8 @@ and after decoding, up to two layers deep:
 * **binary decodings** at every alignment, over all of the alphabet's characters joined (line
   breaks) and over each run of them with the next (a split by words or JSON keys; the decoded
   pieces are searched for a split secret too): base64 (standard and URL-safe), base32, hex;
-  on the response's own strings and binary bodies only (not nested): base32hex, base85,
-  ascii85, decimal and octal byte codes, binary octets;
+  on the response's own strings and binary bodies only (not nested, joined characters only):
+  base32hex, base85, ascii85, decimal and octal byte codes, binary octets;
 * **decompression** of any byte string, raw or decoded, from every position a header occurs:
   gzip, zlib, raw deflate, bzip2, xz/lzma; a search that reaches its work or output bound
   returns an unverified ``Echo`` (the caller refuses: fail closed);
@@ -188,16 +188,17 @@ def _unbackslash(text: str) -> str:
     return _BACKSLASH.sub(one, text) if "\\" in text else text
 
 
-def _decodings(data: bytes, *, rare: bool, runs: bool) -> Iterable[tuple[str, bytes]]:
+def _decodings(data: bytes, *, rare: bool, runs: bool) -> Iterable[tuple[str, bytes, bool]]:
     """Each binary-to-text encoding of ``data``, at every alignment: once over all of the
     alphabet's characters joined (a line-wrapped encoding), and once over each maximal run of
     them decoded on its own and joined with the next run (an encoding split by words or JSON
     keys, whose characters would shift the alignment of what follows) when ``runs`` is set: on
     the outer layers, not inside another decoding (time bound). A partial last group is
     padded, not dropped, so a secret at the very end keeps its last bytes. The ``rare``
-    encodings (base32hex, base85, ascii85, and bytes written as decimal or octal codes or
-    binary octets) are tried only when asked: on a response's text as it is and its binary
-    parts, not inside another decoding or unescaping (time bound)."""
+    encodings (base32hex, base85, ascii85 over their joined characters only, and bytes written
+    as decimal or octal codes or binary octets) are tried only when asked: on a response's text as it is and its binary
+    parts, not inside another decoding or unescaping, and what they yield is not decoded again
+    (time bound). Each item: (name, decoded bytes, whether to decode it further)."""
     for name, not_alphabet, runs_of, normalize, decode, group, is_rare in _CODECS:
         if is_rare and not rare:
             continue
@@ -206,8 +207,8 @@ def _decodings(data: bytes, *, rare: bool, runs: bool) -> Iterable[tuple[str, by
         if len(joined) < _MIN_RUN:
             continue
         for start in range(group):
-            yield name, decode(joined[start:])
-        if not runs:
+            yield name, decode(joined[start:]), not is_rare
+        if not runs or is_rare:
             continue
         pieces = [run for run in normal.translate(runs_of).split() if len(run) >= _MIN_RUN]
         if len(pieces) > 1 or (pieces and len(pieces[0]) != len(joined)):
@@ -216,9 +217,11 @@ def _decodings(data: bytes, *, rare: bool, runs: bool) -> Iterable[tuple[str, by
             # one decoding of them all keeps each span's alignment.
             spans = [*(a + b for a, b in itertools.pairwise(pieces)), pieces[-1]]
             pad = _PAD[name]
-            for start in range(group):
-                aligned = [run[start:] + pad * (-(len(run) - start) % group + group) for run in spans]
-                yield name, decode(b"".join(aligned))
+            aligned = [
+                decode(b"".join(run[start:] + pad * (-(len(run) - start) % group + group) for run in spans))
+                for start in range(group)
+            ]
+            yield name, b"\n".join(aligned), not is_rare
     if not rare:
         return
     for name, lists_of, number, base in _NUMBER_LISTS:
@@ -227,6 +230,7 @@ def _decodings(data: bytes, *, rare: bool, runs: bool) -> Iterable[tuple[str, by
             yield (
                 name,
                 b"\n".join(bytes(int(n, base) & 0xFF for n in number.findall(found)) for found in lists),
+                False,
             )
 
 
@@ -432,9 +436,10 @@ class _Search:
             found = self._nested(out, (*path, name), depth)
             if found is not None:
                 return found
-        for name, out in _decodings(data, rare=rare, runs=depth > 0):
+        for name, out, nest in _decodings(data, rare=rare, runs=depth > 0):
             # Decoded pieces are searched for a split secret too (base64 of it in two fields).
-            found = self._nested(out, (*path, name), depth) or self._split(fold(out), (*path, name))
+            where = (*path, name)
+            found = self._nested(out, where, depth if nest else 0) or self._split(fold(out), where)
             if found is not None:
                 return found
         return None
