@@ -128,7 +128,7 @@ def model_policy(name: str, *targets: dict[str, Any], **spec: Any) -> dict[str, 
     }
 
 
-def provider_secret(name: str, key: str) -> dict[str, Any]:
+def provider_secret(name: str, key: str, destination: str) -> dict[str, Any]:
     return {
         "apiVersion": "bastion/v1",
         "kind": "Secret",
@@ -136,7 +136,7 @@ def provider_secret(name: str, key: str) -> dict[str, Any]:
         "spec": {
             "stringData": {"apiKey": key},
             "usableBy": {"providers": ["openai"]},
-            "destinations": ["127.0.0.1"],
+            "destinations": [destination],
         },
     }
 
@@ -277,7 +277,7 @@ def upstream() -> Iterator[FakeProvider]:
 
 def _models(side: Side, url: str, key: str) -> None:
     side.apply(
-        provider_secret("upstream", key),
+        provider_secret("upstream", key, url),
         model_policy(
             "team-models",
             {"provider": "openai", "model": "gpt-x", "baseUrl": url, "secret": "upstream"},
@@ -466,11 +466,11 @@ def test_a_secret_resolved_for_one_tool_is_not_handed_to_another(ours: Side) -> 
         "spec": {
             "stringData": {"token": FORECAST_TOKEN},
             "usableBy": {"tools": ["weather"]},
-            "destinations": ["127.0.0.1"],
         },
     }
     header = {"Authorization": "Bearer {secret:weather-key/token}"}
     with weather_api(FORECAST_TOKEN) as (url, seen):
+        secret["spec"]["destinations"] = [url]
         ours.apply(
             secret,
             # Both declare the secret; only "weather" is in its usableBy. "leaky" is a developer's
