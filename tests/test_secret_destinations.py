@@ -108,7 +108,9 @@ def test_a_secret_goes_only_where_its_secret_says(tenant: Tenant, other_tenant: 
     with hostile_server() as evil, hostile_server(_legit(evils)) as legit:
         evils.append(evil)
         # The twin: same names, but its operator lets its key go to the listener.
-        _apply_world(other_tenant, legit, evil, TWIN_TOKEN, [evil.host, f"http://{legit.host}/forecast"])
+        _apply_world(
+            other_tenant, legit, evil, TWIN_TOKEN, [f"http://{evil.host}", f"http://{legit.host}/forecast"]
+        )
         with other_tenant.client() as client:
             twin_run = wait_finished(
                 client, client.create_run("roamer", {"legit": legit.host, "evil": evil.host})["id"]

@@ -352,9 +352,10 @@ class SecretSpec(Model):
     usable_by: SecretUse = Field(default_factory=SecretUse)
     destinations: list[Destination] = Field(default_factory=list[str], max_length=64)
     """Where the gateway may send the values (invariant 2): host patterns (``api.example.com``,
-    ``*.example.com``, with an optional ``:port``; without one, the scheme's default port) or URL
-    prefixes (``https://api.example.com/v1/``). Only an operator writes this; a Tool or a
-    ModelPolicy that points elsewhere gets a denial, not the secret. Empty: sent nowhere."""
+    ``*.example.com``, with an optional ``:port``; without one, 443), https only; the same with
+    an ``http://`` scheme for cleartext (``http://127.0.0.1:8765``); or URL prefixes
+    (``https://api.example.com/v1/``). Only an operator writes this; a Tool or a ModelPolicy
+    that points elsewhere gets a denial, not the secret. Empty: sent nowhere."""
     lease_ttl: Duration = "15m"
 
     @model_validator(mode="after")

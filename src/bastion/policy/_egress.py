@@ -162,17 +162,41 @@ def host_allows(pattern: str, target: HttpTarget) -> bool:
 def destination_allows(destination: str, target: HttpTarget) -> bool:
     """Whether a Secret's destination (a host pattern, or a URL prefix) names ``target``.
 
-    A URL prefix needs the same scheme, host and port, and a path equal to the prefix's or under
-    it (``https://a.example/v1`` covers ``/v1`` and ``/v1/chat``, not ``/v10``). Anything that
-    does not parse matches nothing.
+    A host pattern (``api.example.com``, ``*.example.com``, ``api.example.com:8443``) means
+    https only: a credential does not travel in cleartext unless the operator writes the scheme,
+    ``http://api.example.com:8080`` (``http://*.example.com`` too). A URL prefix needs the same
+    scheme, host and port, and a path equal to the prefix's or under it (``https://a.example/v1``
+    covers ``/v1`` and ``/v1/chat``, not ``/v10``), written plainly: a path that a server could
+    resolve elsewhere than it reads (a percent-encoded dot, slash, backslash or percent sign, a
+    ``.`` or ``..`` segment, a ``;`` path parameter as in ``/v1/..;/admin``) matches no prefix
+    narrower than the whole host. Anything that does not parse matches nothing.
     """
     destination = destination.strip()
-    if "://" not in destination:
-        return host_allows(destination, target)
+    scheme, sep, rest = destination.partition("://")
+    if not sep:
+        return target.scheme == "https" and host_allows(destination, target)
+    host = rest.removesuffix("/")
+    if "*" in host and "/" not in host:  # a scheme and a host pattern
+        return scheme.lower() == target.scheme and host_allows(host, target)
     prefix = parse_target(destination)
     if isinstance(prefix, str) or "?" in destination or "#" in destination:
         return False
     if (prefix.scheme, prefix.host, prefix.port) != (target.scheme, target.host, target.port):
         return False
     base = prefix.path.rstrip("/")
-    return target.path == base or target.path.startswith(base + "/") or not base
+    if not base:
+        return True
+    if not plain_path(target.path):
+        return False
+    return target.path == base or target.path.startswith(base + "/")
+
+
+_AMBIGUOUS = re.compile(r"%(2e|2f|5c|25)|;", re.IGNORECASE)
+
+
+def plain_path(path: str) -> bool:
+    """Whether ``path`` means the same to every server: no percent-encoded ``.``, ``/``, ``\\``
+    or ``%``, no ``;`` parameter, no ``.`` or ``..`` segment (servers resolve them, in any mix)."""
+    if _AMBIGUOUS.search(path):
+        return False
+    return not any(segment in (".", "..") for segment in path.split("/"))

@@ -57,6 +57,12 @@ class EchoGuard:
             f"the response of {tool!r} carried secret {name!r} back ({echo.form}); it was withheld "
             "and recorded as an incident: a destination that echoes its credential is hostile or broken"
         )
+        if not echo.verified:  # fail closed: what could not be searched is not handed over
+            reason = (
+                f"the response of {tool!r} to a call that carried secret {name!r} could not be searched "
+                f"for it within the echo check's bounds ({echo.form}); it was withheld and recorded as "
+                "an incident: ask the tool for a smaller or uncompressed response"
+            )
         return {
             "type": "policy_denied",
             "tool": tool,

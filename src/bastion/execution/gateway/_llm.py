@@ -136,10 +136,16 @@ class ModelCalls:
                 if self._refused:  # a Secret may not go where this policy points: a denial
                     refused = self._refused[0]
                     return _deny(refused.rule_id, refused.reason)
+                # A failure's text reaches the agent unredacted (no oracle): one that carries a
+                # key the call sent back is refused like an answer that does.
+                failure = exc.to_record()
+                incident = s.echoes.check(first.provider, s.secrets.injected(self._carried), failure)
+                if incident is not None:
+                    return as_denial(decision, incident), None, incident
                 models.metrics.failed(tenant=attempt.tenant_id, agent=attempt.agent)
                 span.span.set_attribute("error.type", "model_call_failed")
                 span.span.set_status(Status(StatusCode.ERROR, s.redactor.scrub_text(exc.reason)[:1024]))
-                return decision, None, exc.to_record()
+                return decision, None, failure
             span.span.set_attribute("gen_ai.provider.name", result.provider)
             span.usage(
                 input_tokens=result.usage.input_tokens,

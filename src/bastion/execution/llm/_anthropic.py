@@ -301,7 +301,7 @@ class _EventCollector:
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
-            raise BadChat(f"the stream carried an error: {str(e.get('error'))[:200]}")
+            raise BadChat("the stream carried an error")  # its text may echo the key: not quoted
 
     def reply(self) -> Reply:
         if not self.done:

@@ -246,7 +246,7 @@ class _ChunkCollector:
             raise BadChat("a streamed chunk is not a JSON object")
         data = cast(dict[str, Any], chunk)
         if isinstance(data.get("error"), dict):
-            raise BadChat(f"the stream carried an error: {str(data['error'])[:200]}")
+            raise BadChat("the stream carried an error")  # its text may echo the key: not quoted
         if isinstance(data.get("model"), str):
             self.model = data["model"]
         usage = _usage(data.get("usage"))

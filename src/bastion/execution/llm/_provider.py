@@ -48,7 +48,7 @@ class ProviderFailure(Exception):
     """One provider request failed.
 
     Args:
-        reason: what happened, safe to show (no key, no response body beyond a short excerpt).
+        reason: what happened, safe to show (no key, no text of the response body).
         retryable: a rate limit, an overload, a timeout, a broken connection, a garbled answer:
             worth another try. A refusal of the request itself (400, 401, 404) is not.
         retry_after: seconds the provider asked us to wait (429/503 ``Retry-After``).
@@ -96,9 +96,12 @@ class Provider(Protocol):
 
 
 def status_failure(status: int, body: bytes, headers: Mapping[str, str], provider: str) -> ProviderFailure:
-    excerpt = body[:300].decode("utf-8", "replace").replace("\n", " ")
+    """A failure naming the provider and the status only. The body is the provider's text, which
+    may echo the API key sent (a 401 quoting the ``Authorization`` header): it never becomes part
+    of a reason, which reaches the agent and the developer unredacted (no redaction oracle)."""
+    del body
     return ProviderFailure(
-        f"{provider} answered HTTP {status}: {excerpt}",
+        f"{provider} answered HTTP {status}",
         retryable=status in RETRYABLE_STATUS,
         status=status,
         retry_after=retry_after(headers.get("retry-after")),
