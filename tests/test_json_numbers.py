@@ -99,7 +99,8 @@ def test_every_json_body_refuses_them(tenant: Tenant) -> None:
     # the /llm endpoint's own parser is the same one, whatever the content type says
     _refused(_post(tenant, "/llm/v1/chat/completions", chat, "text/plain"), "temperature")
     with tenant.client() as client:
-        assert list(client.list("Agent")) == [] and [n["name"] for n in client.list_namespaces()] == ["default"]
+        assert list(client.list("Agent")) == []
+        assert [n["name"] for n in client.list_namespaces()] == ["default"]
 
 
 # --- the agent channel -------------------------------------------------------------------------
