@@ -330,7 +330,7 @@ class _AttemptRunner:
 
     def _standing(self) -> Standing:
         """The Agent's tier and labels now, read once per attempt: a fork, retry or resume of an
-        old run is judged as the agent is today, not as its snapshot says (see ``_standing``)."""
+        old run is judged as the agent is today, not as its snapshot says (module ``_standing``)."""
         if self.standing is None:
             run = self.run_
             self.standing = current_standing(
