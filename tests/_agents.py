@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 import time
+from collections.abc import Collection
 from typing import Any
 
 from bastion.client import BastionClient
@@ -71,11 +72,25 @@ def grant_for(agent: str, *tools: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def wait_finished(client: BastionClient, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
+def wait_finished(
+    client: BastionClient,
+    run_id: str,
+    timeout: float = 60.0,
+    *,
+    namespace: str = "default",
+    states: Collection[str] = FINISHED,
+) -> dict[str, Any]:
+    """The run once it is in one of ``states`` (finished, by default)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = client.get_run(run_id)
-        if run["state"] in FINISHED:
+        run = client.get_run(run_id, namespace=namespace)
+        if run["state"] in states:
             return run
         time.sleep(0.05)
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s: {client.get_run(run_id)}")
+    run = client.get_run(run_id, namespace=namespace)
+    raise AssertionError(f"run {run_id} did not reach {sorted(states)} in {timeout} s: {run}")
+
+
+def in_namespace(namespace: str, *docs: dict[str, Any]) -> list[dict[str, Any]]:
+    """``docs`` with ``metadata.namespace`` set."""
+    return [{**d, "metadata": {**d["metadata"], "namespace": namespace}} for d in docs]

@@ -1,5 +1,5 @@
-"""Hand-made hostile inputs that used to reach SQL and come back as 500s (shared by the API
-hardening tests and the fuzz test)."""
+"""Hand-made hostile inputs that used to reach SQL (or a JSON encoder) and come back as 500s
+(shared by the API hardening tests and the fuzz test)."""
 
 from __future__ import annotations
 
@@ -96,4 +96,20 @@ def hostile_requests(namespace: str = "default") -> list[tuple[str, str, dict[st
             {"json": {"model": "p", "messages": [{"role": "user", "content": "\u0000"}]}},
         ),
     ]
+    # Not JSON, though Python's parser reads them: NaN, the infinities, numbers beyond a float.
+    runs = f"/api/v1/namespaces/{namespace}/runs"
+    for body in (
+        '{"agent": "a", "input": {"x": NaN}}',
+        '{"agent": "a", "input": -Infinity}',
+        '{"agent": "a", "input": [1e999]}',
+        '{"agent": "a", "input": {"n": ' + "9" * 400 + ".5}}",
+    ):
+        found.append(("POST", runs, {"content": body, "headers": {"content-type": "application/json"}}))
+    for path, body in (
+        (f"{runs}/00000000-0000-0000-0000-000000000000/fork", '{"seq": 1e999}'),
+        ("/api/v1/apply", '{"documents": [{"kind": "Agent", "spec": {"limits": {"cpuSeconds": Infinity}}}]}'),
+        ("/api/v1/namespaces", '{"name": NaN}'),
+        ("/llm/v1/chat/completions", '{"model": "p", "messages": [], "temperature": NaN}'),
+    ):
+        found.append(("POST", path, {"content": body, "headers": {"content-type": "application/json"}}))
     return found

@@ -345,7 +345,8 @@ def test_a_refused_connection_is_retryable(tmp_path: Path) -> None:
 
 
 def test_http_tool_sends_arguments_as_query_or_json(server: Server, tmp_path: Path) -> None:
-    context = ctx(tmp_path, headers={"Authorization": "Bearer injected"})  # no egress: the URL is fixed
+    # the gateway hands an HTTP tool the host and port its decision judged
+    context = ctx(tmp_path, server.egress, headers={"Authorization": "Bearer injected"})
     getter = HttpTool(
         "weather", f"{server.base}/echo?units=si", "GET", {"X-Static": "1", "Authorization": "no"}
     )
@@ -357,6 +358,13 @@ def test_http_tool_sends_arguments_as_query_or_json(server: Server, tmp_path: Pa
     assert (echoed["method"], json.loads(echoed["body"])) == ("POST", {"title": "t", "tags": ["a"]})
     assert echoed["headers"]["idempotency-key"] == "run-1:7"
     assert "'q'" in fails(getter, {"q": {"nested": 1}}, context).reason
+
+
+def test_http_tool_sends_only_where_its_decision_allows(server: Server, tmp_path: Path) -> None:
+    getter = HttpTool("weather", f"{server.base}/echo", "GET")
+    for egress in ([], ["example.com"], [f"127.0.0.1:{server.port + 1}"]):
+        failure = fails(getter, {"city": "x"}, ctx(tmp_path, egress))
+        assert "is not in this grant's egress allowlist" in failure.reason, failure.reason
 
 
 def test_http_tool_refuses_bad_configuration() -> None:

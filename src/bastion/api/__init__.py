@@ -1,5 +1,6 @@
 """Resource models and manifests (DESIGN §2). No I/O happens here."""
 
+from ._json import NonFiniteNumber, parse_json
 from ._kinds import (
     IMAGE_BASES,
     KINDS,
@@ -68,6 +69,7 @@ __all__ = [
     "LinearSet",
     "MemoryScope",
     "ModelPolicy",
+    "NonFiniteNumber",
     "ObjectMeta",
     "Policy",
     "RandomIds",
@@ -92,6 +94,7 @@ __all__ = [
     "linear",
     "literal_source",
     "parse_duration",
+    "parse_json",
     "parse_selector",
     "parse_yaml",
     "resolve_kind",

@@ -33,11 +33,14 @@ class ToolInfo:
     min_tier: str = "T0"
     builtin: str | None = None
     """For ``implementation.type: builtin``, the builtin (``http.fetch`` gets egress checks)."""
+    url: str | None = None
+    """For ``implementation.type: http``, the URL the Tool requests: judged by the egress rules
+    like ``http.fetch``'s ``url`` argument (its arguments only add a query, never a host)."""
     key: str = field(init=False, repr=False, compare=False)
     """Everything a decision depends on, as one string (its hash is computed once)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", repr((self.name, self.exists, self.min_tier, self.builtin)))
+        object.__setattr__(self, "key", repr((self.name, self.exists, self.min_tier, self.builtin, self.url)))
 
     @classmethod
     def from_manifest(cls, name: str, manifest: Mapping[str, Any] | None) -> ToolInfo:
@@ -51,6 +54,7 @@ class ToolInfo:
             exists=True,
             min_tier=spec.get("minTier", "T0"),
             builtin=impl.get("name") if impl.get("type") == "builtin" else None,
+            url=str(impl.get("url", "")) if impl.get("type") == "http" else None,
         )
 
     @property

@@ -71,6 +71,9 @@ class _Plan:
     egress: tuple[PatternRule, ...]
     rego: tuple[tuple[str, Any], ...]
     fetches: bool
+    http_url: str | None
+    """An HTTP tool's URL, judged by the egress rules as ``http.fetch``'s ``url`` argument is;
+    a grant without an ``egress`` list does not restrict it (a Policy rule's ``egressAllow`` does)."""
     subject: Subject
     tool: str
 
@@ -150,7 +153,7 @@ class CompiledPolicy:
             usable = kept
         target: HttpTarget | None = None
         outside: list[Finding] | None = None
-        if plan.fetches:
+        if plan.fetches or plan.http_url is not None:
             target, usable, more, outside = self._egress(plan, usable, call)
             refused.extend(more)
         if not usable:
@@ -334,14 +337,16 @@ class CompiledPolicy:
     ) -> tuple[HttpTarget | None, Sequence[_Candidate], list[Finding], list[Finding]]:
         """The call's target; the grants whose egress list covers it; why the others do not;
         and the rules' allowlists' findings."""
-        target = parse_target(call.args.get("url"))
+        target = parse_target(call.args.get("url") if plan.fetches else plan.http_url)
         if isinstance(target, str):
+            if not plan.fetches:
+                target = target.replace("argument 'url'", f"tool {plan.tool!r}'s url", 1)
             return None, usable, [], [Finding("egress/url", "deny", target)]
         refused: list[Finding] = []
         out: list[Finding] = []
         covering: list[_Candidate] = []
         for cand in usable:
-            if allows(cand.grant.egress, target):
+            if allows(cand.grant.egress, target) or (not plan.fetches and not cand.grant.egress):
                 covering.append(cand)
             else:
                 refused.append(
@@ -468,16 +473,17 @@ class CompiledPolicy:
             static=tuple(static),
             refusals=tuple(refusals),
             candidates=tuple(candidates),
-            plain=all(c.plain for c in candidates) and not tool.fetches,
+            plain=all(c.plain for c in candidates) and not tool.fetches and tool.url is None,
             together=together,
             requirements=tuple(requirements),
             deny_grants=tuple(deny_grants),
             scanners=scanners,
             limits=tuple(sorted(limits)),
             rates=tuple(sorted((r for r in rates), key=lambda r: r[0].owner)),
-            egress=tuple(r for r in rules if r.egress) if tool.fetches else (),
+            egress=tuple(r for r in rules if r.egress) if tool.fetches or tool.url is not None else (),
             rego=c.rego,
             fetches=tool.fetches,
+            http_url=tool.url,
             subject=subject,
             tool=tool.name,
         )

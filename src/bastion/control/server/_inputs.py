@@ -1,9 +1,14 @@
-"""One check for text the database would refuse, made before any route (or SQL) sees a request.
+"""One check for input the database (or JSON) would refuse, made before any route (or SQL) sees a request.
 
 PostgreSQL refuses a NUL character in ``text`` and in ``jsonb`` (``\\u0000``), and no driver can
 encode a lone UTF-16 surrogate (``"\\ud800"`` in JSON) as UTF-8; either used to reach the store and
 come back as a 500. ``InputGuard`` refuses them in the path, the query string and JSON bodies with
 a 400 naming where they were; YAML bodies are checked after parsing (``check_value``).
+
+JSON bodies are also read as JSON is (``bastion.api.parse_json``): ``NaN``, ``Infinity`` and a
+number that overflows a float (``1e999``), which Python's parser (and so every route's) accepts,
+are a 400 naming the field, before any route runs: such a run input used to be stored, then
+fail every time it was written back out.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bastion.api import NonFiniteNumber, parse_json
 from bastion.errors import UserError
 
 from ._problems import PROBLEM_JSON
@@ -23,6 +29,9 @@ _REFUSED = re.compile("[\x00\ud800-\udfff]")
 # A JSON body can only hold a refused character as a raw NUL or an escape; the exact escapes
 # are checked by parsing, so this pre-filter only has to never miss one.
 _MAYBE_REFUSED = re.compile(rb"\x00|\\u(?:0000|[dD][89a-fA-F])")
+# NaN and the infinities are spelled out; a float overflows only with a 3-digit exponent or a
+# 200-digit mantissa (below both, it is under 1e298). Never misses one; parsing then decides.
+_MAYBE_NON_FINITE = re.compile(rb"NaN|Infinity|[eE][+-]?[0-9]{3}|[0-9]{200}")
 _MAX_DEPTH = 200
 
 
@@ -69,14 +78,28 @@ def check_request_line(scope: Scope) -> None:
             raise _refusal("query parameter", name if not refused_text(name) else None)
 
 
+def non_finite(error: NonFiniteNumber) -> UserError:
+    """The 400 for a JSON body holding NaN, an infinity or an overflowing number."""
+    return UserError(
+        f"the request body is not valid JSON: {error}",
+        field=error.path or None,
+        hint="send a finite number (NaN, Infinity and numbers beyond ±1.8e308 are not JSON), "
+        "or a string if the value is not a number",
+    )
+
+
 def check_json_body(body: bytes) -> None:
-    if _MAYBE_REFUSED.search(body) is None:
+    refused = _MAYBE_REFUSED.search(body) is not None
+    if not refused and _MAYBE_NON_FINITE.search(body) is None:
         return
     try:
-        parsed = json.loads(body)
+        parsed = parse_json(body)
+    except NonFiniteNumber as error:
+        raise non_finite(error) from None
     except (ValueError, RecursionError):
         return  # not JSON (or not ours to judge): the route's own parser answers
-    check_value(parsed, "request body")
+    if refused:
+        check_value(parsed, "request body")
 
 
 class InputGuard:

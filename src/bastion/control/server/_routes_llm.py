@@ -12,18 +12,18 @@ Errors carry both shapes a client may look for: RFC 9457 problem+json fields, an
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from bastion.api import check_name
+from bastion.api import NonFiniteNumber, check_name, parse_json
 from bastion.errors import BastionError, NotFound, PayloadTooLarge, RateLimited, ServerError, UserError
 from bastion.execution.sandbox import DENIED, INVALID, CallError
 
 from ._deps import BastionDep, PrincipalDep, require
+from ._inputs import non_finite
 from ._problems import PROBLEM_JSON
 
 router = APIRouter(prefix="/llm/v1", tags=["llm"])
@@ -70,8 +70,10 @@ async def chat_completions(request: Request, bastion: BastionDep, principal: Pri
         if len(raw) > MAX_BODY:
             raise PayloadTooLarge(f"the request body is over {MAX_BODY} bytes", field="body")
         try:
-            body: Any = json.loads(raw or b"null")
-        except ValueError as exc:
+            body: Any = parse_json(raw or b"null")
+        except NonFiniteNumber as exc:
+            raise non_finite(exc) from None
+        except (ValueError, RecursionError) as exc:
             raise UserError(f"the request body is not JSON: {exc}", field="body") from None
         if not isinstance(body, dict):
             raise UserError("the request body must be a JSON object", field="body")

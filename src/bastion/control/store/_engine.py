@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Generator
 from contextlib import contextmanager
@@ -19,6 +20,12 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _to_json(value: Any) -> str:
+    """JSON columns as the store writes them: NaN and the infinities are not JSON, so a value
+    holding one fails its statement (ValueError) instead of being stored to fail every reader."""
+    return json.dumps(value, allow_nan=False)
 
 
 def make_engine(url: str, *, pool_size: int = 20) -> Engine:
@@ -44,13 +51,20 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
             poolclass=QueuePool,
             pool_size=40,
             max_overflow=10,
+            json_serializer=_to_json,
         )
         _sqlite_setup(engine)
         return engine
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+        return create_engine(
+            parsed,
+            pool_size=pool_size,
+            max_overflow=pool_size * 2,
+            pool_pre_ping=True,
+            json_serializer=_to_json,
+        )
     raise UserError(
         f"database {backend!r} is not supported",
         field="database_url",

@@ -104,6 +104,9 @@ class Attempt:
     """The agent's earned trust tier; None: the tier its spec declares."""
     lease: EffectLease | None = None
     """Renewed and checked before each external effect; None: a fenced read instead."""
+    labels: Mapping[str, str] | None = None
+    """The Agent's labels as stored now; None: the spec's. The run engine always passes them (and
+    ``tier``): a run's spec is a snapshot a developer can start again, and grants trust both."""
 
 
 class Gateway:
@@ -161,7 +164,11 @@ class GatewaySession:
         """Calls a Policy rule refused: procedure violations (``revokeOnViolation``)."""
         self.budget = ErrorBudget.from_manifest(attempt.agent_spec)
         subject = Subject.from_manifest(attempt.agent_spec)
-        self.subject = dataclasses.replace(subject, tier=attempt.tier) if attempt.tier else subject
+        if attempt.tier is not None:
+            subject = dataclasses.replace(subject, tier=attempt.tier)
+        if attempt.labels is not None:
+            subject = dataclasses.replace(subject, labels=dict(attempt.labels))
+        self.subject = subject
         self.secrets = SecretResolver(gateway.resources, self.tenant_id, self.namespace, self.redactor)
         self.tool_manifests = {
             m["metadata"]["name"]: m

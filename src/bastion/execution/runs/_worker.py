@@ -47,6 +47,7 @@ from bastion.observe.journal import Prepared
 from bastion.policy import Attempted, RunOutcome, TrustSettings, build_handoff, evaluate_trust
 
 from ._llm_loop import run_llm_agent
+from ._standing import Standing, current_standing
 from ._states import RunState
 from ._step import HeldStepWriter, StepWriter
 from ._store import Claim, RunStore
@@ -273,6 +274,8 @@ class _AttemptRunner:
         self.session: GatewaySession | None = None
         self.writer: HeldStepWriter | None = None
         self.span: RunSpan | None = None
+        self.standing: Standing | None = None
+        """The Agent's tier and labels as stored when this attempt started (never the run's snapshot)."""
 
     # --- fencing and events, handed to the gateway ------------------------------------
 
@@ -319,6 +322,7 @@ class _AttemptRunner:
 
     def _run(self, span: RunSpan) -> None:
         run = self.run_
+        standing = self._standing()
         trust = self._trust()
         if trust.revoked:
             self._finish(RunState.REVOKED, reason=f"agent revoked: {trust.reason}")
@@ -337,6 +341,7 @@ class _AttemptRunner:
             span=span,
             tier=trust.tier,
             lease=self.lease,
+            labels=standing.labels,
         )
         # The lease clock started at the claim: renew from now on, through setup as well.
         heartbeat = threading.Thread(target=self._heartbeat, name=f"bastion-lease-{run.id[:8]}", daemon=True)
@@ -396,10 +401,20 @@ class _AttemptRunner:
             return _Outcome(RunState.REVOKED, reason, {"handoff": self._handoff(reason)})
         return _Outcome(RunState.CANCELLED, "cancelled by request")
 
+    def _standing(self) -> Standing:
+        """The Agent's tier and labels now, read once per attempt: a fork, retry or resume of an
+        old run is judged as the agent is today, not as its snapshot says (module ``_standing``)."""
+        if self.standing is None:
+            run = self.run_
+            self.standing = current_standing(
+                self.w.gateway.resources, run.tenant_id, run.namespace, run.agent
+            )
+        return self.standing
+
     def _trust(self) -> TrustState:
         """The agent's earned tier and whether it is revoked (its declared tier until a change)."""
         run = self.run_
-        declared = str(run.agent_spec["spec"].get("tier", "T0"))
+        declared = self._standing().tier
         with self.w.runs.db.read() as conn:
             return self.w.trust.state(conn, run.tenant_id, run.namespace, run.agent, declared=declared)
 
@@ -712,7 +727,7 @@ class _AttemptRunner:
         settings = self._trust_settings()
         if session is None or settings is None:
             return
-        declared = str(run.agent_spec["spec"].get("tier", "T0"))
+        declared = self._standing().tier
         trust = self.w.trust.state(conn, run.tenant_id, run.namespace, run.agent, declared=declared)
         outcome = Outcome(
             run_id=run.id,

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from bastion.api import parse_json
 from bastion.errors import LimitExceeded, RunError, SandboxError
 
 from ._base import (
@@ -56,11 +57,6 @@ _GATE = 'read -r _ && exec "$@"'
 can put it into its cgroups before it forks anything."""
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -290,7 +286,10 @@ class ChannelSandbox:
                 )
 
     def _write(self, message: dict[str, Any]) -> None:
-        view = memoryview(_ENCODER.encode(message).encode() + b"\n")
+        try:
+            view = memoryview(_ENCODER.encode(message).encode() + b"\n")
+        except ValueError as exc:  # NaN or an infinity: a failed run, not a crashed worker thread
+            raise self._protocol_error(f"the host cannot send a value that is not JSON ({exc})") from None
         try:
             while view:
                 view = view[os.write(self._write_fd, view) :]
@@ -305,7 +304,7 @@ class ChannelSandbox:
                 raise self._end(LimitExceeded("message_size", f"the agent sent a message over {limit} bytes"))
             raise self._exited()
         try:
-            message = _DECODER.decode(line.decode())
+            message = parse_json(line.decode())  # NaN, Infinity and 1e999 are not JSON either
         except (ValueError, RecursionError):
             raise self._protocol_error(f"the agent wrote a line that is not JSON: {line[:80]!r}") from None
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":  # pyright: ignore[reportUnknownMemberType]

@@ -2,9 +2,11 @@
 
 Choices that keep a request inside its grant:
 
-* **Egress.** ``http.fetch`` may reach a host only if a pattern in ``ctx.egress`` names it (see
-  ``bastion.policy.parse_target``: the one URL parser, shared with the policy engine, which judges
-  the host exactly as httpx will connect to it).
+* **Egress.** ``http.fetch`` and HTTP tools reach a host only if a pattern in ``ctx.egress`` names
+  it (see ``bastion.policy.parse_target``: the one URL parser, shared with the policy engine, which
+  judges the host exactly as httpx will connect to it). For an HTTP tool the policy judged the
+  Tool's URL and ``ctx.egress`` is that host and port: the final URL, with the arguments' query
+  added, must still be there.
 * **Secrets go only where their Secret says.** Every request, whatever built its URL, is checked
   in ``_send`` against the destinations of each Secret injected into its headers; anywhere else
   is ``SecretRefused`` before a byte leaves.
@@ -336,9 +338,10 @@ class HttpTool:
     """A ``Tool`` resource with an ``http`` implementation: a fixed URL and method.
 
     The arguments are the JSON body for POST, PUT and PATCH, or query parameters for GET and
-    DELETE (strings, numbers, booleans, or lists of them). The URL comes from an operator-written
-    resource, not from the agent, so it is not checked against the grant's egress allowlist.
-    ``headers`` are the resource's plain headers; secret-bearing ones arrive resolved in
+    DELETE (strings, numbers, booleans, or lists of them). The URL comes from the Tool resource,
+    which a developer may write: the policy judges it by the egress rules (a grant's ``egress``,
+    a Policy rule's ``egressAllow``) before the call, and the final URL is sent only to the host
+    and port that decision named (``ctx.egress``; empty refuses every request). ``headers`` are the resource's plain headers; secret-bearing ones arrive resolved in
     ``ctx.headers`` and win. Returns what ``http.fetch`` returns.
     """
 
@@ -374,5 +377,6 @@ class HttpTool:
         else:
             content = _encode_json(self.name, args, "the arguments")
             extra["Content-Type"] = "application/json"
+        _check_egress(self.name, ctx.egress, target)
         merged = _merge_headers(self.name, ctx, ("gateway defaults", extra), ("tool headers", self.headers))
         return _send(self.name, self.method, target, merged, content, ctx)
