@@ -13,6 +13,7 @@ import fcntl
 import itertools
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 from bastion.errors import SandboxError
@@ -36,6 +37,51 @@ def unreachable(path: Path) -> Path | None:
     return None
 
 
+def reap(uid: int) -> bool:
+    """Kill every process still running as ``uid``; whether none is left.
+
+    A lease is a lock its worker holds, so the kernel frees it when the worker dies; processes an
+    agent detached from its sandbox (the ``process`` backend has no pid namespace) may still run as
+    that uid. Whoever leases the uid next must not share it with them (they could ptrace or signal
+    the next tenant's agent), so every lease starts by sending SIGKILL to all of the uid's
+    processes: ``kill -9 -1`` run as that uid reaches exactly those, in one system call.
+    """
+    if os.geteuid() != 0:
+        return True  # unprivileged workers lease no uids of the host's (they run as themselves)
+    for _ in range(5):  # a process forking in the instant of the kill: once more
+        if not _running_as(uid):
+            return True
+        subprocess.run(  # a fixed command, no shell
+            ["/bin/kill", "-9", "-1"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+    return not _running_as(uid)
+
+
+def _running_as(uid: int) -> bool:
+    """Whether any process (not yet reaped zombie) has ``uid`` as its real, effective or saved uid."""
+    wanted = str(uid)
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            continue  # gone meanwhile
+        if fields.get("State", "").strip().startswith("Z"):
+            continue
+        if wanted in fields.get("Uid", "").split()[:3]:
+            return True
+    return False
+
+
 class UidLease:
     """An exclusive host uid for one sandbox: a lock on ``<dir>/<uid>.lock`` held while it lives."""
 
@@ -49,6 +95,9 @@ class UidLease:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                os.close(fd)
+                continue
+            if not reap(uid):  # an orphan of a dead sandbox we cannot end: never share its uid
                 os.close(fd)
                 continue
             self.uid, self._fd = uid, fd
