@@ -276,3 +276,25 @@ def test_operator_owned_labels_are_set_by_operators_only(tenant: Tenant) -> None
             "/api/v1/namespaces/default/agents/a", headers={"Authorization": f"Bearer {developer}"}
         )
         assert stored.json()["metadata"]["labels"] == {"app": "y", owned: "yes"}
+
+
+def test_only_an_operator_chooses_the_unisolated_process_sandbox(
+    tenant: Tenant, other_tenant: Tenant
+) -> None:
+    """``process`` shares the host's network: a developer's agent may not pick it for itself."""
+    developer, operator = tenant.key("developer"), tenant.key("operator")
+    with httpx.Client(base_url=tenant.server.url, timeout=30) as client:
+        refused = _apply(client, developer, agent("a", sandbox="process"))
+        body = assert_problem(refused, 403)
+        assert body["field"] == "spec.sandbox" and "operator" in body["hint"]
+        put = client.put(
+            "/api/v1/namespaces/default/agents/a",
+            json=agent("a", sandbox="process"),
+            headers={"Authorization": f"Bearer {developer}"},
+        )
+        assert assert_problem(put, 403)["field"] == "spec.sandbox"
+        assert _apply(client, developer, agent("a", sandbox="bwrap")).status_code == 200
+        # An operator's choice may be kept by the developer, in that namespace and tenant only.
+        assert _apply(client, operator, agent("a", sandbox="process")).status_code == 200
+        assert _apply(client, developer, agent("a", sandbox="process")).status_code == 200
+        assert_problem(_apply(client, other_tenant.key("developer"), agent("a", sandbox="process")), 403)

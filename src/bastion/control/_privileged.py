@@ -12,6 +12,9 @@ every grant an operator wrote for T4 or for that label. Two fields are therefore
   ``grants.bastion.io/pci``, …), on any kind. A developer may carry them unchanged, but may not
   add, change or remove one. Grants that should not be satisfiable by a developer's own labels
   name such keys in ``subjects.labels``; any other label key is developer-owned.
+* ``spec.sandbox: process`` of an Agent. The ``process`` backend isolates little (the host's
+  network and filesystem view): choosing it for an agent is the operator's decision, not the
+  developer's whose code it runs. A developer may keep it where an operator set it.
 
 A developer's attempt is a 403 problem+json naming the field and the fix.
 """
@@ -26,6 +29,7 @@ from .store import Principal, ResourceRow
 DEFAULT_TIER = "T0"
 OPERATOR_ROLE = "operator"
 OPERATOR_LABEL_DOMAIN = "bastion.io"
+UNISOLATED_BACKEND = "process"
 
 
 def operator_owned_label(key: str) -> bool:
@@ -62,6 +66,23 @@ def check_privileged_fields(
                 ],
             )
     if isinstance(resource, Agent):
+        sandbox = resource.spec.sandbox
+        was = existing.spec.get("sandbox") if existing is not None else None
+        if sandbox == UNISOLATED_BACKEND and was != UNISOLATED_BACKEND:
+            raise Forbidden(
+                f"{where}: role {principal.role!r} may not choose sandbox {sandbox!r}, "
+                "which shares the host's network and filesystem view",
+                field="spec.sandbox",
+                hint="leave spec.sandbox out (the worker's isolating default) or choose bwrap or gvisor; "
+                "an operator may choose 'process' for development",
+                problems=[
+                    Problem(
+                        message="sandbox 'process' needs role 'operator'",
+                        field="spec.sandbox",
+                        document=index,
+                    )
+                ],
+            )
         tier = resource.spec.tier
         current = existing.spec.get("tier", DEFAULT_TIER) if existing is not None else DEFAULT_TIER
         if _tier_index(tier) > max(_tier_index(DEFAULT_TIER), _tier_index(current)):
