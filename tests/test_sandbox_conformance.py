@@ -399,6 +399,40 @@ def check_copy_back_follows_link_chains(box: Box) -> None:
     assert key.read_text() == "host master key"
 
 
+def check_copy_back_stays_within_the_workspace_size(box: Box) -> None:
+    """Sparse files and hard links take no room in the tmpfs but their full size when copied: the
+    host gets no more than the workspace's size back, and a tree nested too deep to copy still
+    leaves no escaping link behind."""
+    sandbox, workspace, _ = box.start(
+        """
+        import os
+        def main(_):
+            for i in range(5):
+                with open(f"sparse-{i}", "wb") as f:
+                    f.truncate(50 << 20)
+            with open("block", "wb") as f:
+                f.write(b"x" * (1 << 20))
+            for i in range(40):
+                os.link("block", f"link-{i}")
+            os.symlink("/etc/shadow", "evil")
+            here = os.getcwd()
+            for _ in range(300):
+                os.mkdir("d")
+                os.chdir("d")
+            os.symlink("../" * 310 + "etc/shadow", "deep-evil")
+            os.chdir(here)
+            return "done"
+        """,
+        workspace_mib=16,
+    )
+    assert sandbox.call("run", {"entrypoint": "agent:main", "input": None}, handler=_no_requests) == "done"
+    sandbox.stop()
+    copied = sum(p.lstat().st_size for p in workspace.rglob("*") if p.is_file() and not p.is_symlink())
+    assert copied <= 16 << 20, f"{copied >> 20} MiB copied back from a 16 MiB workspace"
+    links = [p for p in workspace.rglob("*") if p.is_symlink()]
+    assert links == [], links
+
+
 def check_only_the_socket_families_an_agent_needs(box: Box) -> None:
     """AF_VSOCK is a channel to the hypervisor on a VM host; netlink and packet sockets reach the
     kernel's network configuration. Only unix sockets and loopback IPv4/IPv6 are left."""
@@ -729,6 +763,7 @@ ISOLATION: list[Callable[[Box], None]] = [
     check_no_write_outside_the_workspace,
     check_no_escape_by_symlink_or_dotdot,
     check_copy_back_follows_link_chains,
+    check_copy_back_stays_within_the_workspace_size,
     check_only_the_socket_families_an_agent_needs,
     check_no_host_paths_in_proc,
     check_no_host_processes,

@@ -37,9 +37,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _MS_NOSUID, _MS_NODEV = 0x2, 0x4
 _MNT_DETACH = 0x2
@@ -47,6 +50,9 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _COPY_CHUNK = 1024 * 1024
 _MAX_LINK_HOPS = 40
 """Links followed while resolving one path, as the kernel's ELOOP limit."""
+MAX_DEPTH = 128
+"""Directories nested deeper than this in a workspace are not copied back (an agent can nest
+thousands; copying them would exhaust the host's recursion and descriptors)."""
 
 
 def mount_tmpfs(target: Path, *, size: int, inodes: int, uid: int, gid: int, mode: int = 0o700) -> None:
@@ -138,6 +144,11 @@ class Workspace:
             return False
         return usage.f_bavail == 0 or usage.f_favail == 0
 
+    def _capacity(self) -> int:
+        """The tmpfs's size in bytes (its cap)."""
+        usage = os.statvfs(self.mountpoint)
+        return usage.f_blocks * usage.f_frsize
+
     def used_bytes(self) -> int:
         usage = os.statvfs(self.mountpoint)
         return (usage.f_blocks - usage.f_bfree) * usage.f_frsize
@@ -149,8 +160,17 @@ class Workspace:
                 source = os.open(self.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                 try:
                     _clear(self._source)
-                    _copy_tree(source, self._source, "", None, owner=None)
-                    drop_escaping_links(self._source)
+                    # What the agent wrote is bounded by the tmpfs it wrote it in, by apparent
+                    # size too: sparse files and hard links must not grow past it on the host.
+                    budget = [self._capacity(), 0]
+                    try:
+                        _copy_tree(source, self._source, "", None, owner=None, budget=budget)
+                    finally:  # a copy that broke off leaves no link that escapes either
+                        drop_escaping_links(self._source)
+                    if budget[1]:
+                        log.warning(
+                            "workspace copy-back left out %d files past the workspace's size", budget[1]
+                        )
                 finally:
                     os.close(source)
         finally:
@@ -173,13 +193,20 @@ def _copy_tree(
     seen: dict[str, tuple[int, int]] | None,
     *,
     owner: tuple[int, int] | None,
+    budget: list[int] | None = None,
+    depth: int = 0,
 ) -> None:
     """Copy directories, regular files and symlinks from the directory fd ``source`` into
-    ``target`` without following any link; with ``seen``, skip files whose (size, mtime) it has."""
+    ``target`` without following any link; with ``seen``, skip files whose (size, mtime) it has.
+    With ``budget`` (``[bytes left, files left out]``, shared by the recursive calls), a file whose
+    apparent size no longer fits is left out and counted; directories deeper than ``MAX_DEPTH``
+    are left out."""
     for entry in list(os.scandir(source)):  # read whole: a failed copy leaves no open iterator
         name, key = entry.name, prefix + entry.name
         info = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(info.st_mode):
+            if depth >= MAX_DEPTH:
+                continue
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o755, dir_fd=target)
                 if owner is not None:
@@ -191,7 +218,9 @@ def _copy_tree(
                 os.close(child_source)
                 continue  # the agent replaced the directory by something else: leave it
             try:
-                _copy_tree(child_source, child_target, key + "/", seen, owner=owner)
+                _copy_tree(
+                    child_source, child_target, key + "/", seen, owner=owner, budget=budget, depth=depth + 1
+                )
             finally:
                 os.close(child_source)
                 os.close(child_target)
@@ -199,6 +228,11 @@ def _copy_tree(
             version = (info.st_size, info.st_mtime_ns)
             if seen is not None and seen.get(key) == version:
                 continue
+            if budget is not None:
+                if info.st_size > budget[0]:
+                    budget[1] += 1  # left out: it would not fit
+                    continue
+                budget[0] -= info.st_size
             _copy_file(source, target, name, info.st_mode & 0o755, owner)
             if seen is not None:
                 seen[key] = version
