@@ -95,8 +95,12 @@ class ModelCalls:
         if self.models is None:
             return decision, None, ModelCallFailed("this Bastion has no model router").to_record()
         s, attempt, models = self.s, self.s.attempt, self.models
-        with s.g.db.read() as conn:
-            attempt.fence(conn)  # no paid call from an attempt that lost its run
+        if attempt.lease is None:
+            with s.g.db.read() as conn:
+                attempt.fence(conn)  # no paid call from an attempt that lost its run
+        else:  # as before any external effect: renewed and checked in one statement, then the margin
+            attempt.lease.renew()
+            attempt.lease.check()
         route = Route.from_spec(policy["spec"])
         spec: dict[str, Any] = attempt.agent_spec["spec"]
         budgets = budgets_for(
