@@ -114,6 +114,8 @@ def test_up_with_a_bad_database_url_says_so(tmp_path: Path) -> None:
     "module", [bastion.api, bastion.client, bastion.control, bastion.errors, bastion.secrets, bastion.testing]
 )
 def test_public_names_are_exactly_all(module: ModuleType) -> None:
+    for name in module.__all__:  # every exported name resolves (lazily imported ones included)
+        getattr(module, name)
     public = {
         name
         for name, value in vars(module).items()

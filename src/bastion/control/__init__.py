@@ -1,11 +1,12 @@
 """The control plane: settings, store, API server and the composition of it all."""
 
-from typing import TYPE_CHECKING, Any
+import typing
+from typing import Any
 
 from ._bastion import SYSTEM_TENANT, Bastion, Bootstrap
 from .settings import ClientSettings, Settings
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from .server import create_app
 
 __all__ = ["SYSTEM_TENANT", "Bastion", "Bootstrap", "ClientSettings", "Settings", "create_app"]
@@ -17,5 +18,6 @@ def __getattr__(name: str) -> Any:
     if name == "create_app":
         from .server import create_app
 
+        globals()["create_app"] = create_app  # once imported, an ordinary attribute
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
