@@ -13,7 +13,6 @@ fail every time it was written back out.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -23,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bastion.api import NonFiniteNumber, parse_json
 from bastion.errors import UserError
 
-from ._problems import PROBLEM_JSON
+from ._problems import send_problem
 
 _REFUSED = re.compile("[\x00\ud800-\udfff]")
 # A JSON body can only hold a refused character as a raw NUL or an escape; the exact escapes
@@ -115,7 +114,7 @@ class InputGuard:
         try:
             check_request_line(scope)
         except UserError as error:
-            await _send_problem(scope, send, error)
+            await send_problem(scope, send, error)
             return
         content_type = dict(scope["headers"]).get(b"content-type", b"application/json")
         if scope["method"] in {"GET", "HEAD", "OPTIONS", "DELETE"} or b"json" not in content_type.lower():
@@ -133,7 +132,7 @@ class InputGuard:
         try:
             check_json_body(body)
         except UserError as error:
-            await _send_problem(scope, send, error)
+            await send_problem(scope, send, error)
             return
         sent = False
 
@@ -145,20 +144,3 @@ class InputGuard:
             return await receive()
 
         await self.app(scope, replay, send)
-
-
-async def _send_problem(scope: Scope, send: Send, error: UserError) -> None:
-    problem = error.to_problem()
-    problem["instance"] = scope.get("path", "")
-    payload = json.dumps(problem).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", PROBLEM_JSON.encode()),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})

@@ -5,7 +5,6 @@ All are plain ASGI (not ``BaseHTTPMiddleware``) so they add no task per request.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -15,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.errors import PayloadTooLarge, ServerError
 
-from ._problems import PROBLEM_JSON
+from ._problems import send_problem
 
 log = logging.getLogger("bastion.server")
 
@@ -70,19 +69,7 @@ class BodyLimit:
             f"the request body is larger than {self.limit} bytes",
             hint="split the manifest into several applies, or raise BASTION_MAX_BODY_BYTES on the server",
         )
-        body = json.dumps({**error.to_problem(), "instance": scope["path"]}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(scope, send, error, close=True)
 
 
 class Metrics:
@@ -159,16 +146,4 @@ class CrashGuard:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if started:  # a streamed body broke off: nothing can be said any more
                 return
-            error = ServerError("the server failed; the error was logged")
-            body = json.dumps({**error.to_problem(), "instance": scope["path"]}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": error.status,
-                    "headers": [
-                        (b"content-type", PROBLEM_JSON.encode()),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_problem(scope, send, ServerError("the server failed; the error was logged"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
@@ -10,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope, Send
 
 from bastion.errors import (
     BastionError,
@@ -27,6 +29,17 @@ PROBLEM_JSON = "application/problem+json"
 
 class ProblemResponse(JSONResponse):
     media_type = PROBLEM_JSON
+
+
+async def send_problem(scope: Scope, send: Send, error: BastionError, *, close: bool = False) -> None:
+    """Answer ``error`` as problem+json straight from ASGI middleware (before or around routing);
+    ``close`` asks the client to drop the connection (a body left unread)."""
+    body = json.dumps({**error.to_problem(), "instance": scope.get("path", "")}).encode()
+    headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def problem_response(
