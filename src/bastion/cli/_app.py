@@ -34,10 +34,10 @@ app.add_typer(namespaces_app, name="namespaces")
 
 
 UrlOpt = Annotated[
-    str | None, typer.Option("--url", help="Server URL [env: BASTION_URL].", show_default=False)
+    str | None, typer.Option("--url", help="Server URL (env: BASTION_URL).", show_default=False)
 ]
 KeyOpt = Annotated[
-    str | None, typer.Option("--api-key", help="API key [env: BASTION_API_KEY].", show_default=False)
+    str | None, typer.Option("--api-key", help="API key (env: BASTION_API_KEY).", show_default=False)
 ]
 NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
 FilesOpt = Annotated[
@@ -341,36 +341,39 @@ def explain(
     run_command(body)
 
 
+HostOption = Annotated[str | None, typer.Option(help="Address to listen on (default: 127.0.0.1).")]
+PortOption = Annotated[int | None, typer.Option(help="Port (default: 8080).")]
+HomeOption = Annotated[Path | None, typer.Option(help="Data directory (env: BASTION_HOME).")]
+DatabaseOption = Annotated[str | None, typer.Option(help="Database URL (env: BASTION_DATABASE_URL).")]
+
+
+def _serve(with_worker: bool, **overrides: object) -> None:
+    from ._up import serve as serve_api
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    run_command(lambda: serve_api(given, with_worker=with_worker))
+
+
 @app.command()
 def up(
-    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 8080].")] = None,
-    home: Annotated[Path | None, typer.Option(help="Data directory [env: BASTION_HOME].")] = None,
-    database_url: Annotated[
-        str | None, typer.Option(help="Database URL [env: BASTION_DATABASE_URL].")
-    ] = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
 ) -> None:
     """Start Bastion on the embedded default (SQLite in the data directory)."""
-    from ._up import serve
-
-    overrides = {"host": host, "port": port, "home": home, "database_url": database_url}
-    run_command(lambda: serve({k: v for k, v in overrides.items() if v is not None}))
+    _serve(True, host=host, port=port, home=home, database_url=database_url)
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 8080].")] = None,
-    home: Annotated[Path | None, typer.Option(help="Data directory [env: BASTION_HOME].")] = None,
-    database_url: Annotated[
-        str | None, typer.Option(help="Database URL [env: BASTION_DATABASE_URL].")
-    ] = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
 ) -> None:
     """Serve the API only; runs are executed by `bastion worker` processes on the same database."""
-    from ._up import serve as serve_api
-
-    overrides = {"host": host, "port": port, "home": home, "database_url": database_url}
-    run_command(lambda: serve_api({k: v for k, v in overrides.items() if v is not None}, with_worker=False))
+    _serve(False, host=host, port=port, home=home, database_url=database_url)
 
 
 def main() -> None:
