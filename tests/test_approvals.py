@@ -118,6 +118,8 @@ def test_an_approved_call_runs_once_after_the_run_resumed(
         assert f"approval/{approval['id']}" in rules
         assert any("approved by key" in r["text"] and "looks fine" in r["text"] for r in call["reasons"])
         assert client.verify_run(run["id"])["ok"]
+        # Waiting is no death, and buys no more of them: the poison budget is what it was.
+        assert done["maxAttempts"] == run["maxAttempts"]
 
         state_events = [e["data"] for e in client.events(run["id"]) if e["type"] == "state"]
         assert not any("takeover" in e for e in state_events), "a resume after a decision is no takeover"

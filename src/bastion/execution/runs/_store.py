@@ -474,8 +474,9 @@ class RunStore:
     ) -> None:
         """End the claimed attempt cleanly to wait (``WaitingApproval`` or ``Suspended``), holding no
         lease and no sandbox. ``ready``: what it waits for happened already, so go straight back to
-        the queue. A suspension is not a failed attempt: the run gets one more attempt in its budget,
-        so waiting many times never turns it into a poison run."""
+        the queue. A suspension is not a death: the attempt is marked ended, so waiting many times
+        never counts towards a poison run -- nor raises the budget a poison run is judged by (a
+        run that provokes approvals must not buy itself more deaths)."""
         self.fence(conn, run.id, run.attempt, owner)
         self._ended(conn, run)
         self._set(
@@ -485,7 +486,6 @@ class RunStore:
             reason=reason,
             lease_owner=None,
             lease_expires_at=None,
-            max_attempts=runs.c.max_attempts + 1,
         )
         self.add_event(conn, run.id, "state", {"state": str(state), "attempt": run.attempt, "reason": reason})
         if ready:
