@@ -951,7 +951,9 @@ def main(input):
 
 def test_a_run_that_keeps_killing_its_workers_fails_after_three_attempts(cluster: Cluster) -> None:
     use_counting_tool(cluster, *count_agent("poison", POISON_AGENT))
-    pids = cluster.shared / "pids"
+    pids = cluster.shared / "pids"  # each attempt's agent runs under a leased uid of its own
+    pids.touch()
+    pids.chmod(0o666)
     run_id = cluster.create_run("poison", {"pids": str(pids)})
     deaths: list[int] = []
     worker = cluster.start_worker()
@@ -1002,7 +1004,9 @@ def test_a_poison_run_beside_innocent_runs_is_failed_and_they_are_not(cluster: C
     neighbours are resumed (quarantined too if they died twice in one place) and succeed."""
     cluster.tool.delay = 0.02
     use_counting_tool(cluster, *count_agent("poison", POISON_AGENT), *count_agent("busy", LOOP_AGENT))
-    pids = cluster.tmp_path / "pids"
+    pids = cluster.shared / "pids"  # each attempt's agent runs under a leased uid of its own
+    pids.touch()
+    pids.chmod(0o666)
     innocent = [cluster.create_run("busy", {"calls": 30}) for _ in range(3)]
     poison = cluster.create_run("poison", {"pids": str(pids)})
     deaths = 0
@@ -1011,6 +1015,9 @@ def test_a_poison_run_beside_innocent_runs_is_failed_and_they_are_not(cluster: C
     while not all(cluster.run(r).state.finished for r in [poison, *innocent]):
         assert time.monotonic() < deadline, f"the runs did not end\n{cluster.outputs()}"
         if worker.process.poll() is None:
+            if pids.exists() and str(worker.pid) in pids.read_text().split():
+                worker.process.send_signal(signal.SIGKILL)  # on the agent's word, as if it did it
+                worker.process.wait()
             time.sleep(0.02)
             continue
         deaths += 1
