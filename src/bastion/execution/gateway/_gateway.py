@@ -107,6 +107,9 @@ class Attempt:
     labels: Mapping[str, str] | None = None
     """The Agent's labels as stored now; None: the spec's. The run engine always passes them (and
     ``tier``): a run's spec is a snapshot a developer can start again, and grants trust both."""
+    on_live: Callable[[], None] | None = None
+    """Called once when the session has replayed the journal's last entry: the agent is past
+    everything earlier attempts did (the poison rule's evidence starts there)."""
 
 
 class Gateway:
@@ -151,6 +154,7 @@ class GatewaySession:
         """Scrubs what is stored (journal, events, records); never what goes back to the agent."""
         self.echoes = EchoGuard()
         self.recorded: dict[int, Entry] = {e.seq: e for e in gateway.journal.entries(attempt.run_id)}
+        self._frontier = max(self.recorded, default=0)
         self.seq = 0
         self.head = GENESIS
         self.calls_by_grant: dict[str, int] = {}
@@ -253,6 +257,8 @@ class GatewaySession:
             )
         self.seq, self.head = seq, recorded.hash
         self.g.metrics.replayed.labels(kind).inc()
+        if seq == self._frontier and self.attempt.on_live is not None:
+            self.attempt.on_live()
         reasons = recorded.reasons
         rule_ids = tuple(str(r.get("rule", "")) for r in reasons)
         if kind == "tool":
