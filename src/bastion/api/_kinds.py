@@ -193,6 +193,55 @@ class Agent(Resource):
 
 # --- Tool -------------------------------------------------------------------------------------
 
+ToolEffect = Literal["write", "external", "payment"]
+ProvenanceSource = Literal["input", "trusted", "untrusted", "agent"]
+"""Where a value an agent sends can come from: ``input`` (the run's input, from whoever started the
+run), ``trusted`` (a result of a Tool with ``trusted: true``), ``untrusted`` (any other tool's
+result), ``agent`` (found in none of these: the agent's or its model's own text)."""
+_PATH_SEGMENT = re.compile(r"[^.\s]{1,128}")
+
+
+def _check_path(path: str) -> str:
+    if path in ("", "*"):
+        return path
+    segments = path.split(".")
+    if len(segments) > 16 or not all(_PATH_SEGMENT.fullmatch(s) for s in segments):
+        raise ValueError(
+            f"{path!r} is not an argument path: write top-level and nested keys joined by dots, "
+            "'*' for any key or list item (e.g. 'recipient', 'payee.iban', 'lines.*.iban'), "
+            "or '' for every argument"
+        )
+    return path
+
+
+ArgumentPath = Annotated[str, Field(max_length=1024), AfterValidator(_check_path)]
+
+
+class ProvenanceRequirement(Model):
+    """Where the values at some argument paths may come from (``from``), with values always
+    accepted (``allow``)."""
+
+    paths: list[ArgumentPath] = Field(default_factory=lambda: [""], min_length=1, max_length=64)
+    """Argument paths (``recipient``, ``payee.iban``, ``lines.*.iban``; ``''``: every argument).
+    Every string at a path, and what percent-encoding, base64 or JSON in it hides, is checked."""
+    from_: Annotated[list[ProvenanceSource], Field(alias="from", min_length=1)] = Field(
+        default_factory=lambda: list[ProvenanceSource](("input", "trusted", "agent"))
+    )
+    """The sources a value may come from; a value that holds data from any other source fails.
+    ``[input]``: the value must be in the run's input. Default: anything but untrusted data."""
+    allow: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list[str], max_length=1000
+    )
+    """Values accepted whatever their source (compared normalized: case, whitespace, Unicode forms)."""
+    action: Literal["deny", "require_approval"] = "deny"
+    """What a failing call gets: refused, or held for a person."""
+
+    @model_validator(mode="after")
+    def _sources_unique(self) -> ProvenanceRequirement:
+        if len(set(self.from_)) != len(self.from_):
+            raise ValueError("'from' lists a source twice")
+        return self
+
 
 class BuiltinImpl(Model):
     type: Literal["builtin"]
@@ -236,6 +285,15 @@ class ToolSpec(Model):
     min_tier: Tier = "T0"
     secrets: list[Name] = Field(default_factory=list[str])
     """Secrets the gateway may inject into this tool's requests."""
+    effect: ToolEffect | None = None
+    """What a call does beyond reading: ``write`` (changes data), ``external`` (reaches someone
+    outside, e.g. sends a message), ``payment`` (moves money). A tool that declares one is
+    *consequential*: Policy rules with ``provenance.effects`` hold its arguments to where their
+    values came from. Unset: a read."""
+    trusted: bool = False
+    """Its results are trusted data: values the agent takes from them do not carry the
+    ``untrusted`` label (see ``provenance`` in ToolGrants and Policy rules). Operator-owned: a
+    developer's write that sets or changes it is refused, since a trusted tool launders values."""
 
 
 class Tool(Resource):
@@ -305,6 +363,12 @@ class ToolGrantSpec(Model):
     min_tier: Tier = "T0"
     expires_at: datetime | None = None
     """After this instant the grant matches nothing."""
+    require_provenance: dict[ToolName, list[ProvenanceRequirement]] = Field(
+        default_factory=dict[str, list[ProvenanceRequirement]]
+    )
+    """Per tool, where its arguments' values may come from (the run's input, trusted tools, an
+    allowlist): a call whose arguments fail is denied (or held for approval), whatever other
+    grants allow, like ``requireArguments``."""
 
     @model_validator(mode="after")
     def _requirements_allow(self) -> ToolGrantSpec:
@@ -316,6 +380,15 @@ class ToolGrantSpec(Model):
         if stray:
             raise ValueError(
                 f"requireArguments names tools the grant does not list in tools: {', '.join(stray)}"
+            )
+        if self.require_provenance and self.effect == "deny":
+            raise ValueError(
+                "requireProvenance applies to allowing grants; a deny grant denies every call already"
+            )
+        stray = sorted(set(self.require_provenance) - set(self.tools))
+        if stray:
+            raise ValueError(
+                f"requireProvenance names tools the grant does not list in tools: {', '.join(stray)}"
             )
         return self
 
@@ -483,6 +556,23 @@ class BlockedPattern(Model):
         return self
 
 
+class ProvenanceRule(Model):
+    effects: list[ToolEffect] = Field(default_factory=list[ToolEffect])
+    """Only tools whose Tool declares one of these ``effect``s (consequential tools); empty: every
+    tool the rule's ``tools`` cover."""
+    paths: list[ArgumentPath] = Field(default_factory=lambda: [""], min_length=1, max_length=64)
+    """Argument paths checked (``''``: every argument)."""
+    from_: Annotated[list[ProvenanceSource], Field(alias="from", min_length=1)] = Field(
+        default_factory=lambda: list[ProvenanceSource](("input", "trusted", "agent"))
+    )
+    """The sources a value may come from. Default: anything but untrusted data (the
+    "trusted action" rule of information-flow control)."""
+    allow: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list[str], max_length=1000
+    )
+    """Values accepted whatever their source."""
+
+
 class PolicyRule(Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")]
     description: str = ""
@@ -498,6 +588,15 @@ class PolicyRule(Model):
     """Hosts ``http.fetch`` may reach (globs)."""
     rate_limit: RateLimit | None = None
     """Calls to this rule's tools allowed per window, per agent or per tenant."""
+    provenance: ProvenanceRule | None = None
+    """Where the arguments of the tools this rule covers may come from; the rule's ``action``
+    (deny or require_approval) applies to a call that fails."""
+
+    @model_validator(mode="after")
+    def _provenance_action(self) -> PolicyRule:
+        if self.provenance is not None and self.action == "redact":
+            raise ValueError("a provenance rule cannot redact: set action to deny or require_approval")
+        return self
 
 
 PiiEntity = Literal[

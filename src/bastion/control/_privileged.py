@@ -12,6 +12,11 @@ every grant an operator wrote for T4 or for that label. Two fields are therefore
   ``grants.bastion.io/pci``, …), on any kind. A developer may carry them unchanged, but may not
   add, change or remove one. Grants that should not be satisfiable by a developer's own labels
   name such keys in ``subjects.labels``; any other label key is developer-owned.
+* ``spec.trusted`` of a Tool: a trusted tool's results carry no ``untrusted`` provenance label,
+  so a developer who could declare one could launder any value an injected document holds into a
+  consequential call. A developer may keep ``true`` where an operator set it, or clear it.
+* ``spec.effect`` of a Tool, once set: it makes the tool *consequential* for Policy rules, so a
+  developer may add one but not remove or change one an operator's rules rely on.
 * ``spec.sandbox: process`` of an Agent. The ``process`` backend isolates little (the host's
   network and filesystem view): choosing it for an agent is the operator's decision, not the
   developer's whose code it runs. A developer may keep it where an operator set it.
@@ -21,7 +26,7 @@ A developer's attempt is a 403 problem+json naming the field and the fix.
 
 from __future__ import annotations
 
-from bastion.api import TIERS, Agent, Resource
+from bastion.api import TIERS, Agent, Resource, Tool
 from bastion.errors import Forbidden, Problem
 
 from .store import Principal, ResourceRow
@@ -65,6 +70,8 @@ def check_privileged_fields(
                     Problem(message="operator-owned label", field=f"metadata.labels.{key}", document=index)
                 ],
             )
+    if isinstance(resource, Tool):
+        _check_tool(principal, index, resource, existing, where)
     if isinstance(resource, Agent):
         sandbox = resource.spec.sandbox
         was = existing.spec.get("sandbox") if existing is not None else None
@@ -94,3 +101,28 @@ def check_privileged_fields(
                 "(`bastion trust promote`, or an operator's apply)",
                 problems=[Problem(message="tier needs role 'operator'", field="spec.tier", document=index)],
             )
+
+
+def _check_tool(
+    principal: Principal, index: int, tool: Tool, existing: ResourceRow | None, where: str
+) -> None:
+    was_trusted = bool(existing.spec.get("trusted", False)) if existing is not None else False
+    if tool.spec.trusted and not was_trusted:
+        raise Forbidden(
+            f"{where}: role {principal.role!r} may not declare the tool trusted: a trusted tool's "
+            "results carry no 'untrusted' provenance label",
+            field="spec.trusted",
+            hint="leave spec.trusted out (false) and ask an operator to declare the tool trusted",
+            problems=[Problem(message="trusted needs role 'operator'", field="spec.trusted", document=index)],
+        )
+    was_effect = existing.spec.get("effect") if existing is not None else None
+    if was_effect is not None and tool.spec.effect != was_effect:
+        raise Forbidden(
+            f"{where}: role {principal.role!r} may not change the tool's effect {was_effect!r} "
+            f"to {tool.spec.effect!r}: Policy rules for consequential tools rely on it",
+            field="spec.effect",
+            hint=f"keep spec.effect: {was_effect} and ask an operator to change it",
+            problems=[
+                Problem(message="changing effect needs role 'operator'", field="spec.effect", document=index)
+            ],
+        )

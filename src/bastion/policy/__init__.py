@@ -14,6 +14,7 @@ from ._engine import CompiledPolicy, compile_policy, rego_input
 from ._grants import TIERS, Subject, tier_rank
 from ._normalize import normalize
 from ._probes import BENIGN, EVASION_PROBES, PROBE_PATTERNS
+from ._provenance import Origin, ProvenanceCheck, ProvenanceIndex, significant
 from ._trust import (
     Attempted,
     BudgetVerdict,
@@ -48,6 +49,9 @@ __all__ = [
     "Finding",
     "Handoff",
     "HttpTarget",
+    "Origin",
+    "ProvenanceCheck",
+    "ProvenanceIndex",
     "RateLimitRef",
     "RecordedCall",
     "RunOutcome",
@@ -70,5 +74,6 @@ __all__ = [
     "policy_version",
     "rego_input",
     "rejudge",
+    "significant",
     "tier_rank",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from ._decision import RateLimitRef
 from ._grants import Subject
+from ._provenance import ProvenanceIndex
 
 WindowCount = Callable[[RateLimitRef], int]
 """Calls already counted against a rate limit within its window (per agent or per tenant)."""
@@ -36,11 +37,15 @@ class ToolInfo:
     url: str | None = None
     """For ``implementation.type: http``, the URL the Tool requests: judged by the egress rules
     like ``http.fetch``'s ``url`` argument (its arguments only add a query, never a host)."""
+    effect: str | None = None
+    """``spec.effect``: ``write``, ``external`` or ``payment`` for a consequential tool."""
     key: str = field(init=False, repr=False, compare=False)
     """Everything a decision depends on, as one string (its hash is computed once)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", repr((self.name, self.exists, self.min_tier, self.builtin, self.url)))
+        object.__setattr__(
+            self, "key", repr((self.name, self.exists, self.min_tier, self.builtin, self.url, self.effect))
+        )
 
     @classmethod
     def from_manifest(cls, name: str, manifest: Mapping[str, Any] | None) -> ToolInfo:
@@ -55,6 +60,7 @@ class ToolInfo:
             min_tier=spec.get("minTier", "T0"),
             builtin=impl.get("name") if impl.get("type") == "builtin" else None,
             url=str(impl.get("url", "")) if impl.get("type") == "http" else None,
+            effect=spec.get("effect"),
         )
 
     @property
@@ -89,3 +95,6 @@ class CallContext:
     args: Mapping[str, Any]
     now: datetime
     counters: Counters = NO_COUNTERS
+    provenance: ProvenanceIndex | None = None
+    """Where the values the run's agent was handed came from; None: not known (a requirement
+    on provenance then denies)."""

@@ -28,6 +28,7 @@ from bastion.errors import InvalidManifest, Problem
 from ._confusables import table as confusables_table
 from ._decision import RateLimitRef
 from ._normalize import Decoding, warm
+from ._provenance import ProvenanceCheck
 from ._rego import RegoModule
 from ._scan import BlockedRule, Scanner, pattern_source
 
@@ -58,6 +59,10 @@ class GrantRule:
     arg_patterns: Mapping[str, tuple[tuple[str, LinearRegex], ...]]
     requirements: Mapping[str, Draft202012Validator]
     """Per tool, the ``requireArguments`` schema: a call that fails it is denied."""
+    provenance: Mapping[str, tuple[ProvenanceCheck, ...]] = field(
+        default_factory=dict[str, tuple[ProvenanceCheck, ...]]
+    )
+    """Per tool, the ``requireProvenance`` requirements (deny unless, like ``requirements``)."""
 
     def names(self, name: str, labels: Mapping[str, str], tier: str) -> bool:
         by_labels = bool(self.labels) and all(labels.get(k) == v for k, v in self.labels)
@@ -76,6 +81,7 @@ class PatternRule:
     patterns: tuple[tuple[BlockedRule, frozenset[Decoding]], ...]
     egress: tuple[str, ...]
     rate: tuple[RateLimitRef, int] | None
+    provenance: ProvenanceCheck | None = None
 
     def covers(self, tool: str | None) -> bool:
         if not self.tools:
@@ -261,6 +267,22 @@ def _grant(grant: ToolGrant) -> GrantRule:
             for tool, patterns in spec.argument_patterns.items()
         },
         requirements={tool: schema_validator(schema) for tool, schema in spec.require_arguments.items()},
+        provenance={
+            tool: tuple(
+                ProvenanceCheck.build(
+                    rule_id=f"grant/{name}/requireProvenance",
+                    owner=f"grant {name!r}",
+                    paths=req.paths,
+                    sources=req.from_,
+                    allow=req.allow,
+                    action=req.action,
+                    expires_ts=expires.timestamp() if expires is not None else None,
+                )
+                for req in reqs
+            )
+            for tool, reqs in spec.require_provenance.items()
+            if reqs
+        },
     )
 
 
@@ -288,4 +310,15 @@ def _rule(policy: str, rule: Any) -> PatternRule:
         patterns=tuple(patterns),
         egress=tuple(rule.egress_allow),
         rate=rate,
+        provenance=None
+        if rule.provenance is None
+        else ProvenanceCheck.build(
+            rule_id=rule_id,
+            owner=f"rule {rule_id!r}",
+            paths=rule.provenance.paths,
+            sources=rule.provenance.from_,
+            allow=rule.provenance.allow,
+            action=rule.action,
+            effects=rule.provenance.effects,
+        ),
     )

@@ -34,6 +34,7 @@ from ._decision import Decision, Finding, RateLimitRef, combine
 from ._egress import HttpTarget, allows, parse_target
 from ._grants import Subject, tier_rank
 from ._pii import Detection, detect, redact
+from ._provenance import ProvenanceCheck
 from ._scan import Scanner
 
 _PLAN_CACHE = 8192
@@ -64,6 +65,9 @@ class _Plan:
     requirements: tuple[GrantRule, ...]
     """Grants whose ``requireArguments`` covers this tool (deny unless)."""
     deny_grants: tuple[GrantRule, ...]
+    provenance: tuple[ProvenanceCheck, ...]
+    """Requirements on where the arguments came from: grants' ``requireProvenance`` and rules'
+    ``provenance`` that cover this tool."""
     scanners: tuple[tuple[Scanner, str, tuple[str, ...]], ...]
     """(scanner, action, rule ids) for the argument patterns that cover this tool."""
     limits: tuple[tuple[str, Literal["calls", "tokens"], int], ...]
@@ -173,7 +177,14 @@ class CompiledPolicy:
             if scanner.scan(args):
                 findings = findings or []
                 findings.extend(self._pattern_findings(scanner, action, rule_ids, args))
-        if plan.limits or plan.rates or plan.deny_grants or plan.static or plan.requirements:
+        if (
+            plan.limits
+            or plan.rates
+            or plan.deny_grants
+            or plan.static
+            or plan.requirements
+            or plan.provenance
+        ):
             more = self._dynamic(plan, call)
             if more:
                 findings = (findings or []) + more
@@ -321,6 +332,12 @@ class CompiledPolicy:
                             f"requireArguments schema{fault}; denied",
                         )
                     )
+        for check in plan.provenance:
+            if check.expires_ts is None or _ts(call) < check.expires_ts:
+                fault = check.fault(call.args, call.provenance)
+                if fault is not None:
+                    verb = "held for approval" if check.action == "require_approval" else "denied"
+                    out.append(Finding(check.rule_id, check.action, f"{fault}; {verb}"))
         for grant in plan.deny_grants:
             if grant.expires_ts is None or _ts(call) < grant.expires_ts:
                 out.append(
@@ -404,6 +421,13 @@ class CompiledPolicy:
         candidates: list[_Candidate] = []
         deny_grants: list[GrantRule] = []
         requirements: list[GrantRule] = []
+        provenance: list[ProvenanceCheck] = [
+            r.provenance
+            for r in c.rules
+            if r.provenance is not None
+            and r.covers(tool.name)
+            and (not r.provenance.effects or tool.effect in r.provenance.effects)
+        ]
         rules = [r for r in c.rules if "arguments" in r.applies_to and r.covers(tool.name)]
         rates = [r.rate for r in rules if r.rate is not None]
         for grant in c.grants:
@@ -414,6 +438,7 @@ class CompiledPolicy:
                 continue
             if tool.name in grant.requirements:
                 requirements.append(grant)
+            provenance.extend(grant.provenance.get(tool.name, ()))
             if tier_rank(subject.tier) < tier_rank(grant.min_tier):
                 refusals.append(
                     Finding(
@@ -477,6 +502,7 @@ class CompiledPolicy:
             together=together,
             requirements=tuple(requirements),
             deny_grants=tuple(deny_grants),
+            provenance=tuple(provenance),
             scanners=scanners,
             limits=tuple(sorted(limits)),
             rates=tuple(sorted((r for r in rates), key=lambda r: r[0].owner)),

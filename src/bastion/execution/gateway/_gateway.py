@@ -43,6 +43,7 @@ from ._echo import EchoGuard, as_denial
 from ._llm import ModelCalls
 from ._metrics import GatewayMetrics
 from ._policy import PolicyCache, RateWindows, parameters_fault
+from ._provenance import RunLabels
 from ._resources import ResourceReader
 from ._scrub import Redactor
 from ._secrets import SecretResolver
@@ -107,6 +108,8 @@ class Attempt:
     labels: Mapping[str, str] | None = None
     """The Agent's labels as stored now; None: the spec's. The run engine always passes them (and
     ``tier``): a run's spec is a snapshot a developer can start again, and grants trust both."""
+    input: Any = None
+    """The run's input: its values are labeled ``input`` (the user's) for provenance rules."""
     on_live: Callable[[], None] | None = None
     """Called once when the session has replayed the journal's last entry: the agent is past
     everything earlier attempts did (the poison rule's evidence starts there)."""
@@ -183,6 +186,8 @@ class GatewaySession:
         self._tool_infos: dict[str, ToolInfo] = {}
         self.model_calls = ModelCalls(self, gateway.models)
         self.model_calls.preload()
+        self.labels = RunLabels(attempt.input, self.tool_manifests)
+        """Where each value handed to the agent came from, rebuilt from the journal on replay."""
 
     @property
     def journal_head(self) -> tuple[int, str]:
@@ -262,6 +267,14 @@ class GatewaySession:
         reasons = recorded.reasons
         rule_ids = tuple(str(r.get("rule", "")) for r in reasons)
         if kind == "tool":
+            self.labels.handed(
+                seq,
+                str(request["params"].get("name", "")),
+                recorded.decision,
+                rule_ids,
+                self.g.journal.resolve(recorded.response),
+                recorded.error,
+            )
             # A call refused at execution (a Secret's destination, an echo) was counted live too.
             executed = any(r.startswith("secret/") for r in rule_ids)
             if recorded.decision in ("allow", "redact") or executed:
@@ -327,6 +340,9 @@ class GatewaySession:
         if decision.version:
             for reason in reasons:  # the policy version that made the decision, journaled beside it
                 reason["policy"] = decision.version
+        trusted = self.labels.trusted_reason(str(request["params"].get("name"))) if kind == "tool" else None
+        if trusted is not None:
+            reasons.append(trusted)
         attempt = self.attempt
         prepared = self.g.journal.prepare(
             run_id=attempt.run_id,
@@ -367,6 +383,8 @@ class GatewaySession:
         span.outcome(decision.effect, stored_error)  # spans are exported: scrubbed too
         if kind == "tool":
             name = str(request["params"].get("name", ""))
+            rules = [r["rule"] for r in reasons]
+            self.labels.handed(seq, name, decision.effect, rules, stored, stored_error)
             self._account(seq, name, decision.effect, decision.rule_ids, list(decision.reasons), error)
             self._check_budget(seq)
         return self._answer(self._shaped(kind, request, value), error)
@@ -483,6 +501,7 @@ class GatewaySession:
             args=cast(dict[str, Any], args),
             now=now,
             counters=counters,
+            provenance=self.labels.index,
         )
         decision = policy.decide(call)
         if decision.effect == "require_approval":  # the shortest timeout of the grants that ask

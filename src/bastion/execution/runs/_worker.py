@@ -342,6 +342,7 @@ class _AttemptRunner:
             tier=trust.tier,
             lease=self.lease,
             labels=standing.labels,
+            input=run.input,
             on_live=self._went_live,
         )
         # The lease clock started at the claim: renew from now on, through setup as well.

@@ -1,0 +1,53 @@
+"""A run's provenance labels, derived from its journal (``bastion.policy._provenance``).
+
+The session labels what it hands its agent: the run's input, and each delivered tool result
+with its seq, its tool and whether the tool is trusted. A resumed attempt rebuilds the same
+labels from the journaled responses it replays, never from process memory: whether a result
+was trusted is journaled with the call itself (a reason ``provenance/trusted``), so an operator
+who declares a tool trusted later does not launder what it returned earlier, and one who takes
+the declaration back does not taint it. Model outputs carry no label of their own: what an
+agent's model repeats from a result is recognised as that result's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bastion.policy import ProvenanceIndex
+
+TRUSTED = "provenance/trusted"
+"""The rule id journaled beside a call whose result is labeled trusted."""
+_DELIVERED = ("allow", "redact")
+
+
+class RunLabels:
+    def __init__(self, run_input: Any, tools: Mapping[str, Mapping[str, Any]]) -> None:
+        self.index = ProvenanceIndex()
+        self.index.set_input(run_input)
+        self._tools = tools
+
+    def trusted_reason(self, tool: str) -> dict[str, str] | None:
+        """The reason journaled with a call to ``tool`` when its Tool (of this tenant and
+        namespace: the session's own manifests) is declared trusted."""
+        manifest = self._tools.get(tool)
+        if manifest is None or not manifest.get("spec", {}).get("trusted", False):
+            return None
+        return {"rule": TRUSTED, "text": f"tool {tool!r} is declared trusted: its result is labeled trusted"}
+
+    def handed(
+        self,
+        seq: int,
+        tool: str,
+        effect: str,
+        rule_ids: Sequence[str],
+        response: Any,
+        error: Mapping[str, Any] | None,
+    ) -> None:
+        """Label what a journaled tool call handed the agent (live and on replay alike)."""
+        trusted = TRUSTED in rule_ids
+        if effect in _DELIVERED and response is not None:
+            self.index.add(response, seq=seq, tool=tool, trusted=trusted)
+        if error is not None and error.get("type") == "tool_call_failed":
+            # A failure's reason can carry what the tool's server said: untrusted text too.
+            self.index.add(dict(error), seq=seq, tool=tool, trusted=False)
