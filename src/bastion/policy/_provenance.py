@@ -57,10 +57,13 @@ MIN_LEAF = 6
 MAX_GRAMS = 500_000
 """Grams kept per run (about 4 MB of significant result text); past it, fail closed."""
 MAX_INPUT_GRAMS = 200_000
+MEMO_SIZE = 4096
 DECODE: frozenset[Decoding] = frozenset(("percent", "base64"))
 _NON_ALNUM = re.compile(r"[\W_]+")
 _B64_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 """A base64-shaped word inside text (the policy's decoding reads whole strings only)."""
+_B64_LOOSE = re.compile(r"[A-Za-z0-9+/_=\s-]+")
+"""Text that could be base64 once its whitespace is removed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +107,17 @@ def _texts(value: Any) -> Iterator[str]:
     """Every string in ``value`` and what its encodings hide; numbers as their JSON text."""
     if isinstance(value, bool) or value is None:
         return
-    if isinstance(value, int | float):
+    if isinstance(value, int):
+        yield str(value)
+        return
+    if isinstance(value, float):
         yield json.dumps(value)
         return
-    for item in strings(value, DECODE):
+    if isinstance(value, str) and not _may_hide(value):
+        found: Iterator[str] = iter((value,))  # what ``strings`` would yield, without its walk
+    else:
+        found = strings(value, DECODE)
+    for item in found:
         yield item
         if len(item) > 16 and not _B64_TOKEN.fullmatch(item):
             for token in _B64_TOKEN.finditer(item):
@@ -122,8 +132,22 @@ def _texts(value: Any) -> Iterator[str]:
                 stack.extend(cast(dict[Any, Any], item).values())
             elif isinstance(item, list):
                 stack.extend(cast(list[Any], item))
-            elif isinstance(item, int | float) and not isinstance(item, bool):
+            elif isinstance(item, int) and not isinstance(item, bool):
+                yield str(item)
+            elif isinstance(item, float):
                 yield json.dumps(item)
+
+
+def _may_hide(text: str) -> bool:
+    """Whether ``strings`` could find anything inside ``text`` (JSON, percent-encoding, base64,
+    a ``data:`` URI); False only when it certainly finds nothing."""
+    return (
+        text.lstrip()[:1] in ("{", "[", '"')
+        or "%" in text
+        or "+" in text
+        or (len(text) >= 8 and _B64_LOOSE.fullmatch(text) is not None)
+        or "ata:" in text.lower()
+    )
 
 
 class ProvenanceIndex:
@@ -132,12 +156,17 @@ class ProvenanceIndex:
     def __init__(self, *, max_grams: int = MAX_GRAMS) -> None:
         self.max_grams = max_grams
         self.origins: list[Origin] = []
-        self._grams: tuple[dict[int, int], dict[int, int]] = ({}, {})
-        """(untrusted, trusted): hash of a kept gram -> index of its first origin."""
+        self._grams: dict[int, int] = {}
+        """Hash of a kept gram -> index of its first origin."""
+        self._also: dict[int, int] = {}
+        """The same, for a gram also seen from the other of trusted and untrusted (rare)."""
         self._leaves: tuple[dict[int, int], dict[int, int]] = ({}, {})
         self._input = ""
         self._input_grams: set[int] = set()
         self._pending: list[tuple[Any, int]] = []
+        self._memo: dict[str, frozenset[Origin]] = {}
+        """Labels of strings already placed, until the next result is indexed (a run's calls
+        repeat their values: the user's IBAN, a memo; a decision checks one under two rules)."""
         self.kept = 0
         self.overflow: Origin | None = None
         """The first result that could not be indexed; every unplaced string then carries it."""
@@ -164,6 +193,7 @@ class ProvenanceIndex:
 
     def _index(self) -> None:
         pending, self._pending = self._pending, []
+        self._memo.clear()
         for value, at in pending:
             try:
                 self._index_one(value, at)
@@ -172,9 +202,10 @@ class ProvenanceIndex:
                 self.overflow = self.overflow or Origin("untrusted", origin.seq, origin.tool)
 
     def _index_one(self, value: Any, at: int) -> None:
-        origin = self.origins[at]
-        side = 1 if origin.source == "trusted" else 0
-        grams, leaves = self._grams[side], self._leaves[side]
+        origins = self.origins
+        origin = origins[at]
+        leaves = self._leaves[1 if origin.source == "trusted" else 0]
+        grams, also = self._grams, self._also
         for text in _texts(value):
             sig = significant(text)
             if len(sig) < MIN_LEAF:
@@ -184,8 +215,11 @@ class ProvenanceIndex:
                 continue
             last = len(sig) - GRAM
             for i in (*range(0, last + 1, STRIDE), last) if last >= 0 else ():
-                grams.setdefault(hash(sig[i : i + GRAM]), at)
-            self.kept = len(self._grams[0]) + len(self._grams[1])
+                h = hash(sig[i : i + GRAM])
+                first = grams.setdefault(h, at)
+                if first != at and origins[first].source != origin.source:
+                    also.setdefault(h, at)
+            self.kept = len(grams) + len(also)
             if self.kept > self.max_grams:
                 self.overflow = Origin("untrusted", origin.seq, origin.tool)
 
@@ -195,10 +229,24 @@ class ProvenanceIndex:
         """Where the data in ``value`` came from (sorted; ``AGENT`` alone when nowhere)."""
         if self._pending:
             self._index()
+        memo = self._memo
+        if isinstance(value, str):
+            known = memo.get(value)
+            if known is None:
+                known = self._labels(value)
+                if len(memo) >= MEMO_SIZE:
+                    memo.clear()
+                memo[value] = known
+            found = known
+        else:
+            found = self._labels(value)
+        return tuple(sorted(found, key=_order)) if found else (AGENT,)
+
+    def _labels(self, value: Any) -> frozenset[Origin]:
         found: set[Origin] = set()
         for text in _texts(value):
             found.update(self._place(significant(text)))
-        return tuple(sorted(found, key=_order)) if found else (AGENT,)
+        return frozenset(found)
 
     def _place(self, sig: str) -> set[Origin]:
         if not sig:
@@ -214,18 +262,16 @@ class ProvenanceIndex:
                 if at is not None:
                     out.add(origins[at])
         if len(sig) >= GRAM:
-            untrusted, trusted = self._grams
-            inputs = self._input_grams
+            grams, also, inputs = self._grams, self._also, self._input_grams
             for i in range(len(sig) - GRAM + 1):
                 h = hash(sig[i : i + GRAM])
-                if h in inputs:
+                at = grams.get(h)
+                if at is None or h in inputs:
                     continue
-                at = untrusted.get(h)
-                if at is not None:
-                    out.add(origins[at])
-                at = trusted.get(h)
-                if at is not None:
-                    out.add(origins[at])
+                out.add(origins[at])
+                more = also.get(h)
+                if more is not None:
+                    out.add(origins[more])
         if not out and self.overflow is not None and len(sig) >= MIN_LEAF:
             out.add(self.overflow)
         return out
@@ -260,6 +306,8 @@ class ProvenanceCheck:
     effects: frozenset[str] = frozenset()
     """For a rule: only tools declaring one of these effects (empty: every tool it covers)."""
     expires_ts: float | None = None
+    wanted: str = ""
+    """The sources, as the reasons name them."""
 
     @classmethod
     def build(
@@ -283,12 +331,13 @@ class ProvenanceCheck:
             action="require_approval" if action == "require_approval" else "deny",
             effects=frozenset(effects),
             expires_ts=expires_ts,
+            wanted=", ".join(s for s in SOURCES if s in sources),
         )
 
     def fault(self, args: Mapping[str, Any], index: ProvenanceIndex | None) -> str | None:
         """Why ``args`` fail this requirement (naming the argument, the source, the seq and the
         tool its data came from), or None."""
-        wanted = ", ".join(s for s in SOURCES if s in self.sources)
+        wanted = self.wanted
         for steps in self.paths or ((),):
             for where, value in _select(args, steps):
                 if isinstance(value, str) and self.allow and significant(value) in self.allow:
