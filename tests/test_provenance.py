@@ -283,3 +283,45 @@ def test_new_fields_are_validated_with_the_field_and_the_fix(
     with pytest.raises(ValueError, match=None) as caught:
         kind.model_validate(manifest)
     assert where in str(caught.value)
+
+
+# --- Rego sees the run's input, its results as digests and labels, and each argument's source ----
+
+REGO = """
+package bastion
+import rego.v1
+default allow := false
+allow if {
+  input.run.input.task != ""
+  count(input.run.results) == 1
+  startswith(input.run.results[0].digest, "sha256:")
+  not tainted
+}
+tainted if {
+  some o in input.provenance.recipient
+  o.source == "untrusted"
+}
+reasons contains sprintf("recipient came from seq %d (%s)", [o.seq, o.tool]) if {
+  some o in input.provenance.recipient
+  o.source == "untrusted"
+}
+"""
+
+
+def test_rego_sees_provenance_per_argument_and_results_as_digests_only() -> None:
+    rules = [policy("ifc", rego=REGO)]
+    grants = [grant("pay", ["send-money"])]
+    index = _index()
+    ok = _decide(rules, grants, {"recipient": USER_IBAN}, provenance=index)
+    assert ok.effect == "allow", ok.reasons
+    bad = _decide(rules, grants, {"recipient": ATTACKER_IBAN}, provenance=index)
+    assert bad.effect == "deny" and bad.reasons == ("recipient came from seq 2 (read-file)",), bad.reasons
+    # Without provenance (what-if, say) the rule reads undefined: a deny, not an allow.
+    assert _decide(rules, grants, {"recipient": USER_IBAN}).effect == "deny"
+    from bastion.policy import rego_input
+
+    document = rego_input(
+        CallContext(subject=PAYER, tool=PAY, args={"recipient": USER_IBAN}, now=NOW, provenance=index), "pay"
+    )
+    assert "IGNORE PREVIOUS" not in json.dumps(document)  # results as digests, never themselves
+    assert document["provenance"] == {"recipient": [{"source": "input", "seq": 0, "tool": ""}]}

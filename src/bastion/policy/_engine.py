@@ -641,9 +641,12 @@ def _denied(findings: list[Finding] | None) -> bool:
 
 def rego_input(call: CallContext, grant: str | None, grants: Sequence[str] = ()) -> dict[str, Any]:
     """The ``input`` document a Rego module sees for a call: ``grants`` names every grant that
-    covers it (sorted), ``grant`` the first of them."""
+    covers it (sorted), ``grant`` the first of them. Where the gateway knows provenance, also
+    ``run.input`` (the run's input), ``run.results`` (each result handed to the agent so far:
+    ``seq``, ``tool``, ``source``, ``digest``; never the result itself) and ``provenance`` (per
+    top-level argument, where its data came from: ``source``, ``seq``, ``tool``)."""
     subject, tool, counters = call.subject, call.tool, call.counters
-    return {
+    document = {
         "agent": {
             "name": subject.name,
             "labels": dict(subject.labels),
@@ -661,6 +664,16 @@ def rego_input(call: CallContext, grant: str | None, grants: Sequence[str] = ())
             "callsByGrant": dict(counters.calls_by_grant),
         },
     }
+    index = call.provenance
+    if index is not None:  # absent where provenance is not known: a rule that reads it is undefined
+        document["run"] = {"input": json.loads(json.dumps(index.input, default=str)), "results": index.results()}
+        document["provenance"] = {
+            str(key): [
+                {"source": o.source, "seq": o.seq, "tool": o.tool} for o in index.origins_of(value)
+            ]
+            for key, value in call.args.items()
+        }
+    return document
 
 
 def compile_policy(

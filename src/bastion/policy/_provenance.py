@@ -35,6 +35,7 @@ rebuilt from the journal by the next attempt, so nothing hashed is ever stored.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -163,6 +164,10 @@ class ProvenanceIndex:
         self._leaves: tuple[dict[int, int], dict[int, int]] = ({}, {})
         self._input = ""
         self._input_grams: set[int] = set()
+        self.input: Any = None
+        """The run's input as it was given (Rego policies see it)."""
+        self.digests: dict[int, str] = {}
+        """Per origin index, ``sha256:`` of its result's canonical JSON (Rego sees digests, not results)."""
         self._pending: list[tuple[Any, int]] = []
         self._memo: dict[str, frozenset[Origin]] = {}
         """Labels of strings already placed, until the next result is indexed (a run's calls
@@ -175,6 +180,7 @@ class ProvenanceIndex:
 
     def set_input(self, value: Any) -> None:
         """The run's input: its values are the user's wherever else they appear."""
+        self.input = value
         parts = [significant(s) for s in _texts(value)]
         self._input = "\x00".join(p for p in parts if p)
         grams = self._input_grams
@@ -202,6 +208,8 @@ class ProvenanceIndex:
                 self.overflow = self.overflow or Origin("untrusted", origin.seq, origin.tool)
 
     def _index_one(self, value: Any, at: int) -> None:
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        self.digests[at] = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
         origins = self.origins
         origin = origins[at]
         leaves = self._leaves[1 if origin.source == "trusted" else 0]
@@ -275,6 +283,15 @@ class ProvenanceIndex:
         if not out and self.overflow is not None and len(sig) >= MIN_LEAF:
             out.add(self.overflow)
         return out
+
+    def results(self) -> list[dict[str, Any]]:
+        """What the agent was handed so far, as digests and labels: one item per result."""
+        if self._pending:
+            self._index()
+        return [
+            {"seq": o.seq, "tool": o.tool, "source": o.source, "digest": self.digests.get(i, "")}
+            for i, o in enumerate(self.origins)
+        ]
 
     @property
     def size(self) -> int:
