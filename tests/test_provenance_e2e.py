@@ -183,3 +183,21 @@ def test_another_tenants_trusted_declaration_never_trusts_this_tenants_results(
 
 def _raw(*docs: dict[str, Any]) -> list[RawDocument]:
     return raw(*in_namespace("default", *docs))
+
+
+def test_what_if_rebuilds_the_labels_from_the_journal(tenant: Tenant) -> None:
+    with _servers() as (bills, bank):
+        docs = _docs(bills, bank)
+        docs[-1]["spec"]["rules"] = []  # no provenance rule yet: the injection gets its payment
+        _apply(tenant, docs)
+        attacked, _ = _run(tenant, bill="injected")
+        plain, _ = _run(tenant, bill="echo")
+        assert len(_paid(bank)) == 2 and attacked["state"] == "Succeeded", attacked
+        rule = _docs(bills, bank)[-1]
+        with tenant.client("developer") as dev:
+            would = dev.what_if(attacked["id"], _raw(rule))
+            benign = dev.what_if(plain["id"], _raw(rule))
+        (change,) = would["changes"]
+        assert (change["seq"], change["old"], change["new"]) == (2, "allow", "deny"), would
+        assert "seq 1 (tool 'read-bill', untrusted)" in change["sentence"], change
+        assert benign["changes"] == [], benign

@@ -14,7 +14,7 @@ from ._engine import CompiledPolicy, compile_policy, rego_input
 from ._grants import TIERS, Subject, tier_rank
 from ._normalize import normalize
 from ._probes import BENIGN, EVASION_PROBES, PROBE_PATTERNS
-from ._provenance import Origin, ProvenanceCheck, ProvenanceIndex, significant
+from ._provenance import DELIVERED, TRUSTED_RULE, Origin, ProvenanceCheck, ProvenanceIndex, significant
 from ._trust import (
     Attempted,
     BudgetVerdict,
@@ -32,11 +32,13 @@ from ._whatif import Change, RecordedCall, rejudge
 __all__ = [
     "BENIGN",
     "DEFAULT_PORTS",
+    "DELIVERED",
     "EVASION_PROBES",
     "NO_COUNTERS",
     "PROBE_PATTERNS",
     "RANK",
     "TIERS",
+    "TRUSTED_RULE",
     "Attempted",
     "BudgetVerdict",
     "CallContext",

@@ -666,11 +666,12 @@ def rego_input(call: CallContext, grant: str | None, grants: Sequence[str] = ())
     }
     index = call.provenance
     if index is not None:  # absent where provenance is not known: a rule that reads it is undefined
-        document["run"] = {"input": json.loads(json.dumps(index.input, default=str)), "results": index.results()}
+        document["run"] = {
+            "input": json.loads(json.dumps(index.input, default=str)),
+            "results": index.results(),
+        }
         document["provenance"] = {
-            str(key): [
-                {"source": o.source, "seq": o.seq, "tool": o.tool} for o in index.origins_of(value)
-            ]
+            str(key): [{"source": o.source, "seq": o.seq, "tool": o.tool} for o in index.origins_of(value)]
             for key, value in call.args.items()
         }
     return document

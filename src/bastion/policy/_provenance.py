@@ -59,6 +59,11 @@ MAX_GRAMS = 500_000
 """Grams kept per run (about 4 MB of significant result text); past it, fail closed."""
 MAX_INPUT_GRAMS = 200_000
 MEMO_SIZE = 4096
+TRUSTED_RULE = "provenance/trusted"
+"""The rule id journaled beside a tool call whose result is labeled trusted (the Tool was
+declared ``trusted`` when it ran): replay and what-if read the label from the journal."""
+DELIVERED = ("allow", "redact")
+"""Decisions under which a tool's result reached the agent."""
 DECODE: frozenset[Decoding] = frozenset(("percent", "base64"))
 _NON_ALNUM = re.compile(r"[\W_]+")
 _B64_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")

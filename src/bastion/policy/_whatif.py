@@ -4,6 +4,8 @@ The run's counters are replayed as the new policy would have seen them: calls pe
 calls count only the calls *it* allows, rate windows count its allowed calls by their recorded
 time (``RecordedCall.at``); tokens, and calls from other runs (``base``), are taken as recorded.
 Tool results recorded with a call are inspected too, so a new PII or output rule shows up.
+Provenance labels are rebuilt from the recorded results (and the run's input) call by call, as
+the gateway labeled them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ._call import CallContext, Counters, ToolInfo
 from ._decision import Decision, RateLimitRef
 from ._engine import CompiledPolicy
 from ._grants import Subject
+from ._provenance import DELIVERED, TRUSTED_RULE, ProvenanceIndex
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +41,8 @@ class RecordedCall:
     """The recorded tool result, if any (re-inspected under the new policy)."""
     base: Mapping[RateLimitRef, int] = field(default_factory=dict[RateLimitRef, int])
     """Calls counted against rate limits by other runs at the time (defaults to none)."""
+    run_input: Any = None
+    """The run's input (the same on every call of a run): provenance labels it ``input``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,7 +74,10 @@ def rejudge(calls: Sequence[RecordedCall], policy: CompiledPolicy) -> list[Chang
     by_grant: dict[str, int] = {}
     allowed_calls = 0
     times: dict[str, list[float]] = {}
-    for call in sorted(calls, key=lambda c: c.seq):
+    ordered = sorted(calls, key=lambda c: c.seq)
+    labels = ProvenanceIndex()  # rebuilt from the recorded results, as a resumed attempt does
+    labels.set_input(ordered[0].run_input if ordered else None)
+    for call in ordered:
         if call.kind != "tool" or call.tool is None:
             continue
         now_ts = call.at.timestamp()
@@ -84,8 +92,19 @@ def rejudge(calls: Sequence[RecordedCall], policy: CompiledPolicy) -> list[Chang
             calls_by_grant=dict(by_grant), tool_calls=allowed_calls, tokens=call.tokens, in_window=in_window
         )
         new = policy.decide(
-            CallContext(subject=call.subject, tool=call.tool, args=call.args, now=call.at, counters=counters)
+            CallContext(
+                subject=call.subject,
+                tool=call.tool,
+                args=call.args,
+                now=call.at,
+                counters=counters,
+                provenance=labels,
+            )
         )
+        if call.decision in DELIVERED:  # what the agent was handed, as it was recorded
+            labels.add(
+                call.response, seq=call.seq, tool=call.tool.name, trusted=TRUSTED_RULE in call.rule_ids
+            )
         if new.effect == "allow":
             allowed_calls += 1
             for grant in new.grants:

@@ -107,6 +107,7 @@ def _judge(
                 subject=subject,
                 at=entry.started_at,
                 response=response if entry.error is None else None,
+                run_input=run.input,
             )
         )
     verdict = bastion.evaluator.run(

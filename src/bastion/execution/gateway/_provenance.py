@@ -14,11 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bastion.policy import ProvenanceIndex
-
-TRUSTED = "provenance/trusted"
-"""The rule id journaled beside a call whose result is labeled trusted."""
-_DELIVERED = ("allow", "redact")
+from bastion.policy import DELIVERED, TRUSTED_RULE, ProvenanceIndex
 
 
 class RunLabels:
@@ -33,7 +29,10 @@ class RunLabels:
         manifest = self._tools.get(tool)
         if manifest is None or not manifest.get("spec", {}).get("trusted", False):
             return None
-        return {"rule": TRUSTED, "text": f"tool {tool!r} is declared trusted: its result is labeled trusted"}
+        return {
+            "rule": TRUSTED_RULE,
+            "text": f"tool {tool!r} is declared trusted: its result is labeled trusted",
+        }
 
     def handed(
         self,
@@ -45,8 +44,8 @@ class RunLabels:
         error: Mapping[str, Any] | None,
     ) -> None:
         """Label what a journaled tool call handed the agent (live and on replay alike)."""
-        trusted = TRUSTED in rule_ids
-        if effect in _DELIVERED and response is not None:
+        trusted = TRUSTED_RULE in rule_ids
+        if effect in DELIVERED and response is not None:
             self.index.add(response, seq=seq, tool=tool, trusted=trusted)
         if error is not None and error.get("type") == "tool_call_failed":
             # A failure's reason can carry what the tool's server said: untrusted text too.
