@@ -149,7 +149,9 @@ def test_labels_survive_suspension_they_are_rebuilt_from_the_journal(tenant: Ten
         assert "seq 1 (tool 'read-bill', untrusted)" in json.dumps(calls[2]["reasons"]), calls[2]
 
 
-def test_a_developer_cannot_declare_a_tool_trusted_or_drop_its_effect(tenant: Tenant) -> None:
+def test_a_developer_cannot_declare_a_tool_trusted_change_a_trusted_one_or_drop_its_effect(
+    tenant: Tenant,
+) -> None:
     with _servers() as (bills, bank):
         read, pay = _docs(bills, bank, trusted=True)[:2]
         with tenant.client("developer") as dev:
@@ -159,6 +161,14 @@ def test_a_developer_cannot_declare_a_tool_trusted_or_drop_its_effect(tenant: Te
         _apply(tenant, [read, pay])  # an operator may
         with tenant.client("developer") as dev:
             dev.apply(_raw(read))  # and a developer may keep it as the operator left it
+            # ... but not re-point it at a server of their own while it is trusted
+            moved = json.loads(json.dumps(read))
+            moved["spec"]["implementation"]["url"] = f"{bank.url}/mine"
+            with pytest.raises(Forbidden) as repointed:
+                dev.apply(_raw(moved))
+            assert repointed.value.field == "spec"
+            moved["spec"]["trusted"] = False  # unless they give up the trust in the same write
+            dev.apply(_raw(moved))
             quiet = json.loads(json.dumps(pay))
             del quiet["spec"]["effect"]
             with pytest.raises(Forbidden) as dropped:

@@ -16,6 +16,7 @@ from ._kinds import (
     Secret,
     Tool,
     ToolGrant,
+    ToolSpec,
     parse_duration,
     resolve_kind,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "SystemClock",
     "Tool",
     "ToolGrant",
+    "ToolSpec",
     "check_name",
     "check_namespace",
     "check_regex",

@@ -14,7 +14,8 @@ every grant an operator wrote for T4 or for that label. Two fields are therefore
   name such keys in ``subjects.labels``; any other label key is developer-owned.
 * ``spec.trusted`` of a Tool: a trusted tool's results carry no ``untrusted`` provenance label,
   so a developer who could declare one could launder any value an injected document holds into a
-  consequential call. A developer may keep ``true`` where an operator set it, or clear it.
+  consequential call. A developer may clear it; while it is set, the whole spec of the Tool is the
+  operator's (re-pointing a trusted tool's URL at a server of one's own would launder as well).
 * ``spec.effect`` of a Tool, once set: it makes the tool *consequential* for Policy rules, so a
   developer may add one but not remove or change one an operator's rules rely on.
 * ``spec.sandbox: process`` of an Agent. The ``process`` backend isolates little (the host's
@@ -26,7 +27,7 @@ A developer's attempt is a 403 problem+json naming the field and the fix.
 
 from __future__ import annotations
 
-from bastion.api import TIERS, Agent, Resource, Tool
+from bastion.api import TIERS, Agent, Resource, Tool, ToolSpec
 from bastion.errors import Forbidden, Problem
 
 from .store import Principal, ResourceRow
@@ -115,6 +116,23 @@ def _check_tool(
             hint="leave spec.trusted out (false) and ask an operator to declare the tool trusted",
             problems=[Problem(message="trusted needs role 'operator'", field="spec.trusted", document=index)],
         )
+    if was_trusted and tool.spec.trusted and existing is not None:
+        try:
+            unchanged = ToolSpec.model_validate(existing.spec) == tool.spec
+        except ValueError:  # a stored spec this release no longer reads: a change all the same
+            unchanged = False
+        if not unchanged:
+            raise Forbidden(
+                f"{where}: the tool is declared trusted, so its spec is operator-owned; role "
+                f"{principal.role!r} may not change it",
+                field="spec",
+                hint="ask an operator to change it, or set spec.trusted: false in the same write",
+                problems=[
+                    Problem(
+                        message="a trusted tool's spec needs role 'operator'", field="spec", document=index
+                    )
+                ],
+            )
     was_effect = existing.spec.get("effect") if existing is not None else None
     if was_effect is not None and tool.spec.effect != was_effect:
         raise Forbidden(

@@ -55,10 +55,14 @@ MIN_RUN = GRAM + STRIDE - 1
 """A shared run this long is always found (19 significant characters)."""
 MIN_LEAF = 6
 """A whole result string this long, found whole in an argument, carries the result's label."""
-MAX_GRAMS = 500_000
-"""Grams kept per run (about 4 MB of significant result text); past it, fail closed."""
+MAX_GRAMS = 300_000
+"""Grams and whole strings kept per run (about 2.4 MB of significant result text, some 26 MB of
+memory); past it, fail closed."""
 MAX_INPUT_GRAMS = 200_000
 MEMO_SIZE = 4096
+PENDING = 8
+"""Results held unindexed at most (a run without provenance rules pays little for its labels,
+and holds no more than this many results in memory for them)."""
 TRUSTED_RULE = "provenance/trusted"
 """The rule id journaled beside a tool call whose result is labeled trusted (the Tool was
 declared ``trusted`` when it ran): replay and what-if read the label from the journal."""
@@ -201,6 +205,8 @@ class ProvenanceIndex:
             return
         self.origins.append(Origin("trusted" if trusted else "untrusted", seq, tool))
         self._pending.append((value, len(self.origins) - 1))
+        if len(self._pending) >= PENDING:
+            self._index()
 
     def _index(self) -> None:
         pending, self._pending = self._pending, []
@@ -221,18 +227,16 @@ class ProvenanceIndex:
         grams, also = self._grams, self._also
         for text in _texts(value):
             sig = significant(text)
-            if len(sig) < MIN_LEAF:
+            if len(sig) < MIN_LEAF or self.overflow is not None:
                 continue
             leaves.setdefault(hash(sig), at)
-            if self.overflow is not None:
-                continue
             last = len(sig) - GRAM
             for i in (*range(0, last + 1, STRIDE), last) if last >= 0 else ():
                 h = hash(sig[i : i + GRAM])
                 first = grams.setdefault(h, at)
                 if first != at and origins[first].source != origin.source:
                     also.setdefault(h, at)
-            self.kept = len(grams) + len(also)
+            self.kept = len(grams) + len(also) + len(self._leaves[0]) + len(self._leaves[1])
             if self.kept > self.max_grams:
                 self.overflow = Origin("untrusted", origin.seq, origin.tool)
 
@@ -303,7 +307,7 @@ class ProvenanceIndex:
         """Entries held (grams, whole strings, input grams): what memory grows with."""
         if self._pending:
             self._index()
-        return self.kept + sum(len(d) for d in self._leaves) + len(self._input_grams)
+        return self.kept + len(self._input_grams)
 
 
 def _order(origin: Origin) -> tuple[int, int, str]:
