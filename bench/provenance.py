@@ -98,10 +98,11 @@ def _manifests(provenance: bool) -> tuple[list[dict[str, Any]], list[dict[str, A
 
 
 def _labels(results: list[dict[str, Any]]) -> RunLabels:
-    labels = RunLabels({"task": f"Pay the rent of 1200 EUR to {USER_IBAN}"}, {})
+    labels = RunLabels({"task": f"Pay the rent of 1200 EUR to {USER_IBAN}"}, {}, lambda: ())
+    labels.index()  # a namespace with provenance rules: the labels are kept call by call
     for seq, result in enumerate(results, start=1):
         labels.handed(seq, "read", "allow", (), result, None)
-    labels.index.origins_of("warm")  # index what was handed, as the first check would
+    labels.index().origins_of("warm")  # index what was handed, as the first check would
     return labels
 
 
@@ -131,10 +132,12 @@ def main() -> None:
     benign = {"recipient": USER_IBAN, "amount": 1200, "memo": "rent for March"}
     attack = {"recipient": stolen.lower(), "amount": 1200, "memo": "rent for March"}
     assert plain.decide(CallContext(subject=subject, tool=pay, args=benign, now=NOW)).effect == "allow"
-    ok = guarded.decide(CallContext(subject=subject, tool=pay, args=benign, now=NOW, provenance=labels.index))
+    ok = guarded.decide(
+        CallContext(subject=subject, tool=pay, args=benign, now=NOW, provenance=labels.index())
+    )
     assert ok.effect == "allow", ok.reasons
     refused = guarded.decide(
-        CallContext(subject=subject, tool=pay, args=attack, now=NOW, provenance=labels.index)
+        CallContext(subject=subject, tool=pay, args=attack, now=NOW, provenance=labels.index())
     )
     assert refused.effect == "deny" and "seq" in refused.reasons[0], refused.reasons
 
@@ -148,9 +151,10 @@ def main() -> None:
             out.append((time.perf_counter_ns() - t0) / 1000)
 
     def per_result() -> None:
-        fresh = RunLabels({"task": "x"}, {})
+        fresh = RunLabels({"task": "x"}, {}, lambda: ())
+        fresh.index()
         fresh.handed(1, "read", "allow", (), results[rnd.randrange(len(results))], None)
-        fresh.index.origins_of("warm")
+        fresh.index().origins_of("warm")
 
     memos = iter(range(1 << 60))
 
@@ -166,14 +170,16 @@ def main() -> None:
         measure(
             "decide + provenance, recipient from the input",
             lambda: guarded.decide(
-                CallContext(subject=subject, tool=pay, args=args(USER_IBAN), now=NOW, provenance=labels.index)
+                CallContext(
+                    subject=subject, tool=pay, args=args(USER_IBAN), now=NOW, provenance=labels.index()
+                )
             ),
             opts.calls,
         )
         measure(
             "decide + provenance, recipient from a result",
             lambda: guarded.decide(
-                CallContext(subject=subject, tool=pay, args=args(stolen), now=NOW, provenance=labels.index)
+                CallContext(subject=subject, tool=pay, args=args(stolen), now=NOW, provenance=labels.index())
             ),
             opts.calls,
         )
@@ -197,7 +203,7 @@ def main() -> None:
         print(f"{name:58} {_p(values, 0.5):8.1f} {_p(values, 0.95):8.1f} {added:10.1f}")
     print(
         f"labels' memory per run: {(after - before) / 1e6:.1f} MB for {opts.results * opts.size / 1e6:.1f} MB "
-        f"of results ({kept.index.size} entries; results themselves not counted)"
+        f"of results ({kept.index().size} entries; results themselves not counted)"
     )
     print("target: <= 20 us p50 added per call (issue 20)")
 

@@ -90,6 +90,13 @@ class CompiledPolicy:
         self.version = compiled.version
         self.errors = compiled.errors
         """Why the inputs did not compile; when not empty, every decision is a deny naming them."""
+        self.uses_provenance = (
+            bool(compiled.rego)
+            or any(r.provenance for r in compiled.rules)
+            or any(g.provenance for g in compiled.grants)
+        )
+        """Whether any decision can read provenance: a requirement, a rule or a Rego module
+        (whose input then carries it). A caller without such a policy need not label values."""
         self._plans: dict[str, dict[str, _Plan]] = {}
         self._outputs: dict[tuple[str, str | None], tuple[tuple[Scanner, str, tuple[str, ...]], ...]] = {}
         self._broken = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -186,8 +186,8 @@ class GatewaySession:
         self._tool_infos: dict[str, ToolInfo] = {}
         self.model_calls = ModelCalls(self, gateway.models)
         self.model_calls.preload()
-        self.labels = RunLabels(attempt.input, self.tool_manifests)
-        """Where each value handed to the agent came from, rebuilt from the journal on replay."""
+        self.labels = RunLabels(attempt.input, self.tool_manifests, self._handed)
+        """Where each value handed to the agent came from, built from the journal when needed."""
 
     @property
     def journal_head(self) -> tuple[int, str]:
@@ -463,6 +463,18 @@ class GatewaySession:
             self._policy_cache = (now, compiled, {m["metadata"]["name"]: m for m in grants})
         return self._policy_cache[1], self._policy_cache[2]
 
+    def _handed(self) -> Iterator[tuple[int, str, str, tuple[str, ...], Any, dict[str, Any] | None]]:
+        """The run's journaled tool calls up to this attempt's position (provenance's history)."""
+        journal = self.g.journal
+        for entry in journal.entries(self.attempt.run_id):
+            if entry.kind != "tool" or entry.seq > self.seq:
+                continue
+            request = journal.resolve(entry.request)
+            params: Any = cast(dict[str, Any], request).get("params") if isinstance(request, dict) else None
+            name = str(cast(dict[str, Any], params).get("name", "")) if isinstance(params, dict) else ""
+            rule_ids = tuple(str(r.get("rule", "")) for r in entry.reasons)
+            yield entry.seq, name, entry.decision, rule_ids, journal.resolve(entry.response), entry.error
+
     def _tool_info(self, name: str) -> ToolInfo:
         info = self._tool_infos.get(name)
         if info is None:
@@ -501,7 +513,7 @@ class GatewaySession:
             args=cast(dict[str, Any], args),
             now=now,
             counters=counters,
-            provenance=self.labels.index,
+            provenance=self.labels.index() if policy.uses_provenance else None,
         )
         decision = policy.decide(call)
         if decision.effect == "require_approval":  # the shortest timeout of the grants that ask
