@@ -183,11 +183,14 @@ def test_another_tenants_trusted_declaration_never_trusts_this_tenants_results(
         # The other tenant, same names, declares its read-bill trusted: its agent pays what its
         # bills say (its operator's choice), on the same worker.
         _apply(other_tenant, _docs(bills, bank, trusted=True))
-        theirs, _ = _run(other_tenant, bill="injected")
+        theirs, their_calls = _run(other_tenant, bill="injected")
         assert theirs["result"] == {"paid": "gb33 bukb 2020 1555 5555 55"}, theirs
+        # The label is journaled with the call that read the bill (replay reads it from there).
+        assert "provenance/trusted" in [r["rule"] for r in their_calls[0]["reasons"]], their_calls[0]
         _apply(tenant, _docs(bills, bank))
         ours, calls = _run(tenant, bill="injected")
         assert ours["state"] == "Revoked" and calls[-1]["decision"] == "deny", (ours, calls)
+        assert "provenance/trusted" not in [r["rule"] for r in calls[0]["reasons"]], calls[0]
         assert len(_paid(bank)) == 1
 
 

@@ -340,9 +340,10 @@ class GatewaySession:
         if decision.version:
             for reason in reasons:  # the policy version that made the decision, journaled beside it
                 reason["policy"] = decision.version
-        trusted = self.labels.trusted_reason(str(request["params"].get("name"))) if kind == "tool" else None
-        if trusted is not None:
-            reasons.append(trusted)
+        if kind == "tool" and decision.effect in ("allow", "redact"):  # its result is labeled trusted
+            trusted = self.labels.trusted_reason(str(request["params"].get("name")))
+            if trusted is not None:
+                reasons.append(trusted)
         attempt = self.attempt
         prepared = self.g.journal.prepare(
             run_id=attempt.run_id,
