@@ -247,13 +247,16 @@ class ProvenanceIndex:
         if self._pending:
             self._index()
         memo = self._memo
-        if isinstance(value, str):
-            known = memo.get(value)
+        key = value if isinstance(value, str) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            key = f"\x00{value}"  # an amount: its JSON text, kept apart from strings
+        if key is not None:
+            known = memo.get(key)
             if known is None:
                 known = self._labels(value)
                 if len(memo) >= MEMO_SIZE:
                     memo.clear()
-                memo[value] = known
+                memo[key] = known
             found = known
         else:
             found = self._labels(value)
