@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from bastion.execution.runs import Replayer, ReplayReport
 from bastion.execution.sandbox import ProcessBackend
 from bastion.execution.tools import builtin_tools
 
-from ._agents import builtin_tool, code_agent, grant_for, wait_finished
+from ._agents import builtin_tool, code_agent, grant_for, http_tool, wait_finished
 from ._docs import raw
 from .conftest import Tenant
 
@@ -180,3 +181,30 @@ def test_a_declarative_agent_that_failed_replays_clean(tenant: Tenant, tmp_path:
     changed = copy.deepcopy(record)
     changed["agent"]["spec"]["maxTurns"] = 2  # the loop asks the model again: a call the record lacks
     assert not replay(changed, tmp_path / "changed").ok
+
+
+def test_a_run_failed_by_an_unreachable_api_replays_clean(tenant: Tenant, tmp_path: Path) -> None:
+    # The tour's weather agent with its API down: the HTTP tool fails, the agent does not catch it.
+    source = (
+        "from bastion import agent\n\n"
+        "def main(input):\n"
+        "    return agent.tools.call('weather.get', city=input['city'])\n"
+    )
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/forecast"
+    with tenant.client() as client:
+        client.apply(
+            raw(
+                http_tool("weather.get", url, method="GET"),
+                code_agent("reporter", source, tools=["weather.get"]),
+                grant_for("reporter", "weather.get"),
+            )
+        )
+        run = wait_finished(client, client.create_run("reporter", {"city": "Oslo"})["id"])
+        assert run["state"] == "Failed", run
+        assert run["reason"].startswith("the agent raised ToolFailed: "), run
+        record = client.export_record(run["id"])
+    report = replay(record, tmp_path)
+    assert report.ok, report
+    assert report.error == run["reason"]
