@@ -19,12 +19,13 @@ from typer.testing import CliRunner
 
 from bastion.cli import app
 from bastion.execution.runs import Replayer, ReplayReport
-from bastion.execution.sandbox import ProcessBackend
+from bastion.execution.sandbox import CallError, ProcessBackend
 from bastion.execution.tools import builtin_tools
 
 from ._agents import builtin_tool, code_agent, grant_for, http_tool, wait_finished
 from ._docs import raw
 from .conftest import Tenant
+from .test_llm_agent import model_policy
 
 # Writes a file, is refused a tool, reads a file that is not there: the read fails and the agent,
 # catching nothing, fails with the tool's error.
@@ -208,3 +209,37 @@ def test_a_run_failed_by_an_unreachable_api_replays_clean(tenant: Tenant, tmp_pa
     report = replay(record, tmp_path)
     assert report.ok, report
     assert report.error == run["reason"]
+
+
+def test_a_refused_api_completion_replays_clean(tenant: Tenant, tmp_path: Path) -> None:
+    # An API client's model call is a run too: one refused by a budget failed, and replays so.
+    bastion = tenant.server.bastion
+    budgets = {"tokensPerRun": 1000, "tokensPerAgentPerDay": 310}
+    policy = model_policy(
+        "api-models", {"provider": "scripted", "model": "echo"}, maxOutputTokens=300, budgets=budgets
+    )
+    with tenant.client() as client:
+        client.apply(raw(policy))
+        with bastion.store.read() as conn:
+            tenant_id = bastion.store.tenant_by_name(conn, tenant.name).id
+        call: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            "namespace": "default",
+            "caller": "ci-key",
+            "model_policy": "api-models",
+            "params": {
+                "format": "openai",
+                "request": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            },
+        }
+        bastion.completions.complete(**call)
+        with pytest.raises(CallError):
+            bastion.completions.complete(**call)  # the agent-per-day budget is spent
+        [failed] = [r for r in client.list_runs() if r["state"] == "Failed"]
+        record = client.export_record(failed["id"])
+    report = replay(record, tmp_path)
+    assert report.ok, report
+    assert report.error == failed["reason"] and "tokensPerAgentPerDay" in failed["reason"]
+    changed = copy.deepcopy(record)
+    changed["run"]["reason"] = "budget 'budgets.tokensPerRun' exceeded"
+    assert not replay(changed, tmp_path / "changed").ok
