@@ -194,11 +194,12 @@ def replay(
             )
             return 0
         if report.result_matches is False:
-            out.print(f"[red]the result differs[/]: {report.reason}", highlight=False)
+            out.print(f"[red]the replay ended otherwise[/]: {report.reason}", highlight=False)
             out.print(report.diff, markup=False)
             return 1
+        ending = "the result" if report.error is None else f"the failure ({report.error})"
         out.print(
-            f"[green]ok[/]: {len(report.verified)} calls replayed, every request and the result matched",
+            f"[green]ok[/]: {len(report.verified)} calls replayed, every request and {ending} matched",
             highlight=False,
         )
         return 0
