@@ -138,3 +138,20 @@ def test_the_demo_runs_with_the_package_index_unreachable_and_reuses_its_image(
     assert "image cached" in second and "image started" not in second
     assert [p.name for p in images.iterdir() if not p.name.startswith(".")] == built
     _assert_left_nothing(second, tmp)
+
+
+def test_the_demo_cache_keeps_only_the_images_the_demo_uses(tmp_path: Path) -> None:
+    from bastion.cli import load_manifests
+    from bastion.cli._demo import _prune_demo_images
+
+    docs = load_manifests([ROOT / "examples" / "demo"])
+    cache = ImageCache(tmp_path / "images")
+    agents = [d.body["spec"] for d in docs if isinstance(d.body, dict) and d.body.get("kind") == "Agent"]
+    used = {cache.digest(a["image"], a.get("requirements", [])) for a in agents if "image" in a}
+    assert used, "the demo has an agent with an image"
+    stale = cache.digest("python3.11", ["openai==1.49.0"])  # e.g. built from an older lock's wheels
+    for digest in (*used, stale):
+        (cache.path(digest) / "site-packages").mkdir(parents=True)
+    (cache.root / ".locks").mkdir()
+    _prune_demo_images(cache, docs)
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted([".locks", *used])

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from bastion.api import RawDocument
 from bastion.client import BastionClient
-from bastion.errors import UserError
+from bastion.errors import SandboxError, UserError
 from bastion.execution.runs import Replayer
 from bastion.execution.sandbox import ProcessBackend, read_agent_file
 from bastion.execution.tools import builtin_tools
@@ -60,7 +60,12 @@ def demo(
         data = home or Path(tempfile.mkdtemp(prefix="bastion-demo-"))
         settings = _demo_settings(Settings(home=data, lease_seconds=2.0, poll_seconds=0.05))
         _say_where_images_come_from(settings)
-        bastion = Bastion(settings)
+        try:
+            bastion = Bastion(settings)
+        except BaseException:
+            if home is None:
+                _remove_demo_data(settings)
+            raise
         try:
             first = bastion.bootstrap()
             key = first.admin_key if first else _fresh_admin_key(bastion)
@@ -100,6 +105,8 @@ def demo(
             bastion.close()
             if home is None:
                 _remove_demo_data(bastion.settings)
+            if settings.image_dir == _demo_image_dir():
+                _prune_demo_images(bastion.images, docs)
 
     run_command(body)
 
@@ -114,6 +121,28 @@ def _demo_settings(settings: Settings) -> Settings:
     if settings.image_wheelhouse is None and WHEELHOUSE.is_dir():
         update["image_wheelhouse"] = WHEELHOUSE
     return settings.model_copy(update=update)
+
+
+def _prune_demo_images(images: ImageCache, docs: list[RawDocument]) -> None:
+    """Remove the demo cache's images that these manifests no longer use (those of an older lock's
+    wheelhouse): the cache keeps what the next demo reuses, and nothing more."""
+    keep: set[str] = set()
+    for doc in docs:
+        raw: Any = doc.body
+        body: dict[str, Any] = cast(dict[str, Any], raw) if isinstance(raw, dict) else {}
+        if body.get("kind") != "Agent":
+            continue
+        spec: dict[str, Any] = body.get("spec") or {}
+        requirements: list[Any] = spec.get("requirements") or []
+        if isinstance(spec.get("image"), str):
+            try:
+                keep.add(images.digest(spec["image"], [str(r) for r in requirements]))
+            except SandboxError:  # the wheelhouse cannot be read: keep everything
+                return
+    if images.root.is_dir():
+        for child in images.root.iterdir():
+            if not child.name.startswith(".") and child.name not in keep:
+                images.remove(child.name)
 
 
 def _demo_image_dir() -> Path:
