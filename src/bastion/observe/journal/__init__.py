@@ -2,7 +2,7 @@
 
 from ._canonical import GENESIS, canonical, digest
 from ._journal import BLOB_THRESHOLD, Entry, Journal, Prepared, Verdict, entry_hash
-from ._tables import blobs, journal_entries, metadata
+from ._tables import blobs, journal_checkpoints, journal_entries, metadata
 
 __all__ = [
     "BLOB_THRESHOLD",
@@ -15,6 +15,7 @@ __all__ = [
     "canonical",
     "digest",
     "entry_hash",
+    "journal_checkpoints",
     "journal_entries",
     "metadata",
 ]

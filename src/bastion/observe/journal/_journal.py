@@ -1,7 +1,17 @@
 """The journal: one hash-chained row per gateway call, per run (DESIGN invariants 4 and 5).
 
 A row's hash covers the previous row's hash and every stored field, so editing, removing,
-inserting or reordering rows breaks the chain at a seq that ``verify`` names. Payloads larger than
+inserting or reordering rows breaks the chain at a seq that ``verify`` names.
+
+Verifying costs tens of microseconds per entry, so ``verify`` keeps a checkpoint per run: the
+last (seq, head) a *full* verification found intact. An *incremental* verification
+(``full=False``) recomputes only the entries after it, chained onto its head, and checks that
+the row at the checkpoint still carries that head. What that guarantees, and what it does not:
+the entries after the checkpoint are intact, and no rewrite of the chain up to the checkpoint
+that recomputed its hashes (an insertion, removal, reorder, or an edit re-hashed to hide it) went
+unnoticed; an edit of an already verified row's *content* that leaves its hash column alone, or
+a change of the checkpoint itself, is caught only by a full verification. So the explicit verify
+routes verify fully, and only a caller that says so takes the incremental path. Payloads larger than
 ``BLOB_THRESHOLD`` bytes go to the content-addressed ``blobs`` table and the row holds a
 ``{"$blob": digest, "size": n}`` reference, so rows stay small and replay stays fast.
 """
@@ -15,12 +25,14 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bastion.api import Clock, SystemClock
 from bastion.observe._db import Database
 
 from ._canonical import GENESIS, canonical, digest
-from ._tables import blobs, journal_entries
+from ._tables import blobs, journal_checkpoints, journal_entries
 
 BLOB_THRESHOLD = 8 * 1024
 
@@ -90,6 +102,9 @@ class Verdict:
     head: str
     broken_seq: int | None = None
     reason: str | None = None
+    verified_from: int = 1
+    """The first seq whose hash this verification recomputed: 1 for a full one; past the stored
+    checkpoint for an incremental one (``entries + 1`` when nothing was new)."""
 
 
 class Journal:
@@ -268,50 +283,116 @@ class Journal:
         return json.loads(bytes(data))
 
     def verify(
-        self, run_id: str, *, expected_head: str | None = None, expected_count: int | None = None
+        self,
+        run_id: str,
+        *,
+        expected_head: str | None = None,
+        expected_count: int | None = None,
+        full: bool = True,
     ) -> Verdict:
-        """Recompute the chain; name the first seq where it breaks.
+        """Recompute the chain; name the first seq where it breaks. A verification that finds the
+        chain intact moves the run's checkpoint to its head.
 
         Args:
             expected_head: the head hash recorded when the run finished, if it did: catches rows cut
                 off the end, which a chain alone cannot.
             expected_count: the number of entries recorded when the run finished.
+            full: recompute every entry (the default); False: only those after the run's
+                checkpoint (see the module's docstring for what that does not catch).
         """
         with self._db.read() as conn:
-            entries = self.entries(run_id, conn=conn)
-            prev = GENESIS
-            for position, entry in enumerate(entries, start=1):
+            stored = self._checkpoint(conn, run_id)
+            checkpoint = None if full else stored
+            start, prev = (0, GENESIS) if checkpoint is None else checkpoint
+            query = select(journal_entries).where(journal_entries.c.run_id == run_id)
+            if start:
+                query = query.where(journal_entries.c.seq >= start)
+            entries = [_entry(r) for r in conn.execute(query.order_by(journal_entries.c.seq)).mappings()]
+            anchor = entries[0] if start and entries and entries[0].seq == start else None
+            if start and anchor is None:
+                return Verdict(
+                    run_id=run_id,
+                    ok=False,
+                    entries=start - 1 + len(entries),
+                    head=prev,
+                    broken_seq=start,
+                    reason=f"seq {start}, verified before, is gone (removed since)",
+                    verified_from=start,
+                )
+            if anchor is not None:
+                if anchor.hash != prev:
+                    return Verdict(
+                        run_id=run_id,
+                        ok=False,
+                        entries=start - 1 + len(entries),
+                        head=prev,
+                        broken_seq=start,
+                        reason="its hash is not the one verified before (the chain was rewritten since)",
+                        verified_from=start,
+                    )
+                entries = entries[1:]
+            count = start + len(entries)
+            for position, entry in enumerate(entries, start=start + 1):
                 broken = self._check(conn, entry, position, prev)
                 if broken is not None:
                     return Verdict(
                         run_id=run_id,
                         ok=False,
-                        entries=len(entries),
+                        entries=count,
                         head=prev,
                         broken_seq=entry.seq,
                         reason=broken,
+                        verified_from=start + 1,
                     )
                 prev = entry.hash
-        if expected_count is not None and len(entries) != expected_count:
-            seq = min(len(entries), expected_count) + 1
+        if expected_count is not None and count != expected_count:
+            seq = min(count, expected_count) + 1
             return Verdict(
                 run_id=run_id,
                 ok=False,
-                entries=len(entries),
+                entries=count,
                 head=prev,
                 broken_seq=seq,
-                reason=f"the run recorded {expected_count} entries, the journal holds {len(entries)}",
+                reason=f"the run recorded {expected_count} entries, the journal holds {count}",
+                verified_from=start + 1,
             )
         if expected_head is not None and prev != expected_head:
             return Verdict(
                 run_id=run_id,
                 ok=False,
-                entries=len(entries),
+                entries=count,
                 head=prev,
-                broken_seq=entries[-1].seq if entries else 1,
+                broken_seq=count or 1,
                 reason="the last entry's hash is not the head recorded when the run finished",
+                verified_from=start + 1,
             )
-        return Verdict(run_id=run_id, ok=True, entries=len(entries), head=prev)
+        if count > (0 if stored is None else stored[0]):
+            self._save_checkpoint(run_id, count, prev)
+        return Verdict(run_id=run_id, ok=True, entries=count, head=prev, verified_from=start + 1)
+
+    @staticmethod
+    def _checkpoint(conn: Connection, run_id: str) -> tuple[int, str] | None:
+        row = conn.execute(
+            select(journal_checkpoints.c.seq, journal_checkpoints.c.head).where(
+                journal_checkpoints.c.run_id == run_id
+            )
+        ).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def _save_checkpoint(self, run_id: str, seq: int, head: str) -> None:
+        """Move the run's checkpoint to (seq, head), never backwards (a concurrent verification
+        may have gone further)."""
+        values = {"run_id": run_id, "seq": seq, "head": head, "verified_at": self._clock.now()}
+        with self._db.write() as conn:
+            insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            statement = insert_(journal_checkpoints).values(**values)
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["run_id"],
+                    set_={"seq": seq, "head": head, "verified_at": values["verified_at"]},
+                    where=journal_checkpoints.c.seq < seq,
+                )
+            )
 
     def _check(self, conn: Connection, entry: Entry, position: int, prev: str) -> str | None:
         if entry.seq != position:

@@ -1,4 +1,4 @@
-"""Two costs that grew with the installation (issue 23):
+"""Costs that grew with the installation (issue 23):
 
 * ``GET /runs`` across namespaces had no index serving ``tenant_id`` in ``(created_at, id)`` order,
   so a page read every run of the tenant and sorted them: an index on ``(tenant_id, created_at,
@@ -9,6 +9,9 @@
   second. ``policy_stamps`` holds one random stamp per (tenant, namespace), replaced in the
   transaction that creates, changes or deletes a Policy or ToolGrant there: a session compares it
   (one primary-key read) before each decision and reloads only when it changed.
+* ``Journal.verify`` recomputed every entry of a run each time (issue 23, item 8):
+  ``journal_checkpoints`` keeps, per run, the last (seq, head) a full verification found intact,
+  where an incremental one starts.
 
 Revision ID: 0011
 Revises: 0010
@@ -38,8 +41,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", "namespace", name="pk_policy_stamps"),
     )
 
+    op.create_table(
+        "journal_checkpoints",
+        sa.Column("run_id", sa.String(36), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("head", sa.String(64), nullable=False),
+        sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("run_id", name="pk_journal_checkpoints"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("journal_checkpoints")
     op.drop_table("policy_stamps")
     op.drop_index("ix_approvals_tenant_id_created_at_id", table_name="approvals")
     op.drop_index("ix_runs_tenant_id_namespace_created_at_id", table_name="runs")
