@@ -558,6 +558,7 @@ class Pieces:
         gateway, journal = bastion.gateway, bastion.journal
         tool = gateway.tools["fs.read"]
         saved_module = (gateway_module.canonical, gateway_module.digest)
+        saved_text = getattr(gateway_module, "canonical_text", None)  # src that encodes the request once
         policy, _ = session.policy()
         saved_metrics = gateway.metrics
         patches: list[tuple[Any, str]] = [
@@ -603,6 +604,10 @@ class Pieces:
                 "request: canonical JSON + sha256 (gateway)", saved_module[0]
             )
             gateway_module.digest = self.wrap("request: canonical JSON + sha256 (gateway)", saved_module[1])
+            if saved_text is not None:
+                gateway_module.canonical_text = self.wrap(
+                    "request: canonical JSON + sha256 (gateway)", saved_text
+                )
             for name in ("decide", "inspect_output"):
                 setattr(
                     policy,
@@ -615,6 +620,8 @@ class Pieces:
             for owner, attribute in patches:
                 owner.__dict__.pop(attribute, None)
             gateway_module.canonical, gateway_module.digest = saved_module
+            if saved_text is not None:
+                gateway_module.canonical_text = saved_text
             gateway.metrics = saved_metrics
 
     def report(self, calls: int, total_ns: int) -> None:

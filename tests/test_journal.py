@@ -17,6 +17,7 @@ from bastion.observe.journal import (
     blobs,
     canonical,
     digest,
+    entry_hash,
     journal_entries,
 )
 
@@ -256,3 +257,69 @@ def test_the_verify_routes_never_call_a_tampered_journal_verified(tenant: Tenant
         assert (again["ok"], again["brokenSeq"], again["verifiedFrom"]) == (False, 2, 1)
         audit = {item["run"]: item for item in client.verify_all()["items"]}
         assert not audit[run_id]["ok"], "the audit verifies fully unless asked otherwise"
+
+
+@pytest.mark.parametrize(
+    ("request_", "response", "error"),
+    [
+        (
+            {"method": "tool.call", "params": {"name": "fs.read", "args": {"path": "é/日本/\u2028"}}},
+            "ok",
+            None,
+        ),
+        ({"method": "random.random", "params": {}}, 0.1 + 0.2, None),
+        (
+            {"method": "tool.call", "params": {"b": [1, 2.5, None, True], "a": {"z": 1, "y": -0}}},
+            None,
+            {"type": "x"},
+        ),
+        (
+            {"method": "tool.call", "params": {"big": "x" * (BLOB_THRESHOLD + 1)}},
+            {"r": "y" * BLOB_THRESHOLD},
+            None,
+        ),
+        (
+            {"method": "tool.call", "params": {"n": 10**30, "e": 1e16, "q": '"\\\n\t'}},
+            [],
+            {"k": {"nested": []}},
+        ),
+    ],
+)
+def test_prepare_hashes_exactly_what_verify_recomputes(request_: Any, response: Any, error: Any) -> None:
+    prepared = Journal.prepare(
+        run_id="r-ü",
+        seq=7,
+        attempt=2,
+        kind="tool",
+        request=request_,
+        request_hash=digest(canonical(request_)),
+        decision="allow",
+        reasons=[{"rule": "grant/g", "text": "granted — ok", "policy": "v1"}],
+        response=response,
+        error=error,
+        started_at=datetime(2026, 1, 1, 0, 0, 0, 123, tzinfo=UTC),
+        duration_us=42,
+        prev_hash="ab" * 32,
+    )
+    entry = prepared.entry
+    assert entry.hash == entry_hash("ab" * 32, entry.hashed_fields())
+    assert prepared.request_json == canonical(entry.request).decode()
+    assert prepared.response_json == (None if entry.response is None else canonical(entry.response).decode())
+    assert prepared.error_json == (None if error is None else canonical(error).decode())
+    given = Journal.prepare(
+        run_id="r-ü",
+        seq=7,
+        attempt=2,
+        kind="tool",
+        request=request_,
+        request_hash=digest(canonical(request_)),
+        decision="allow",
+        reasons=[{"rule": "grant/g", "text": "granted — ok", "policy": "v1"}],
+        response=response,
+        error=error,
+        started_at=datetime(2026, 1, 1, 0, 0, 0, 123, tzinfo=UTC),
+        duration_us=42,
+        prev_hash="ab" * 32,
+        request_text=canonical(request_).decode(),  # as the gateway hands it over
+    )
+    assert (given.entry, given.request_json, given.blobs) == (entry, prepared.request_json, prepared.blobs)

@@ -25,7 +25,7 @@ from bastion.execution.llm import Models, answer
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
 from bastion.observe import Database, RunSpan, Telemetry, ToolSpan
-from bastion.observe.journal import GENESIS, Entry, Journal, Prepared, canonical, digest
+from bastion.observe.journal import GENESIS, Entry, Journal, Prepared, canonical, canonical_text, digest
 from bastion.policy import (
     RANK,
     CallContext,
@@ -214,7 +214,8 @@ class GatewaySession:
             params = {k: v for k, v in params.items() if k != "_meta"}
         request = {"method": method, "params": params}
         try:
-            request_hash = digest(canonical(request))
+            request_text = canonical_text(request)  # encoded once: hashed here, stored if unscrubbed
+            request_hash = digest(request_text.encode())
         except (TypeError, ValueError):
             raise CallError(INVALID, "the request is not JSON", {"type": "invalid_request"}) from None
         seq = self.seq + 1
@@ -232,7 +233,7 @@ class GatewaySession:
             with span:
                 if recorded is not None:
                     return self._replay(seq, kind, request, request_hash, recorded, span)
-                return self._live(seq, kind, request, request_hash, span)
+                return self._live(seq, kind, request, request_hash, request_text, span)
         except (CallError, RunError):
             raise  # an answer for the agent, or the end of this attempt (lease lost, non-determinism)
         except Exception:
@@ -301,7 +302,15 @@ class GatewaySession:
 
     # --- live ------------------------------------------------------------------------
 
-    def _live(self, seq: int, kind: str, request: dict[str, Any], request_hash: str, span: ToolSpan) -> Any:
+    def _live(
+        self,
+        seq: int,
+        kind: str,
+        request: dict[str, Any],
+        request_hash: str,
+        request_text: str,
+        span: ToolSpan,
+    ) -> Any:
         started_at = self.g.clock.now()
         t0 = time.perf_counter()
         decision: Decision
@@ -331,12 +340,14 @@ class GatewaySession:
             for reason in reasons:  # the policy version that made the decision, journaled beside it
                 reason["policy"] = decision.version
         attempt = self.attempt
+        stored_request = self.redactor.scrub(request)  # the hash is the raw request's: replay compares
         prepared = self.g.journal.prepare(
             run_id=attempt.run_id,
             seq=seq,
             attempt=attempt.attempt,
             kind=kind,
-            request=self.redactor.scrub(request),  # the hash is the raw request's: replay still compares
+            request=stored_request,
+            request_text=request_text if stored_request is request else None,
             request_hash=request_hash,
             decision=decision.effect,
             reasons=reasons,

@@ -19,7 +19,7 @@ routes verify fully, and only a caller that says so takes the incremental path. 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from bastion.api import Clock, SystemClock
 from bastion.observe._db import Database
 
-from ._canonical import GENESIS, canonical, digest
+from ._canonical import GENESIS, canonical, canonical_scalar, canonical_text, digest
 from ._tables import blobs, journal_checkpoints, journal_entries
 
 BLOB_THRESHOLD = 8 * 1024
@@ -79,6 +79,31 @@ def _entry(row: Any) -> Entry:
 
 def entry_hash(prev_hash: str, fields: dict[str, Any]) -> str:
     return digest(prev_hash.encode() + b"\n" + canonical(fields))
+
+
+_HASHED = (
+    "run_id",
+    "seq",
+    "attempt",
+    "kind",
+    "request",
+    "request_hash",
+    "decision",
+    "reasons",
+    "response",
+    "error",
+    "started_at",
+    "duration_us",
+)
+_KEYS = [(name, canonical_text(name) + ":") for name in sorted(_HASHED)]
+"""``Entry.hashed_fields``' keys in canonical (sorted) order, each as it opens its member."""
+
+
+def _composed(pieces: dict[str, str]) -> str:
+    """``canonical(fields)`` (as text) from the canonical text of each field's value: compact
+    JSON encodes a nested value exactly as it encodes it alone, so the members can be joined in
+    key order instead of encoding the payloads a second time."""
+    return "{" + ",".join(key + pieces[name] for name, key in _KEYS) + "}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,24 +159,46 @@ class Journal:
         started_at: datetime,
         duration_us: int,
         prev_hash: str,
+        request_text: str | None = None,
     ) -> Prepared:
-        """Hash an entry and encode its payloads, touching no database (the gateway's hot path)."""
+        """Hash an entry and encode its payloads, touching no database (the gateway's hot path).
+        Each payload is encoded once: the same bytes are stored and hashed (``_composed``);
+        ``request_text``, when given, is ``canonical_text(request)`` already made by the caller."""
         found: list[tuple[str, bytes]] = []
 
-        def stored(value: Any) -> tuple[Any, str | None]:
+        def stored(value: Any, text: str | None = None) -> tuple[Any, str]:
             if value is None:
-                return None, None
-            data = canonical(value)
+                return None, "null"
+            if text is None:
+                text = canonical_text(value)
+            if len(text) * 4 <= BLOB_THRESHOLD:  # UTF-8 takes at most 4 bytes a character
+                return value, text
+            data = text.encode()
             if len(data) <= BLOB_THRESHOLD:
-                return value, data.decode()
+                return value, text
             key = digest(data)
             found.append((key, data))
             ref = {"$blob": key, "size": len(data)}
-            return ref, canonical(ref).decode()
+            return ref, canonical_text(ref)
 
-        request_value, request_json = stored(request)
-        response_value, response_json = stored(response)
-        error_json = canonical(error).decode() if error is not None else None
+        request_value, request_text = stored(request, request_text)
+        response_value, response_text = stored(response)
+        error_text = canonical_text(error) if error is not None else "null"
+        reasons_text = canonical_text(reasons)
+        pieces = {
+            "run_id": canonical_scalar(run_id),
+            "seq": canonical_scalar(seq),
+            "attempt": canonical_scalar(attempt),
+            "kind": canonical_scalar(kind),
+            "request": request_text,
+            "request_hash": canonical_scalar(request_hash),
+            "decision": canonical_scalar(decision),
+            "reasons": reasons_text,
+            "response": response_text,
+            "error": error_text,
+            "started_at": canonical_scalar(started_at.isoformat()),
+            "duration_us": canonical_scalar(duration_us),
+        }
         entry = Entry(
             run_id=run_id,
             seq=seq,
@@ -166,16 +213,14 @@ class Journal:
             started_at=started_at,
             duration_us=duration_us,
             prev_hash=prev_hash,
-            hash="",
+            hash=digest(f"{prev_hash}\n{_composed(pieces)}".encode()),
         )
-        entry = replace(entry, hash=entry_hash(prev_hash, entry.hashed_fields()))
-        assert request_json is not None
         return Prepared(
             entry=entry,
-            request_json=request_json,
-            reasons_json=canonical(reasons).decode(),
-            response_json=response_json,
-            error_json=error_json,
+            request_json=request_text,
+            reasons_json=reasons_text,
+            response_json=None if response_value is None else response_text,
+            error_json=None if error is None else error_text,
             blobs=found,
         )
 
