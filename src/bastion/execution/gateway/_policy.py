@@ -40,6 +40,11 @@ from bastion.api import schema_validator
 from bastion.policy import CompiledPolicy, RateLimitRef, compile_policy, policy_version
 
 CACHE_SIZE = 64
+"""Compiled policies kept by content (what identical namespaces share)."""
+CURRENT_SIZE = 1024
+"""Namespaces whose current policy is kept: past it the least recently used one is reloaded on its
+next decision, so it must exceed the namespaces a process serves at once (each entry holds one
+compiled policy, which sessions held each for themselves before)."""
 POLICY_KINDS = frozenset({"Policy", "ToolGrant"})
 """The kinds a namespace's compiled policy is made of: writing one replaces the namespace's stamp."""
 
@@ -88,8 +93,9 @@ class PolicyCache:
     """Compiled policies by (tenant, namespace, content digest), and which of them is current in
     each (tenant, namespace) by its stamp. One per gateway, shared by all of its sessions."""
 
-    def __init__(self, size: int = CACHE_SIZE) -> None:
+    def __init__(self, size: int = CACHE_SIZE, current_size: int = CURRENT_SIZE) -> None:
         self._size = size
+        self._current_size = current_size
         self._lock = threading.Lock()
         self._compiled: OrderedDict[tuple[Any, ...], CompiledPolicy] = OrderedDict()
         self._current: OrderedDict[
@@ -118,7 +124,7 @@ class PolicyCache:
         with self._lock:
             self._current[where] = (stamp, compiled, by_name)
             self._current.move_to_end(where)
-            while len(self._current) > self._size:
+            while len(self._current) > self._current_size:
                 self._current.popitem(last=False)
         return compiled, by_name
 
