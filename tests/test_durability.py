@@ -494,10 +494,13 @@ def test_chaos_workers_killed_at_random_moments(cluster: Cluster) -> None:
             progress, moved = seen, time.monotonic()
         assert time.monotonic() - moved < 60, f"the chaos stalled for a minute\n{cluster.outputs()}"
         unfinished = {r.id for r in cluster.unfinished()}
-        if len(runs) == RUNS and not unfinished:
+        # Kills wait for every worker to be ready, which a loaded machine makes slow: while some
+        # are still to land, more runs are started (up to three times as many) for them to hit.
+        wanted = RUNS if len(killed) == KILLS else 3 * RUNS
+        if len(runs) >= wanted and not unfinished:
             break
         # At most IN_FLIGHT runs at once: a surviving worker always has room to take over.
-        while len(runs) < RUNS and len(unfinished) < IN_FLIGHT:
+        while len(runs) < wanted and len(unfinished) < IN_FLIGHT:
             run_id = cluster.create_run("chaos", {"run": len(runs), "calls": CALLS})
             runs[run_id] = len(runs)
             unfinished.add(run_id)
@@ -514,8 +517,7 @@ def test_chaos_workers_killed_at_random_moments(cluster: Cluster) -> None:
                 ready_after[worker.pid] = time.monotonic() - started_at[worker.pid]
         time.sleep(0.02)
 
-    # Kills wait for every worker to be ready, which a loaded machine makes slow: most must land.
-    assert len(killed) >= KILLS * 3 // 4, f"only {len(killed)} kills landed before the runs finished"
+    assert len(killed) >= KILLS * 3 // 4, f"only {len(killed)} kills landed in {len(runs)} runs"
     resumed = 0
     for run_id, index in runs.items():
         run = cluster.run(run_id)

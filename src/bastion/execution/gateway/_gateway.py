@@ -117,6 +117,9 @@ class Attempt:
     query: Query | None = None
     """Reads on the attempt's held connection (the namespace's policy stamp before each decision);
     None: a read transaction of the gateway's database instead."""
+    on_live: Callable[[], None] | None = None
+    """Called once when the session has replayed the journal's last entry: the agent is past
+    everything earlier attempts did (the poison rule's evidence starts there)."""
 
 
 class Gateway:
@@ -161,6 +164,7 @@ class GatewaySession:
         """Scrubs what is stored (journal, events, records); never what goes back to the agent."""
         self.echoes = EchoGuard()
         self.recorded: dict[int, Entry] = {e.seq: e for e in gateway.journal.entries(attempt.run_id)}
+        self._frontier = max(self.recorded, default=0)
         self.seq = 0
         self.head = GENESIS
         self.calls_by_grant: dict[str, int] = {}
@@ -263,6 +267,8 @@ class GatewaySession:
             )
         self.seq, self.head = seq, recorded.hash
         self.g.metrics.replayed.labels(kind).inc()
+        if seq == self._frontier and self.attempt.on_live is not None:
+            self.attempt.on_live()
         reasons = recorded.reasons
         rule_ids = tuple(str(r.get("rule", "")) for r in reasons)
         if kind == "tool":

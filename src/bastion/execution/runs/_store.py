@@ -351,23 +351,27 @@ class RunStore:
         deaths: why it must be failed as a poison run (or None), and whether it is suspect.
 
         A worker dies with every attempt it runs, so only deaths that point at a run count
-        against it. A run whose last two attempts died at the same seq (a replay reached the
-        same step and the worker died there) is suspect, and is quarantined: from then on it is
+        against it, and only deaths of attempts that had gone live (replayed their journal, or
+        had none and started their agent): an attempt killed while it was claimed, starting its
+        sandbox or replaying had not yet done anything of its own. A run whose last two live
+        attempts died at the same seq (it reached the same step and the worker died there) is
+        suspect, and is quarantined: from then on it is
         claimed only by a worker running nothing else, which takes nothing else until it ends.
-        It is a poison run when its last ``max_attempts`` attempts all died at the same seq and
+        It is a poison run when its last ``max_attempts`` live attempts all died at the same seq and
         the latest of them died alone on its worker: the place is its own, and no neighbour was
         there to blame (at seq 0, where every young attempt dies, all of them must have died
         alone). Neighbours of a worker that died for any other reason -- killed, or killed by a
         poison run -- are resumed however often that happens; only a run dying ``POISON_FUSE``
         times its budget is failed without such evidence, so that no run kills workers forever.
         """
-        ended = conn.execute(
-            select(run_attempts.c.ended_at).where(
+        row = conn.execute(
+            select(run_attempts.c.ended_at, run_attempts.c.live_at).where(
                 run_attempts.c.run_id == run.id, run_attempts.c.attempt == run.attempt
             )
-        ).scalar()
-        if ended is not None:
+        ).first()
+        if row is not None and row[0] is not None:
             return None, False  # it lost its lease on a live worker, which said so: not a death
+        live = row is not None and row[1] is not None
         died_seq = int(
             conn.execute(
                 select(func.coalesce(func.max(journal_entries.c.seq), 0)).where(
@@ -391,7 +395,7 @@ class RunStore:
             .values(died_seq=died_seq, alone=alone)
         )
         earlier = conn.execute(
-            select(run_attempts.c.died_seq, run_attempts.c.alone)
+            select(run_attempts.c.died_seq, run_attempts.c.alone, run_attempts.c.live_at)
             .where(
                 run_attempts.c.run_id == run.id,
                 run_attempts.c.attempt < run.attempt,
@@ -400,9 +404,21 @@ class RunStore:
             )
             .order_by(run_attempts.c.attempt)
         ).all()
-        deaths = [(int(seq), bool(was_alone)) for seq, was_alone in earlier] + [(died_seq, alone)]
+        deaths = len(earlier) + 1
+        if deaths >= POISON_FUSE * run.max_attempts:
+            return (
+                f"{deaths} attempts died with their workers ({POISON_FUSE} times its budget of "
+                f"{run.max_attempts}) without evidence that it killed them",
+                True,
+            )
+        if not live:
+            # It died claiming, starting its sandbox or replaying: its worker's death, not its own.
+            return None, False
+        # Only deaths of live attempts are evidence: each was past its journal, doing something new.
+        evidence = [(int(seq), bool(was_alone)) for seq, was_alone, at in earlier if at is not None]
+        evidence.append((died_seq, alone))
         budget = run.max_attempts
-        last = deaths[-budget:]
+        last = evidence[-budget:]
         same_place = len(last) == budget and all(seq == died_seq for seq, _ in last)
         if same_place and alone and (died_seq > 0 or all(was_alone for _, was_alone in last)):
             where = f"at seq {died_seq}" if died_seq else "before recording anything"
@@ -411,13 +427,7 @@ class RunStore:
                 "the last one alone on it",
                 True,
             )
-        if len(deaths) >= POISON_FUSE * budget:
-            return (
-                f"{len(deaths)} attempts died with their workers ({POISON_FUSE} times its budget of "
-                f"{budget}) without evidence that it killed them",
-                True,
-            )
-        return None, len(deaths) >= 2 and deaths[-2][0] == died_seq
+        return None, len(evidence) >= 2 and evidence[-2][0] == died_seq
 
     def fence(self, conn: Connection, run_id: str, attempt: int, owner: str) -> None:
         """Raise LeaseLost unless this attempt still holds the run (inside the caller's write transaction)."""
@@ -495,6 +505,14 @@ class RunStore:
         """An attempt that lost its lease ended on a live worker (it was slow or stopped, not
         killed): not a death. Its own row only, so no fence: the run is someone else's now."""
         self._ended(conn, run)
+
+    def went_live(self, conn: Connection, run: Run) -> None:
+        """The attempt is past its journal: from now on its death is evidence against the run."""
+        conn.execute(
+            update(run_attempts)
+            .where(run_attempts.c.run_id == run.id, run_attempts.c.attempt == run.attempt)
+            .values(live_at=self.clock.now())
+        )
 
     def _ended(self, conn: Connection, run: Run) -> None:
         """The attempt ended on its worker: it will not die with it."""

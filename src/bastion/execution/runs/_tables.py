@@ -71,6 +71,10 @@ run_attempts = Table(
     # whether no other run's attempt died with that worker.
     Column("died_seq", Integer, nullable=True),
     Column("alone", Boolean, nullable=True),
+    # When the attempt went live: it had replayed every journaled step (or there were none and
+    # its agent started), so what it does next is new. A death before that (in a claim, a
+    # sandbox start, a replay) is its worker's, not evidence against the run.
+    Column("live_at", UtcDateTime(), nullable=True),
     Index(None, "owner", "ended_at"),
 )
 """One row per claim (revision 0010): the poison rule's evidence."""

@@ -369,6 +369,7 @@ class _AttemptRunner:
             lease=self.lease,
             labels=standing.labels,
             query=self.query,
+            on_live=self._went_live,
         )
         # The lease clock started at the claim: renew from now on, through setup as well.
         heartbeat = threading.Thread(target=self._heartbeat, name=f"bastion-lease-{run.id[:8]}", daemon=True)
@@ -418,10 +419,23 @@ class _AttemptRunner:
         self._finish(RunState.SUCCEEDED, result=result)
 
     def _attempt(self, attempt: Attempt, workspace: Path) -> Any:
-        self.session = self.w.gateway.session(attempt)
+        self.session = session = self.w.gateway.session(attempt)
+        llm = self.run_.agent_spec["spec"].get("runtime") == "llm"
         with self.w.runs.db.write() as conn:
             self.w.runs.transition(conn, self.run_, self.claim.owner, RunState.RUNNING)
+            if llm and not session.recorded:
+                self.w.runs.went_live(conn, self.run_)  # Bastion's own loop starts at once
         return self._call_agent(workspace)
+
+    def _went_live(self) -> None:
+        """The session replayed the last journaled step: this attempt's death is now evidence."""
+        try:
+            with self.w.runs.db.write() as conn:
+                self.w.runs.went_live(conn, self.run_)
+        except Exception:  # evidence for the poison rule only: never the agent's failure
+            log.exception(
+                "recording that attempt %s of run %s went live failed", self.run_.attempt, self.run_.id
+            )
 
     def _cancelled(self) -> _Outcome:
         """How a run stopped by flag ends: Revoked (with a handoff) if its agent was revoked, else Cancelled."""
@@ -529,7 +543,8 @@ class _AttemptRunner:
         }
         if pooled.key.backend == "process":
             event["warning"] = PROCESS_WARNING
-        self._record([("sandbox", event)])
+        # With no journal to replay, the attempt is live from its agent's start.
+        self._record([("sandbox", event)], live=not session.recorded)
         # The run span's context, so agent code (and the coming shim) can continue the trace;
         # given with the call, since a warm sandbox started before this run existed.
         env = {"TRACEPARENT": self.span.traceparent} if self.span is not None else {}
@@ -606,8 +621,9 @@ class _AttemptRunner:
                 self._record(events)
         return image
 
-    def _record(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        """Write events on the run now, under this attempt's fence."""
+    def _record(self, events: list[tuple[str, dict[str, Any]]], *, live: bool = False) -> None:
+        """Write events on the run now, under this attempt's fence (``live``: and that the
+        attempt went live, see ``RunStore.went_live``)."""
         if not events:
             return
         scrub: Callable[[str], str] = self.session.redactor.scrub_text if self.session else (lambda t: t)
@@ -618,6 +634,8 @@ class _AttemptRunner:
         with self.w.runs.db.write() as conn:
             self.fence(conn)
             self.w.runs.add_events(conn, self.run_.id, scrubbed)
+            if live:
+                self.w.runs.went_live(conn, self.run_)
 
     def _abandoned(self) -> None:
         """Say that this attempt ended on a live worker: its run's next claim must not count it

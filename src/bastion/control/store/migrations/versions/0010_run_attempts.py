@@ -1,5 +1,7 @@
 """Attempts of runs, one row per claim: which worker ran it, when it ended, and, for an attempt
-whose worker died, where it died and whether it was alone there. The poison rule judges a run on
+whose worker died, where it died and whether it was alone there; and when the attempt went live
+(its replay done, the agent past every journaled step), before which its death says nothing
+about the run. The poison rule judges a run on
 this evidence (its own deaths), not on its attempt count, which its neighbours' deaths raise too;
 a suspect run is quarantined (run alone) until it ends.
 
@@ -28,6 +30,7 @@ def upgrade() -> None:
         sa.Column("ended_at", Timestamp, nullable=True),
         sa.Column("died_seq", sa.Integer(), nullable=True),
         sa.Column("alone", sa.Boolean(), nullable=True),
+        sa.Column("live_at", Timestamp, nullable=True),
         sa.PrimaryKeyConstraint("run_id", "attempt", name="pk_run_attempts"),
     )
     op.create_index("ix_run_attempts_owner_ended_at", "run_attempts", ["owner", "ended_at"])

@@ -1,0 +1,170 @@
+"""The poison rule's evidence, claim by claim on both backends: which deaths count against a run.
+
+The kill -9 tests in ``test_durability`` show the rule end to end; here each death is placed
+exactly (alone or beside a neighbour, before or after the attempt went live), which random kills
+can only hit by chance -- the chance that failed a healthy run in CI.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import insert
+
+from bastion.control.store import Store
+from bastion.execution.runs import RunState
+from bastion.execution.runs._store import POISON_FUSE, Claim, RunStore
+from bastion.observe.journal import journal_entries
+
+LEASE = 10.0
+
+
+class SteppedClock:
+    def __init__(self) -> None:
+        self.at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+    def past_the_lease(self) -> None:
+        self.at += timedelta(seconds=LEASE + 1)
+
+
+class Cluster:
+    """Workers that exist only as lease owners: each ``die`` is a SIGKILL of one."""
+
+    def __init__(self, store: Store) -> None:
+        self.clock = SteppedClock()
+        self.store = store
+        self.runs = RunStore(store, clock=self.clock)
+        with store.write() as conn:
+            # Two tenants with runs of the same agent name: evidence is per run, never per name.
+            self.tenants = [store.create_tenant(conn, name).id for name in ("acme", "globex")]
+        self.workers = 0
+
+    def create(self, tenant: int = 0) -> str:
+        with self.store.write() as conn:
+            run = self.runs.create(
+                conn,
+                tenant_id=self.tenants[tenant],
+                namespace="default",
+                agent="same-name",
+                agent_spec={"kind": "Agent", "metadata": {"name": "same-name"}, "spec": {}},
+                input={},
+            )
+        return run.id
+
+    def worker(self) -> str:
+        self.workers += 1
+        return f"worker-{self.workers}"
+
+    def claim(self, owner: str) -> Claim | None:
+        return self.runs.claim(owner, LEASE, idle=True)
+
+    def journal(self, claim: Claim, seq: int) -> None:
+        with self.store.write() as conn:
+            conn.execute(
+                insert(journal_entries).values(
+                    run_id=claim.run.id,
+                    seq=seq,
+                    attempt=claim.run.attempt,
+                    kind="tool",
+                    request={},
+                    request_hash="0" * 64,
+                    decision="allow",
+                    reasons=[],
+                    started_at=self.clock.now(),
+                    duration_us=1,
+                    prev_hash="0" * 64,
+                    hash=f"{seq:064d}",
+                )
+            )
+
+    def live(self, claim: Claim) -> None:
+        with self.store.write() as conn:
+            self.runs.went_live(conn, claim.run)
+
+    def state(self, run_id: str) -> tuple[RunState, str | None]:
+        with self.store.read() as conn:
+            run = self.runs.get(conn, run_id)
+        assert run is not None
+        return run.state, run.reason
+
+
+@pytest.fixture
+def cluster(store: Store) -> Cluster:
+    return Cluster(store)
+
+
+def _alone_deaths(cluster: Cluster, run_id: str, *, live: bool, times: int) -> None:
+    """``times`` attempts of the run die alone on their workers at seq 1 (journaled by the first)."""
+    for n in range(times):
+        claim = cluster.claim(cluster.worker())
+        assert claim is not None and claim.run.id == run_id, n
+        if claim.run.attempt == 1:
+            cluster.journal(claim, 1)
+        if live:
+            cluster.live(claim)
+        cluster.clock.past_the_lease()
+
+
+def test_attempts_killed_before_going_live_are_no_evidence(cluster: Cluster) -> None:
+    """Killed while claimed, starting a sandbox or replaying -- alone, at one seq, again and
+    again -- a run is still resumed: it never reached its next step, so nothing of its own
+    killed the worker (the chaos test's false poison: kills that land during takeovers)."""
+    run_id = cluster.create()
+    _alone_deaths(cluster, run_id, live=False, times=5)
+    claim = cluster.claim(cluster.worker())
+    assert claim is not None and claim.run.id == run_id
+    assert cluster.state(run_id)[0] is RunState.STARTING
+
+
+def test_live_attempts_dying_alone_at_one_seq_make_a_poison_run(cluster: Cluster) -> None:
+    run_id = cluster.create()
+    _alone_deaths(cluster, run_id, live=True, times=3)
+    assert cluster.claim(cluster.worker()) is None
+    assert cluster.state(run_id) == (
+        RunState.FAILED,
+        "poison run: 3 attempts in a row died with their worker at seq 1, the last one alone on it",
+    )
+
+
+def test_deaths_before_going_live_neither_count_nor_break_the_chain(cluster: Cluster) -> None:
+    """A poison run cannot reset its evidence by having a worker killed during its replay."""
+    run_id = cluster.create()
+    _alone_deaths(cluster, run_id, live=True, times=2)
+    _alone_deaths(cluster, run_id, live=False, times=2)
+    _alone_deaths(cluster, run_id, live=True, times=1)
+    assert cluster.claim(cluster.worker()) is None
+    assert cluster.state(run_id)[0] is RunState.FAILED
+
+
+def test_a_live_death_beside_a_neighbour_is_no_evidence(cluster: Cluster) -> None:
+    """Another tenant's run of the same agent name on the same worker: the worker's death is
+    blamed on neither, and the one that died alone elsewhere is judged on its own deaths."""
+    run_id = cluster.create(0)
+    neighbour = cluster.create(1)
+    for _ in range(4):
+        owner = cluster.worker()
+        first, second = cluster.claim(owner), cluster.claim(owner)
+        assert first is not None and second is not None
+        assert {first.run.id, second.run.id} == {run_id, neighbour}
+        for claim in (first, second):
+            if claim.run.attempt == 1:
+                cluster.journal(claim, 1)
+            cluster.live(claim)
+        cluster.clock.past_the_lease()
+    assert cluster.state(run_id)[0] is not RunState.FAILED
+    assert cluster.state(neighbour)[0] is not RunState.FAILED
+
+
+def test_a_run_that_never_goes_live_is_stopped_by_the_fuse(cluster: Cluster) -> None:
+    """A run whose replay itself kills the worker is never live: the fuse still ends it."""
+    run_id = cluster.create()
+    budget = 3
+    _alone_deaths(cluster, run_id, live=False, times=POISON_FUSE * budget)
+    assert cluster.claim(cluster.worker()) is None
+    state, reason = cluster.state(run_id)
+    assert state is RunState.FAILED
+    assert reason is not None and reason.startswith(f"{POISON_FUSE * budget} attempts died")
