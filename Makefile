@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 LOCK := requirements.lock
+WHEELHOUSE := $(VENV)/wheelhouse
 PIP_VERSION := 26.3
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
@@ -15,19 +16,29 @@ QUIET = 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || t
 .PHONY: demo up test lint lock bench clean
 
 $(BIN)/python:
+	@echo "== Creating $(VENV) and installing pip $(PIP_VERSION) (a few seconds)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "pip==$(PIP_VERSION)" $(QUIET)
 
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	@echo "== Installing Bastion and its pinned dependencies into $(VENV) (usually 1-2 minutes, quiet until done)"
 	$(PIP_INSTALL) -e . $(QUIET)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(LOCK) | $(BIN)/python
+	@echo "== Installing Bastion with the test extras into $(VENV) (usually 1-3 minutes, quiet until done)"
 	$(PIP_INSTALL) -e '.[test]' $(QUIET)
 	touch $@ $(VENV)/.installed
 
+# The wheels of the demo's agent images (openai for sdk-packer), fetched at install time so that the
+# demo builds its image from them alone, with no package index; `bastion demo` finds them here.
+$(WHEELHOUSE)/.complete: $(wildcard examples/demo/*.yaml) $(LOCK) scripts/demo_wheelhouse.py | $(VENV)/.installed
+	@echo "== Fetching the wheels of the demo's agent images into $(WHEELHOUSE) (about 6 MB, usually under 30 s)"
+	$(BIN)/python scripts/demo_wheelhouse.py examples/demo $(WHEELHOUSE)
+	touch $@
+
 ## demo: install Bastion and run the demo end to end on the embedded default (no network, no keys)
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed $(WHEELHOUSE)/.complete
 	$(BIN)/bastion demo
 
 ## up: install Bastion and start it on the embedded default (SQLite in ~/.local/share/bastion)
@@ -60,6 +71,7 @@ lock: $(VENV)/.installed-test
 	$(BIN)/python scripts/check_lock.py --stamp
 
 $(VENV)/.installed-bench: pyproject.toml $(LOCK) | $(BIN)/python
+	@echo "== Installing Bastion with the test and bench extras into $(VENV) (usually 1-3 minutes, quiet until done)"
 	$(PIP_INSTALL) -e '.[test,bench]' $(QUIET)
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 

@@ -424,6 +424,10 @@ class HandleInProcess(Row):
         stack = ExitStack()
         writer: Any = stack.enter_context(self.steps.held()) if WORKER_HOLDS else self.steps  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
         self.commit = self.timed(writer.commit) if self.timed is not None else writer.commit
+        # As the worker: the policy stamp read on the held connection, when src has both.
+        held_reads: dict[str, Any] = {}
+        if "query" in Attempt.__dataclass_fields__ and hasattr(writer, "first"):
+            held_reads["query"] = writer.first
         attempt = Attempt(
             run_id=run.id,
             attempt=run.attempt,
@@ -441,6 +445,7 @@ class HandleInProcess(Row):
                 events=events,
                 at=b.runs.clock.now(),
             ),
+            **held_reads,
         )
         with stack:
             session = b.gateway.session(attempt)
@@ -519,7 +524,8 @@ class Pieces:
     ORDER = (
         "request: canonical JSON + sha256 (gateway)",
         "policy: CompiledPolicy.decide + inspect_output",
-        "policies and grants re-read from the store (every 1 s)",
+        "policies and grants re-read (every 1 s before; on a change now)",
+        "policy stamp: one row read on the held connection (per call)",
         "secrets: headers for the tool",
         "tool: FsRead.invoke",
         "scrub: Redactor.scrub x2 + scrub_text",
@@ -552,6 +558,7 @@ class Pieces:
         gateway, journal = bastion.gateway, bastion.journal
         tool = gateway.tools["fs.read"]
         saved_module = (gateway_module.canonical, gateway_module.digest)
+        saved_text = getattr(gateway_module, "canonical_text", None)  # src that encodes the request once
         policy, _ = session.policy()
         saved_metrics = gateway.metrics
         patches: list[tuple[Any, str]] = [
@@ -561,6 +568,7 @@ class Pieces:
             (session.redactor, "scrub_text"),
             (session.secrets, "headers"),
             (gateway.resources, "resources"),
+            (session, "_policy_stamp"),
             (policy, "decide"),
             (policy, "inspect_output"),
         ]
@@ -579,12 +587,27 @@ class Pieces:
             )
             session.secrets.headers = self.wrap("secrets: headers for the tool", session.secrets.headers)  # type: ignore[method-assign]
             gateway.resources.resources = self.wrap(  # type: ignore[method-assign]
-                "policies and grants re-read from the store (every 1 s)", gateway.resources.resources
+                "policies and grants re-read (every 1 s before; on a change now)",
+                gateway.resources.resources,
             )
+            if hasattr(session, "_policy_stamp"):  # src with policy stamps (issue 23)
+                stamp = "_policy_stamp"
+                setattr(
+                    session,
+                    stamp,
+                    self.wrap(
+                        "policy stamp: one row read on the held connection (per call)",
+                        getattr(session, stamp),
+                    ),
+                )
             gateway_module.canonical = self.wrap(
                 "request: canonical JSON + sha256 (gateway)", saved_module[0]
             )
             gateway_module.digest = self.wrap("request: canonical JSON + sha256 (gateway)", saved_module[1])
+            if saved_text is not None:
+                gateway_module.canonical_text = self.wrap(
+                    "request: canonical JSON + sha256 (gateway)", saved_text
+                )
             for name in ("decide", "inspect_output"):
                 setattr(
                     policy,
@@ -597,6 +620,8 @@ class Pieces:
             for owner, attribute in patches:
                 owner.__dict__.pop(attribute, None)
             gateway_module.canonical, gateway_module.digest = saved_module
+            if saved_text is not None:
+                gateway_module.canonical_text = saved_text
             gateway.metrics = saved_metrics
 
     def report(self, calls: int, total_ns: int) -> None:

@@ -202,6 +202,7 @@ def _timed_calls(bastion: Bastion, workspace: Path, calls: int, *, recording: bo
                 at=bastion.clock.now(),
             ),
             span=span,
+            query=held.first,
         )
         session = bastion.gateway.session(attempt)
         clock = time.perf_counter_ns

@@ -3,7 +3,8 @@
 * cold start: ``backend.start`` of a fresh sandbox in a fresh workspace holding the agent, then the
   ``run`` call until its answer: what a run waits for without a pool (the baseline).
 * warm handoff: ``WarmPool.acquire`` of a warm sandbox, the rename of its workspace to the run's
-  path, the agent's source written there, then the ``run`` call until its answer: what a run waits
+  path, the agent's source written there, then the ``run`` call (with a run token, as the worker
+  sends it, so the in-sandbox model endpoint is opened) until its answer: what a run waits
   for with the pool. Target: p95 <= 5 ms on every backend. Each acquire waits (unmeasured) until
   the background refill has a warm sandbox ready, so every measured handoff is a warm one.
 * memory per warm sandbox: the proportional set size of the sandbox's processes (``/proc``), beside
@@ -43,7 +44,9 @@ def refuse(method: str, params: dict[str, Any]) -> Any:
 
 
 def call(sandbox: Any, n: int) -> None:
-    answer = sandbox.call("run", {"entrypoint": "agent:main", "input": n, "env": {}}, handler=refuse)
+    # As the worker calls it: every run gets its model endpoint's token (the in-sandbox shim).
+    env = {"BASTION_RUN_TOKEN": f"bst-run-bench-{n}"}
+    answer = sandbox.call("run", {"entrypoint": "agent:main", "input": n, "env": env}, handler=refuse)
     assert answer == n, answer
 
 

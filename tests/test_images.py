@@ -19,7 +19,7 @@ import pytest
 from bastion.api import IMAGE_BASES
 from bastion.client import BastionClient
 from bastion.control import Bastion, create_app
-from bastion.errors import InvalidManifest
+from bastion.errors import InvalidManifest, SandboxError
 from bastion.execution.sandbox import (
     BASES,
     BuildProgress,
@@ -327,3 +327,58 @@ def test_the_bases_are_the_ones_apply_accepts() -> None:
     assert set(BASES) == set(IMAGE_BASES)
     assert all(path.is_relative_to("/usr") for path in BASES.values()), "bwrap sees only /usr of the host"
     assert os.access(BASES["python3.11"], os.X_OK)
+
+
+@pytest.fixture(scope="module")
+def wheelhouse() -> Iterator[Path]:
+    """six's wheel, fetched once (with pip's configured registries, as an install step would)."""
+    root = Path(tempfile.mkdtemp(prefix="bastion-wheelhouse-"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            str(root),
+            SIX,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_image_from_a_wheelhouse_uses_its_wheels_alone_and_is_keyed_by_them(
+    cache: ImageCache, wheelhouse: Path, tmp_path: Path
+) -> None:
+    offline = ImageCache(cache.root, wheelhouse=wheelhouse)
+    events: list[BuildProgress] = []
+    image = offline.resolve("python3.11", [SIX], progress=events.append)
+    assert image.site_packages is not None and (image.site_packages / "six.py").is_file()
+    assert image.digest != image_digest("python3.11", [SIX]), "a wheelhouse build is its own image"
+    lines = [e.message for e in events if e.phase == "output"]
+    assert any(str(wheelhouse) in line for line in lines), lines
+    assert not (image.site_packages.parent / "wheelhouse-pins.txt").exists(), "no build leftovers"
+    # Content-keyed: the same wheels give the same image; another wheel in the house, another one.
+    assert ImageCache(cache.root, wheelhouse=wheelhouse).resolve("python3.11", [SIX]) == image
+    other = tmp_path / "house"
+    shutil.copytree(wheelhouse, other)
+    (other / "attrs-0.0.0-py3-none-any.whl").write_bytes(b"not even a zip")
+    assert ImageCache(cache.root, wheelhouse=other).digest("python3.11", [SIX]) != image.digest
+
+
+def test_a_wheelhouse_build_never_falls_back_to_the_index(cache: ImageCache, wheelhouse: Path) -> None:
+    # `attrs` is on every index pip here can reach, but not in the wheelhouse: the build must fail.
+    offline = ImageCache(cache.root, wheelhouse=wheelhouse)
+    with pytest.raises(ImageBuildFailed) as failed:
+        offline.resolve("python3.11", [SIX, "attrs"])
+    assert "attrs" in failed.value.detail
+    assert not [p for p in cache.root.iterdir() if not p.name.startswith(".")], "no image was kept"
+    missing = ImageCache(cache.root, wheelhouse=cache.root / "no-such-dir")
+    with pytest.raises(SandboxError, match="wheelhouse"):
+        missing.resolve("python3.11", [SIX])

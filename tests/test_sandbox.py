@@ -395,3 +395,51 @@ def test_host_readers_of_agent_files_follow_no_link(tmp_path: Path) -> None:
     assert read_agent_file(workspace, "out/report.md", limit=3) == b"the"
     for hostile in ("report.md", "relative.md", "up/master.key", "fifo", "../master.key", "out", "missing"):
         assert read_agent_file(workspace, hostile) is None, hostile
+
+
+def test_entrypoints_load_as_imports_would(start: Start) -> None:
+    """The entrypoint's own file is read directly (no ``sys.path`` scan), and everything an
+    import would give still holds: sibling modules, packages, dotted names, a module's state
+    across runs of one sandbox, and a traceback of the agent's own frames when it fails."""
+    agent = start(
+        """
+        import helper
+
+        calls = []
+
+        def main(input):
+            calls.append(input)
+            return {"helper": helper.VALUE, "calls": calls, "name": __name__, "file": __file__.rsplit("/", 1)[-1]}
+
+        def broken(input):
+            return helper.explode()
+        """
+    )
+    (agent.workspace / "helper.py").write_text(
+        "VALUE = 42\n\ndef explode():\n    raise ValueError('from the helper')\n"
+    )
+    package = agent.workspace / "team"
+    package.mkdir()
+    (package / "__init__.py").write_text("ROLE = 'package'\n")
+    (package / "worker.py").write_text(
+        "from team import ROLE\n\ndef main(input):\n    return [ROLE, input]\n"
+    )
+    (agent.workspace / "syntax.py").write_text("def main(input):\n    return (\n")
+
+    assert agent.run(1) == {"helper": 42, "calls": [1], "name": "agent", "file": "agent.py"}
+    assert agent.run(2)["calls"] == [1, 2]  # imported once: the module keeps its state
+    call = agent.sandbox.call
+    assert call("run", {"entrypoint": "team.worker:main", "input": 3}, handler=_no_requests) == ["package", 3]
+    with pytest.raises(CallError) as failed:
+        call("run", {"entrypoint": "agent:broken", "input": None}, handler=_no_requests)
+    assert failed.value.message == "ValueError: from the helper"
+    assert "helper.py" in failed.value.data["traceback"] and "agent.py" in failed.value.data["traceback"]
+    with pytest.raises(CallError) as failed:
+        call("run", {"entrypoint": "syntax:main", "input": None}, handler=_no_requests)
+    assert failed.value.message.startswith("SyntaxError")
+    with pytest.raises(CallError) as failed:
+        call("run", {"entrypoint": "missing:main", "input": None}, handler=_no_requests)
+    assert "No module named 'missing'" in failed.value.message
+    # A failed import leaves nothing behind: the fixed file loads on the next run.
+    (agent.workspace / "syntax.py").write_text("def main(input):\n    return 'fixed'\n")
+    assert call("run", {"entrypoint": "syntax:main", "input": None}, handler=_no_requests) == "fixed"

@@ -270,3 +270,56 @@ def test_a_budget_refusal_is_a_final_429(backend: ProcessBackend, tmp_path: Path
     )
     assert result[0] == 429 and result[1] == "false"
     assert "tokens per run" in result[2]["error"]["message"]
+
+
+def test_a_warm_sandbox_serves_each_run_only_with_that_runs_token(
+    backend: ProcessBackend, tmp_path: Path
+) -> None:
+    """The pool's warm-up starts the endpoint before any run (so a run does not pay for it): it
+    refuses every key until a run's token arrives, and a later run's token retires the earlier
+    one -- an agent that kept a key cannot use it in the next run of the same sandbox."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "agent.py").write_text(
+        CLIENT
+        + textwrap.dedent(
+            """
+            def main(input):
+                base = os.environ.get("OPENAI_BASE_URL")
+                # Keys are tried where the caller says: the first run's endpoint, or this one's.
+                at = input.get("at") or base
+                tried = {name: post("/chat/completions", {"model": "m", "messages": []}, key, at)[0]
+                         for name, key in input["keys"].items()}
+                return {"base": base, "tried": tried}
+            """
+        )
+    )
+    gateway = Gateway()
+    sandbox = backend.start(SandboxSpec(workspace=workspace, env={}), on_log=lambda _: None)
+    try:
+        assert sandbox.call("ping", {}, handler=gateway) == {"ready": True}
+        first = sandbox.call(
+            "run",
+            {
+                "entrypoint": "agent:main",
+                "input": {"keys": {"own": "token-one"}},
+                "env": {"BASTION_RUN_TOKEN": "token-one"},
+            },
+            handler=gateway,
+        )
+        assert first["tried"] == {"own": 200}
+        second = sandbox.call(
+            "run",
+            {
+                "entrypoint": "agent:main",
+                "input": {"keys": {"kept": "token-one", "empty": ""}, "at": first["base"]},
+                "env": {"BASTION_RUN_TOKEN": "token-two"},
+            },
+            handler=gateway,
+        )
+    finally:
+        sandbox.stop()
+    assert second["base"] == first["base"], "one endpoint per sandbox, started at its warm-up"
+    # The earlier run's key, at the earlier run's address: refused, nothing forwarded.
+    assert second["tried"] == {"kept": 401, "empty": 401}
+    assert len(gateway.seen) == 1

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
+from urllib.parse import urlsplit
 
 import typer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bastion.api import RawDocument
 from bastion.client import BastionClient
-from bastion.errors import UserError
+from bastion.errors import SandboxError, UserError
 from bastion.execution.runs import Replayer
 from bastion.execution.sandbox import ProcessBackend, read_agent_file
 from bastion.execution.tools import builtin_tools
@@ -24,14 +29,24 @@ from ._output import out
 from ._record import replay_image
 from ._runs import show_event
 
+if TYPE_CHECKING:
+    from bastion.control import Settings
+    from bastion.execution.sandbox import ImageCache
+
 DEMO_API_PORT = 8765
+WHEELHOUSE = Path(sys.prefix) / "wheelhouse"
+"""The wheels of the demo's agent images, which ``make demo`` fetches at install time
+(``scripts/demo_wheelhouse.py``): with them the demo builds its image without any package index."""
 
 
 @app.command()
 def demo(
     manifests: Annotated[Path, typer.Option(help="The demo's manifests.")] = Path("examples/demo"),
     home: Annotated[
-        Path | None, typer.Option(help="Data directory for the demo (default: a new temporary one).")
+        Path | None,
+        typer.Option(
+            help="Data directory for the demo, kept (default: a temporary one, removed at the end)."
+        ),
     ] = None,
     city: Annotated[str, typer.Option(help="The city the agent reports on.")] = "Oslo",
 ) -> None:
@@ -41,24 +56,42 @@ def demo(
 
     def body() -> int:
         docs = load_manifests([manifests])
-        token = _demo_token(docs)
+        token, port = _demo_token(docs), _demo_port(docs)
         data = home or Path(tempfile.mkdtemp(prefix="bastion-demo-"))
-        bastion = Bastion(Settings(home=data, lease_seconds=2.0, poll_seconds=0.05))
+        settings = _demo_settings(Settings(home=data, lease_seconds=2.0, poll_seconds=0.05))
+        _say_where_images_come_from(settings)
+        try:
+            bastion = Bastion(settings)
+        except BaseException:
+            if home is None:
+                _remove_demo_data(settings)
+            raise
         try:
             first = bastion.bootstrap()
             key = first.admin_key if first else _fresh_admin_key(bastion)
-            with weather_api(token, port=DEMO_API_PORT), serve_in_thread(create_app(bastion)) as url:
+            with weather_api(token, port=port), serve_in_thread(create_app(bastion)) as url:
                 spans = InMemorySpanExporter()
                 bastion.telemetry.add_exporter(spans)
                 thread, stop = bastion.start_worker()
                 try:
                     code = _run_demo(
-                        BastionClient(url, key), docs, city, bastion.settings.resolved_workspace_dir, data
+                        BastionClient(url, key),
+                        docs,
+                        city,
+                        bastion.settings.resolved_workspace_dir,
+                        data,
+                        bastion.images,
                     )
                     code = code or _show_trace(spans)
-                    out.print(
-                        f"\n[dim]The demo's data is in {data}; `BASTION_HOME={data} bastion up` serves it.[/]"
-                    )
+                    if home is None:
+                        out.print(
+                            f"\n[dim]The demo's data ({data}) is removed now; `bastion demo --home DIR` "
+                            "keeps it, and `BASTION_HOME=DIR bastion up` then serves it.[/]"
+                        )
+                    else:
+                        out.print(
+                            f"\n[dim]The demo's data is in {data}; `BASTION_HOME={data} bastion up` serves it.[/]"
+                        )
                     return code
                 finally:
                     stop.set()
@@ -66,12 +99,94 @@ def demo(
         except OSError as exc:
             raise UserError(
                 f"the demo could not start: {exc.strerror or exc}",
-                hint=f"is port {DEMO_API_PORT} (the demo weather API) in use?",
+                hint=f"is port {port} (the demo weather API) in use?",
             ) from None
         finally:
             bastion.close()
+            if home is None:
+                _remove_demo_data(bastion.settings)
+            if settings.image_dir == _demo_image_dir():
+                _prune_demo_images(bastion.images, docs)
 
     run_command(body)
+
+
+def _demo_settings(settings: Settings) -> Settings:
+    """The demo's images live in one cache shared by every demo (content-keyed: a second demo
+    reuses the first's image), built from ``make demo``'s wheelhouse when there is one.
+    ``BASTION_IMAGE_DIR`` and ``BASTION_IMAGE_WHEELHOUSE`` still choose otherwise."""
+    update: dict[str, Path] = {}
+    if settings.image_dir is None:
+        update["image_dir"] = _demo_image_dir()
+    if settings.image_wheelhouse is None and WHEELHOUSE.is_dir():
+        update["image_wheelhouse"] = WHEELHOUSE
+    return settings.model_copy(update=update)
+
+
+def _prune_demo_images(images: ImageCache, docs: list[RawDocument]) -> None:
+    """Remove the demo cache's images that these manifests no longer use (those of an older lock's
+    wheelhouse): the cache keeps what the next demo reuses, and nothing more."""
+    keep: set[str] = set()
+    for doc in docs:
+        raw: Any = doc.body
+        body: dict[str, Any] = cast(dict[str, Any], raw) if isinstance(raw, dict) else {}
+        if body.get("kind") != "Agent":
+            continue
+        spec: dict[str, Any] = body.get("spec") or {}
+        requirements: list[Any] = spec.get("requirements") or []
+        if isinstance(spec.get("image"), str):
+            try:
+                keep.add(images.digest(spec["image"], [str(r) for r in requirements]))
+            except SandboxError:  # the wheelhouse cannot be read: keep everything
+                return
+    if images.root.is_dir():
+        for child in images.root.iterdir():
+            if not child.name.startswith(".") and child.name not in keep:
+                images.remove(child.name)
+
+
+def _demo_image_dir() -> Path:
+    """As root, under ``/var/lib/bastion`` (the sandboxes' unprivileged uids must traverse every
+    parent of an image); else beside the wheelhouse, in the environment Bastion is installed in."""
+    from bastion.control.settings import SHARED_ROOT
+
+    return SHARED_ROOT / "demo-images" if os.geteuid() == 0 else Path(sys.prefix) / "demo-images"
+
+
+def _say_where_images_come_from(settings: Settings) -> None:
+    if settings.image_wheelhouse is not None:
+        out.print(
+            f"[dim]Agent images: built from the wheels in {settings.image_wheelhouse} only (no package "
+            f"index), cached in {settings.resolved_image_dir}.[/]"
+        )
+    else:
+        out.print(
+            f"[dim]Agent images: no wheelhouse at {WHEELHOUSE}, so sdk-packer's image is installed from "
+            f"pip's package index (`make demo` fetches its wheels at install time instead); cached in "
+            f"{settings.resolved_image_dir}.[/]"
+        )
+
+
+def _remove_demo_data(settings: Settings) -> None:
+    """Remove a temporary demo's data directory and the sandbox files Bastion kept for it
+    (as root under ``/var/lib/bastion/<hash of its home>``), but never a directory the user named."""
+    doomed = [settings.home]
+    state = settings.sandbox_state_dir
+    if settings.sandbox_dir is None and not state.is_relative_to(settings.home):
+        doomed.append(state.parent)
+    for path in doomed:
+        _remove_tree(path)
+
+
+def _remove_tree(root: Path) -> None:
+    """``rm -rf``, also through the read-only directories sandboxes leave behind."""
+    if not root.is_dir() or root.is_symlink():
+        return
+    for parent, dirs, _files in os.walk(root):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(parent, name), 0o700, follow_symlinks=False)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _demo_token(docs: list[RawDocument]) -> str:
@@ -87,6 +202,18 @@ def _demo_token(docs: list[RawDocument]) -> str:
     )
 
 
+def _demo_port(docs: list[RawDocument]) -> int:
+    """The weather API's port: the one the manifests' ``weather.get`` Tool calls."""
+    for doc in docs:
+        raw: Any = doc.body
+        body: dict[str, Any] = cast(dict[str, Any], raw) if isinstance(raw, dict) else {}
+        if body.get("kind") == "Tool" and body.get("metadata", {}).get("name") == "weather.get":
+            url = str(body.get("spec", {}).get("implementation", {}).get("url", ""))
+            with contextlib.suppress(ValueError):
+                return urlsplit(url).port or DEMO_API_PORT
+    return DEMO_API_PORT
+
+
 def _fresh_admin_key(bastion: Any) -> str:
     with bastion.store.write() as conn:
         tenant = bastion.store.tenant_by_name(conn, "system")
@@ -94,7 +221,9 @@ def _fresh_admin_key(bastion: Any) -> str:
     return token
 
 
-def _run_demo(client: BastionClient, docs: list[Any], city: str, workspaces: Path, data: Path) -> int:
+def _run_demo(
+    client: BastionClient, docs: list[Any], city: str, workspaces: Path, data: Path, images: ImageCache
+) -> int:
     with client:
         out.rule("[bold]1. apply the demo's manifests")
         for item in client.apply(docs):
@@ -133,7 +262,9 @@ def _run_demo(client: BastionClient, docs: list[Any], city: str, workspaces: Pat
         )
         if not (verdict["ok"] and denied):
             return 1
-        return _record_and_replay(client, run["id"], data) or _model_agents(client, city, data)
+        return _record_and_replay(client, run["id"], data, images) or _model_agents(
+            client, city, data, images
+        )
 
 
 def _follow(client: BastionClient, agent: str, input: Any) -> dict[str, Any] | None:
@@ -148,7 +279,7 @@ def _follow(client: BastionClient, agent: str, input: Any) -> dict[str, Any] | N
     return final
 
 
-def _model_agents(client: BastionClient, city: str, data: Path) -> int:
+def _model_agents(client: BastionClient, city: str, data: Path, images: ImageCache) -> int:
     """A declarative agent (Bastion's own loop) and unmodified OpenAI SDK code, both on the
     scripted provider: governed, budgeted, journaled, and replayed offline like the first."""
     out.rule("[bold]8. a declarative agent: model -> tools -> model, every call through the gateway")
@@ -162,12 +293,14 @@ def _model_agents(client: BastionClient, city: str, data: Path) -> int:
     for final in (briefer, packer):
         kinds = [e["kind"] for e in client.journal(final["id"])]
         out.print(f"{final['agent']}: journal {' '.join(kinds)}", highlight=False)
-        if _record_and_replay(client, final["id"], data, quiet=True):
+        if _record_and_replay(client, final["id"], data, images, quiet=True):
             return 1
     return 0
 
 
-def _record_and_replay(client: BastionClient, run_id: str, data: Path, *, quiet: bool = False) -> int:
+def _record_and_replay(
+    client: BastionClient, run_id: str, data: Path, images: ImageCache, *, quiet: bool = False
+) -> int:
     if not quiet:
         out.rule("[bold]6. export the signed ExecutionRecord and verify it offline")
     record = client.export_record(run_id)
@@ -184,9 +317,7 @@ def _record_and_replay(client: BastionClient, run_id: str, data: Path, *, quiet:
     )
     if not quiet:
         out.rule("[bold]7. replay it offline: the agent again, every answer from the record")
-    from bastion.control import Settings
-
-    image = replay_image(record, Settings(home=data).resolved_image_dir)
+    image = replay_image(record, images)
     with tempfile.TemporaryDirectory(prefix="bastion-demo-replay-") as scratch, ProcessBackend() as backend:
         report = Replayer(record, backend, builtin_tools(), image=image).run(Path(scratch))
     if not report.ok:

@@ -19,7 +19,7 @@ from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, run_command
 from ._output import out
 
 if TYPE_CHECKING:
-    from bastion.execution.sandbox import Image
+    from bastion.execution.sandbox import Image, ImageCache
 
 record_app = typer.Typer(
     help="Export and verify ExecutionRecords (signed, verifiable offline).", no_args_is_help=True
@@ -194,11 +194,12 @@ def replay(
             )
             return 0
         if report.result_matches is False:
-            out.print(f"[red]the result differs[/]: {report.reason}", highlight=False)
+            out.print(f"[red]the replay ended otherwise[/]: {report.reason}", highlight=False)
             out.print(report.diff, markup=False)
             return 1
+        ending = "the result" if report.error is None else f"the failure ({report.error})"
         out.print(
-            f"[green]ok[/]: {len(report.verified)} calls replayed, every request and the result matched",
+            f"[green]ok[/]: {len(report.verified)} calls replayed, every request and {ending} matched",
             highlight=False,
         )
         return 0
@@ -222,19 +223,20 @@ def _fork(run_id: str, seq: int, namespace: str, url: str | None, api_key: str |
     return 1
 
 
-def replay_image(record: dict[str, Any], images: Path) -> Image | None:
+def replay_image(record: dict[str, Any], images: Path | ImageCache) -> Image | None:
     """The image a recorded agent ran in, from the local image cache (built there if missing):
     replaying code that imports its requirements needs them."""
     from bastion.errors import SandboxError
     from bastion.execution.sandbox import ImageCache
 
+    cache = images if isinstance(images, ImageCache) else ImageCache(images)
     spec: dict[str, Any] = record["agent"].get("spec", {})
     base = spec.get("image")
     if not isinstance(base, str):
         return None
     requirements = [str(r) for r in spec.get("requirements", [])]
     try:
-        return ImageCache(images).resolve(
+        return cache.resolve(
             base, requirements, progress=lambda step: out.print(f"[dim]image {step.phase}: {step.message}[/]")
         )
     except SandboxError as exc:

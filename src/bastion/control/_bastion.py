@@ -91,7 +91,9 @@ class Bastion:
             self.store, self.runs, self.gateway, clock, ids, settings.resolved_workspace_dir
         )
         self.images = ImageCache(
-            settings.resolved_image_dir, timeout_seconds=settings.image_build_timeout_seconds
+            settings.resolved_image_dir,
+            timeout_seconds=settings.image_build_timeout_seconds,
+            wheelhouse=settings.image_wheelhouse,
         )
         self._reports: list[BackendReport] | None = None
         self._default: str | None = None

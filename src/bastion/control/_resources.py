@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 
 from bastion.api import SECRET_PLACEHOLDER, Clock, IdSource, Requirement, Resource, Secret
 from bastion.errors import Conflict, Forbidden, NotFound, Problem
+from bastion.execution.gateway import POLICY_KINDS, replace_policy_stamp
 from bastion.secrets import Sealer
 
 from ._privileged import check_privileged_fields
@@ -190,6 +191,8 @@ class ResourceService:
                 updated_at=now,
             )
             insert_row(conn, row)
+            if row.kind in POLICY_KINDS:
+                replace_policy_stamp(conn, row.tenant_id, row.namespace)
             return Applied(action="created", row=row)
         spec_changed = spec != existing.spec
         if not spec_changed and labels == existing.labels and annotations == existing.annotations:
@@ -207,6 +210,8 @@ class ResourceService:
             updated_at=now,
         )
         update_row(conn, row)
+        if row.kind in POLICY_KINDS:
+            replace_policy_stamp(conn, row.tenant_id, row.namespace)
         return Applied(action="configured", row=row)
 
     def plan(self, conn: Connection, principal: Principal, resources: list[Resource]) -> list[Planned]:
@@ -280,6 +285,8 @@ class ResourceService:
     ) -> ResourceRow:
         row = self.get(conn, principal, kind, namespace, name)
         delete_row(conn, row.uid)
+        if row.kind in POLICY_KINDS:
+            replace_policy_stamp(conn, row.tenant_id, row.namespace)
         return row
 
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     Its parents must be traversable by the sandboxes' unprivileged uids too."""
     image_build_timeout_seconds: float = Field(default=900.0, gt=0)
     """An image build (pip) running longer is stopped and its run fails."""
+    image_wheelhouse: Path | None = None
+    """Build agent images from the wheels in this directory only (``pip --no-index``), never from
+    a package index: for workers without network. Image digests then cover those wheels too."""
 
     @property
     def resolved_database_url(self) -> str:

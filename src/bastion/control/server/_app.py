@@ -31,6 +31,7 @@ from . import (
     _routes_trust,
     _routes_whatif,
 )
+from ._docs import install_docs
 from ._inputs import InputGuard
 from ._middleware import BodyLimit, CrashGuard, Metrics
 from ._openapi import install_problem_openapi
@@ -101,7 +102,7 @@ def create_app(bastion: Bastion) -> FastAPI:
         version="0.1.0",
         summary="Control plane of Bastion, an operating system for untrusted AI agents.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # install_docs serves the page with local assets
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -113,6 +114,7 @@ def create_app(bastion: Bastion) -> FastAPI:
         registry.register(SandboxCounts(bastion))
     install_problem_handlers(app)
     install_problem_openapi(app)
+    install_docs(app)
     app.include_router(_routes_admin.router)
     app.include_router(_routes_resources.router)
     app.include_router(_routes_runs.router)

@@ -259,8 +259,10 @@ def journal(
     }
 
 
-def _verdict(bastion: Bastion, run: Run) -> dict[str, Any]:
-    verdict = bastion.journal.verify(run.id, expected_head=run.journal_head, expected_count=run.journal_count)
+def _verdict(bastion: Bastion, run: Run, *, full: bool = True) -> dict[str, Any]:
+    verdict = bastion.journal.verify(
+        run.id, expected_head=run.journal_head, expected_count=run.journal_count, full=full
+    )
     return {
         "run": run.id,
         "namespace": run.namespace,
@@ -271,6 +273,7 @@ def _verdict(bastion: Bastion, run: Run) -> dict[str, Any]:
         "head": verdict.head,
         "brokenSeq": verdict.broken_seq,
         "reason": verdict.reason,
+        "verifiedFrom": verdict.verified_from,
     }
 
 
@@ -299,11 +302,23 @@ def record_key(bastion: BastionDep, principal: PrincipalDep) -> dict[str, Any]:
 
 @router.get("/audit/verify", tags=["audit"], summary="Verify the journal of every run of the tenant")
 def verify_all(
-    bastion: BastionDep, principal: PrincipalDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+    bastion: BastionDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    incremental: Annotated[
+        bool,
+        Query(
+            description="Recompute only the entries after each run's checkpoint (the last entry a "
+            "full verification found intact), and check that the checkpointed entry still carries "
+            "its hash. Catches anything appended, inserted, removed or re-hashed since; an edit of "
+            "an already verified entry that leaves its hash alone needs a full verification (the "
+            "default). Each item's verifiedFrom says where recomputing began."
+        ),
+    ] = False,
 ) -> dict[str, Any]:
     with bastion.store.read() as conn:
         found, _ = bastion.runs.list(conn, tenant_id=principal.tenant_id, namespace=None, limit=limit)
-    verdicts = [_verdict(bastion, run) for run in found]
+    verdicts = [_verdict(bastion, run, full=not incremental) for run in found]
     return {"ok": all(v["ok"] for v in verdicts), "items": verdicts}
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from bastion.execution.gateway import approvals_metadata
+from bastion.execution.gateway import approvals_metadata, policy_metadata
 from bastion.execution.llm import metadata as llm_metadata
 from bastion.execution.runs import metadata as runs_metadata
 from bastion.observe import UtcDateTime as Timestamp
@@ -136,7 +136,14 @@ every state change and refreshed while the worker lives; a dead worker's rows ex
 def all_metadata() -> MetaData:
     """Every plane's tables in one MetaData: what the migrations must produce."""
     combined = MetaData()
-    for source in (control_metadata, runs_metadata, journal_metadata, approvals_metadata, llm_metadata):
+    for source in (
+        control_metadata,
+        runs_metadata,
+        journal_metadata,
+        approvals_metadata,
+        llm_metadata,
+        policy_metadata,
+    ):
         for table in source.tables.values():
             table.to_metadata(combined)
     return combined

@@ -65,6 +65,7 @@ approvals = Table(
     Column("decided_at", UtcDateTime(), nullable=True),
     UniqueConstraint("run_id", "seq"),
     Index(None, "tenant_id", "state", "created_at"),
+    Index(None, "tenant_id", "created_at", "id"),  # GET /approvals of every state (revision 0011)
     Index(None, "state", "expires_at"),
 )
 

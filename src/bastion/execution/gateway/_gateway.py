@@ -25,7 +25,7 @@ from bastion.execution.llm import Models, answer
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
 from bastion.observe import Database, RunSpan, Telemetry, ToolSpan
-from bastion.observe.journal import GENESIS, Entry, Journal, Prepared, canonical, digest
+from bastion.observe.journal import GENESIS, Entry, Journal, Prepared, canonical, canonical_text, digest
 from bastion.policy import (
     RANK,
     CallContext,
@@ -42,15 +42,13 @@ from ._approvals import Approval, ApprovalState, ApprovalStore
 from ._echo import EchoGuard, as_denial
 from ._llm import ModelCalls
 from ._metrics import GatewayMetrics
-from ._policy import PolicyCache, RateWindows, parameters_fault
+from ._policy import STAMP_SQL, Manifests, PolicyCache, RateWindows, parameters_fault, read_policy_stamp
 from ._provenance import RunLabels
 from ._resources import ResourceReader
 from ._scrub import Redactor
 from ._secrets import SecretResolver
 
 log = logging.getLogger("bastion.gateway")
-POLICY_TTL_SECONDS = 1.0
-"""How long a session keeps its namespace's Policies and ToolGrants before reading them again."""
 _NO_SPAN = ToolSpan(None)
 """Time, randomness and ids get no span (see ``bastion.observe.Telemetry``)."""
 KINDS = {
@@ -62,6 +60,9 @@ KINDS = {
 }
 
 
+Query = Callable[[str, tuple[Any, ...]], tuple[Any, ...] | None]
+"""Runs one read statement (qmark placeholders) on the attempt's held connection, outside any
+transaction, and returns its first row (or None)."""
 Fence = Callable[[Connection], None]
 """Raises LeaseLost unless the attempt still holds its run (inside the given transaction)."""
 Commit = Callable[[Prepared, list[tuple[str, dict[str, Any]]]], None]
@@ -82,6 +83,12 @@ class EffectLease(Protocol):
         """Raise LeaseLost unless the lease has more than its safety margin left; called right
         before a request's first byte is written. No I/O unless the margin is reached, when it
         renews first (which fails if a successor holds the run)."""
+        ...
+
+    def confirm(self) -> None:
+        """The fence before an external effect: raise LeaseLost unless this attempt still holds
+        the run, read on the attempt's own connection (no write transaction); with less than
+        half the lease left it renews instead (``renew``)."""
         ...
 
 
@@ -108,6 +115,9 @@ class Attempt:
     labels: Mapping[str, str] | None = None
     """The Agent's labels as stored now; None: the spec's. The run engine always passes them (and
     ``tier``): a run's spec is a snapshot a developer can start again, and grants trust both."""
+    query: Query | None = None
+    """Reads on the attempt's held connection (the namespace's policy stamp before each decision);
+    None: a read transaction of the gateway's database instead."""
     input: Any = None
     """The run's input: its values are labeled ``input`` (the user's) for provenance rules."""
     on_live: Callable[[], None] | None = None
@@ -182,7 +192,6 @@ class GatewaySession:
             for m in gateway.resources.resources(self.tenant_id, "Tool", self.namespace)
         }
         self.secrets.preload([m for name, m in self.tool_manifests.items() if name in self.subject.tools])
-        self._policy_cache: tuple[float, CompiledPolicy, dict[str, dict[str, Any]]] | None = None
         self._tool_infos: dict[str, ToolInfo] = {}
         self.model_calls = ModelCalls(self, gateway.models)
         self.model_calls.preload()
@@ -214,7 +223,8 @@ class GatewaySession:
             params = {k: v for k, v in params.items() if k != "_meta"}
         request = {"method": method, "params": params}
         try:
-            request_hash = digest(canonical(request))
+            request_text = canonical_text(request)  # encoded once: hashed here, stored if unscrubbed
+            request_hash = digest(request_text.encode())
         except (TypeError, ValueError):
             raise CallError(INVALID, "the request is not JSON", {"type": "invalid_request"}) from None
         seq = self.seq + 1
@@ -232,7 +242,7 @@ class GatewaySession:
             with span:
                 if recorded is not None:
                     return self._replay(seq, kind, request, request_hash, recorded, span)
-                return self._live(seq, kind, request, request_hash, span)
+                return self._live(seq, kind, request, request_hash, request_text, span)
         except (CallError, RunError):
             raise  # an answer for the agent, or the end of this attempt (lease lost, non-determinism)
         except Exception:
@@ -311,7 +321,15 @@ class GatewaySession:
 
     # --- live ------------------------------------------------------------------------
 
-    def _live(self, seq: int, kind: str, request: dict[str, Any], request_hash: str, span: ToolSpan) -> Any:
+    def _live(
+        self,
+        seq: int,
+        kind: str,
+        request: dict[str, Any],
+        request_hash: str,
+        request_text: str,
+        span: ToolSpan,
+    ) -> Any:
         started_at = self.g.clock.now()
         t0 = time.perf_counter()
         decision: Decision
@@ -345,12 +363,14 @@ class GatewaySession:
             if trusted is not None:
                 reasons.append(trusted)
         attempt = self.attempt
+        stored_request = self.redactor.scrub(request)  # the hash is the raw request's: replay compares
         prepared = self.g.journal.prepare(
             run_id=attempt.run_id,
             seq=seq,
             attempt=attempt.attempt,
             kind=kind,
-            request=self.redactor.scrub(request),  # the hash is the raw request's: replay still compares
+            request=stored_request,
+            request_text=request_text if stored_request is request else None,
             request_hash=request_hash,
             decision=decision.effect,
             reasons=reasons,
@@ -454,15 +474,26 @@ class GatewaySession:
         return None
 
     def policy(self) -> tuple[CompiledPolicy, dict[str, dict[str, Any]]]:
-        """The namespace's compiled policy and its grants by name, re-read at most once a second so
-        a revoked grant or a new rule bites quickly."""
-        now = time.monotonic()
-        if self._policy_cache is None or now - self._policy_cache[0] > POLICY_TTL_SECONDS:
-            grants = self.g.resources.resources(self.tenant_id, "ToolGrant", self.namespace)
-            policies = self.g.resources.resources(self.tenant_id, "Policy", self.namespace)
-            compiled = self.g.policies.get(policies, grants, tenant=self.tenant_id, namespace=self.namespace)
-            self._policy_cache = (now, compiled, {m["metadata"]["name"]: m for m in grants})
-        return self._policy_cache[1], self._policy_cache[2]
+        """The namespace's compiled policy and its grants by name, as of now: the namespace's policy
+        stamp is read on every call, so a revoked grant or a new rule bites on the next decision;
+        the manifests are read and compiled only when the stamp changed (shared by every session
+        of the gateway)."""
+        return self.g.policies.current(
+            tenant=self.tenant_id, namespace=self.namespace, stamp=self._policy_stamp(), load=self._manifests
+        )
+
+    def _policy_stamp(self) -> str | None:
+        query = self.attempt.query
+        if query is not None:
+            row = query(STAMP_SQL, (self.tenant_id, self.namespace))
+            return None if row is None else str(row[0])
+        with self.g.db.read() as conn:
+            return read_policy_stamp(conn, self.tenant_id, self.namespace)
+
+    def _manifests(self) -> Manifests:
+        policies = self.g.resources.resources(self.tenant_id, "Policy", self.namespace)
+        grants = self.g.resources.resources(self.tenant_id, "ToolGrant", self.namespace)
+        return policies, grants
 
     def _handed(self) -> Iterator[tuple[int, str, str, tuple[str, ...], Any, dict[str, Any] | None]]:
         """The run's journaled tool calls up to this attempt's position (provenance's history)."""
@@ -634,9 +665,9 @@ class GatewaySession:
         return (None, incident) if incident is not None else (value, None)
 
     def _fence_effect(self, tool: Tool) -> Callable[[], None] | None:
-        """The last gate before an external effect, as late as it can be: renew the lease (the
-        check and the renewal in one statement), and hand the tool the lease's own check for the
-        moment it sends. A worker paused anywhere before that moment finds its lease past its
+        """The last gate before an external effect, as late as it can be: confirm on the attempt's
+        held connection that it still holds the run (renewing the lease when under half of it is
+        left), and hand the tool the lease's own check for the moment it sends. A worker paused anywhere before that moment finds its lease past its
         margin when it wakes, and sends nothing (README, "Effects after a lost lease")."""
         if tool.workspace_only:
             return None
@@ -645,7 +676,7 @@ class GatewaySession:
             with self.g.db.read() as conn:
                 self.attempt.fence(conn)
             return None
-        lease.renew()
+        lease.confirm()
         return lease.check
 
     @staticmethod

@@ -5,6 +5,11 @@ checking that the request is byte for byte the recorded one (canonical JSON). Ca
 workspace-only tools are also re-executed in the replay's own workspace, so an agent that reads
 back its files from disk sees them as it did. The first divergence stops the replay and names the
 seq with a readable diff; ``until`` stops it after that seq.
+
+A replay ends as its run did or it diverges: a run that succeeded must return the recorded result;
+a run that failed must fail again with the recorded reason, worded as the worker words it (``the
+agent raised ...``), and no result. A failure replayed faithfully is a clean verdict; a replay that
+fails differently, or succeeds where the run failed, is not.
 """
 
 from __future__ import annotations
@@ -47,7 +52,12 @@ class ReplayReport:
     diff: str = ""
     reason: str = ""
     result: Any = None
+    state: str | None = None
+    """How the replayed agent ended: ``Succeeded`` or ``Failed`` (None: stopped before the end)."""
+    error: str | None = None
+    """Why the replayed agent failed, worded as the run's recorded ``reason``."""
     result_matches: bool | None = None
+    """Whether the replay ended as the run did: the same result, or the same failure."""
     stopped_at: int | None = None
 
     @property
@@ -57,6 +67,21 @@ class ReplayReport:
 
 class _Stop(RunKilled):
     """Ends the agent: a divergence was found, or ``until`` was reached."""
+
+
+_SUCCEEDED, _FAILED = "Succeeded", "Failed"
+
+
+def _ending(state: Any, reason: Any, result: Any) -> dict[str, Any]:
+    """What a run's end is judged by: its result if it succeeded, its reason if it failed (a
+    failed run has no result), and its state whatever it was."""
+    if state == _SUCCEEDED:
+        return {"state": state, "result": result}
+    return {"state": state, "reason": reason, "result": result}
+
+
+def _why(ending: dict[str, Any]) -> str:
+    return f" ({ending['reason']})" if ending.get("reason") else ""
 
 
 def _pretty(value: Any) -> list[str]:
@@ -151,8 +176,10 @@ class Replayer:
                 report.result = handle("llm.chat", self.record["run"].get("input"))
             except _Stop:
                 return report
-            except CallError as exc:
-                report.result = {"error": exc.message}
+            except CallError as exc:  # the completion's run records the gateway's refusal as is
+                report.state, report.error = _FAILED, exc.message
+            else:
+                report.state = _SUCCEEDED
             return self._finish(report)
 
         sandbox = self.backend.start(
@@ -173,10 +200,12 @@ class Replayer:
             )
         except _Stop:
             return report
-        except CallError as exc:
-            report.result = {"error": exc.message}
+        except CallError as exc:  # the agent raised: worded as the worker records it
+            report.state, report.error = _FAILED, f"the agent raised {exc.message}"
         except (LimitExceeded, SandboxError) as exc:
-            report.reason = exc.detail
+            report.state, report.error = _FAILED, exc.detail
+        else:
+            report.state = _SUCCEEDED
         finally:
             sandbox.stop()
         return self._finish(report)
@@ -187,14 +216,22 @@ class Replayer:
             report.reason = (
                 f"the agent finished after {len(report.verified)} calls; the record has {len(self.entries)}"
             )
-        recorded_result = self.record["run"].get("result")
-        report.result_matches = canonical(report.result) == canonical(recorded_result)
+        run: dict[str, Any] = self.record["run"]
+        recorded = _ending(run.get("state"), run.get("reason"), run.get("result"))
+        replayed = _ending(report.state, report.error, report.result)
+        report.result_matches = canonical(replayed) == canonical(recorded)
         if not report.result_matches and report.divergence is None:
-            report.reason = "the result differs from the recorded one"
-            report.diff = "\n".join(
-                difflib.unified_diff(
-                    _pretty(recorded_result), _pretty(report.result), "recorded", "replayed", lineterm=""
+            if recorded["state"] == replayed["state"] == _SUCCEEDED:
+                report.reason = "the result differs from the recorded one"
+                before, after = recorded["result"], replayed["result"]
+            else:
+                report.reason = (
+                    f"the run ended {recorded['state']}{_why(recorded)}; the replay ended "
+                    f"{replayed['state']}{_why(replayed)}"
                 )
+                before, after = recorded, replayed
+            report.diff = "\n".join(
+                difflib.unified_diff(_pretty(before), _pretty(after), "recorded", "replayed", lineterm="")
             )
         return report
 
@@ -208,8 +245,10 @@ class Replayer:
             )
         except _Stop:
             return report
-        except RunError as exc:
-            report.result = {"error": exc.detail}
+        except RunError as exc:  # the worker records the loop's failure as its detail
+            report.state, report.error = _FAILED, exc.detail
+        else:
+            report.state = _SUCCEEDED
         return self._finish(report)
 
     def _redo_workspace_effect(

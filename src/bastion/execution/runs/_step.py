@@ -271,6 +271,20 @@ class HeldStepWriter:
                 cursor, run_id=run_id, attempt=attempt, owner=owner, prepared=prepared, events=events, at=at
             )
 
+    def first(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The first row of one read statement (qmark placeholders) on the held connection,
+        outside any transaction (SQLite without BEGIN; PostgreSQL in autocommit): no write lock,
+        no commit, no pool checkout."""
+        if self._one_statement:
+            sql = sql.replace("?", "%s")
+        cursor = self._raw.cursor()
+        try:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if row is None else tuple(row)
+
     def renew(self, *, run_id: str, attempt: int, owner: str, expires: datetime) -> bool:
         """Extend this attempt's lease to ``expires`` on the held connection; False if the attempt
         no longer holds the run. The fence before an external effect: the check and the renewal

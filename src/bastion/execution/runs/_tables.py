@@ -41,7 +41,9 @@ runs = Table(
     Column("takeovers", Integer, nullable=False, server_default="0"),
     Column("quarantined", Boolean, nullable=False, server_default=false()),
     Index(None, "state", "lease_expires_at"),
-    Index(None, "tenant_id", "namespace", "created_at"),
+    # A page of GET /runs, in one namespace or across them, in (created_at, id) order (revision 0011).
+    Index(None, "tenant_id", "namespace", "created_at", "id"),
+    Index(None, "tenant_id", "created_at", "id"),
 )
 
 run_events = Table(

@@ -48,11 +48,13 @@ from bastion.policy import Attempted, RunOutcome, TrustSettings, build_handoff, 
 
 from ._llm_loop import run_llm_agent
 from ._standing import Standing, current_standing
-from ._states import RunState
+from ._states import ACTIVE, RunState
 from ._step import HeldStepWriter, StepWriter
 from ._store import Claim, RunStore
 from ._trust import Outcome, TrustState, TrustStore
 
+_HOLDS = "SELECT attempt, lease_owner, state FROM runs WHERE id = ?"
+_ACTIVE = frozenset(str(s) for s in ACTIVE)
 APPROVAL_SWEEP_SECONDS = 1.0
 """How often a worker looks for approvals past their deadline."""
 log = logging.getLogger("bastion.worker")
@@ -243,6 +245,23 @@ class _Lease:
             raise LeaseLost(f"attempt {run.attempt} of run {run.id} no longer holds its lease")
         self.extend(started)
 
+    def confirm(self) -> None:
+        """One read of the run's row on the held connection: this attempt still owns it, and it is
+        not finished. That and the local lease (at least half of it left, which the database's
+        expiry outlasts) together say what a renewal would: no successor can hold the run before
+        the local lease ends, and ``check`` still stands between this and the send. With less
+        than half left, renew (a write) instead."""
+        runner = self.runner
+        if self.left() < self.seconds / 2:
+            self.renew()
+            return
+        writer, run = runner.writer, runner.run_
+        assert writer is not None
+        row = writer.first(_HOLDS, (run.id,))
+        if row is None or row[0] != run.attempt or row[1] != runner.claim.owner or row[2] not in _ACTIVE:
+            runner.lost.set()
+            raise LeaseLost(f"attempt {run.attempt} of run {run.id} no longer holds its lease")
+
     def check(self) -> None:
         if self.runner.lost.is_set():
             raise LeaseLost(f"attempt {self.runner.run_.attempt} of run {self.runner.run_.id} lost its lease")
@@ -281,6 +300,13 @@ class _AttemptRunner:
 
     def fence(self, conn: Connection) -> None:
         self.w.runs.fence(conn, self.run_.id, self.run_.attempt, self.claim.owner)
+
+    def query(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """A read on the attempt's held connection (the gateway's policy stamp)."""
+        if self.writer is None:  # before the attempt holds its connection: a pooled one
+            with self.w.steps.held() as writer:
+                return writer.first(sql, params)
+        return self.writer.first(sql, params)
 
     def commit(self, prepared: Prepared, events: list[tuple[str, dict[str, Any]]]) -> None:
         assert self.writer is not None
@@ -342,6 +368,7 @@ class _AttemptRunner:
             tier=trust.tier,
             lease=self.lease,
             labels=standing.labels,
+            query=self.query,
             input=run.input,
             on_live=self._went_live,
         )
@@ -351,7 +378,10 @@ class _AttemptRunner:
         try:
             with self.w.steps.held() as writer:
                 self.writer = writer
-                result = self._attempt(attempt, workspace)
+                try:
+                    result = self._attempt(attempt, workspace)
+                finally:
+                    self.writer = None  # the connection goes back to the pool: nothing may use it
         except LeaseLost as exc:
             log.warning("attempt %s of run %s lost its lease; abandoning it", run.attempt, run.id)
             span.fail("lease_lost", exc.detail, exc)

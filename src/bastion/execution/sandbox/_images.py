@@ -7,7 +7,11 @@ network, so the requirements are installed before it starts, by the worker's own
 host name here). Wheels only (``--only-binary=:all:``): installing a wheel unpacks it, while
 building an sdist would run the package's code on the worker's host.
 
-One environment per digest of (base, requirements), under ``root/<digest>/site-packages``:
+With a wheelhouse (a directory of wheels, ``Settings.image_wheelhouse``), pip installs from it
+alone (``--no-index``, every package pinned to the wheelhouse's version of it): a worker without
+network builds images from wheels fetched beforehand, and the digest covers those wheels too.
+
+One environment per digest of (base, requirements[, wheels]), under ``root/<digest>/site-packages``:
 built in a staging directory, made read-only, renamed into place (a reader sees a whole image or
 none), with one build at a time per digest across threads and processes (a file lock). When the
 builder may (root, on a filesystem that supports it), every file and directory is also made
@@ -77,14 +81,37 @@ def normalized_requirements(requirements: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted({" ".join(r.split()) for r in requirements if r.strip()}))
 
 
-def image_digest(base: str, requirements: Sequence[str]) -> str:
-    """sha256 of the base and the exact (normalized) requirements."""
-    canonical = json.dumps(
-        {"format": _FORMAT, "base": base, "requirements": normalized_requirements(requirements)},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+def image_digest(base: str, requirements: Sequence[str], *, wheels: Sequence[str] = ()) -> str:
+    """sha256 of the base and the exact (normalized) requirements, and of the wheels (``name:size``
+    of each file) an image is built from when it is built from a wheelhouse alone."""
+    key: dict[str, object] = {
+        "format": _FORMAT,
+        "base": base,
+        "requirements": normalized_requirements(requirements),
+    }
+    if wheels:
+        key["wheels"] = sorted(wheels)
+    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _wheelhouse_listing(wheelhouse: Path) -> list[Path]:
+    try:
+        return sorted(p for p in wheelhouse.iterdir() if p.name.endswith(".whl") and p.is_file())
+    except OSError as exc:
+        raise SandboxError(
+            f"the image wheelhouse {wheelhouse} cannot be read: {exc.strerror or exc}",
+            hint="point BASTION_IMAGE_WHEELHOUSE at a directory of wheels (`make demo` fills .venv/wheelhouse)",
+        ) from None
+
+
+def _pins(wheels: Sequence[Path]) -> list[str]:
+    """``name==version`` of each wheel (its file name's first two fields, PEP 427)."""
+    pins: list[str] = []
+    for wheel in wheels:
+        name, version, *_ = wheel.name.split("-")
+        pins.append(f"{name}=={version}")
+    return pins
 
 
 class ImageCache:
@@ -97,13 +124,16 @@ class ImageCache:
         *,
         pip: Sequence[str] | None = None,
         timeout_seconds: float = 900.0,
+        wheelhouse: Path | None = None,
     ) -> None:
         """Args:
         root: the cache directory (created, mode 0755: sandboxes of other uids read images).
         pip: the pip command; default the worker's own (``python -m pip``).
         timeout_seconds: a build running longer is killed and fails.
+        wheelhouse: build from the wheels in this directory only, never from an index.
         """
         self.root = root
+        self.wheelhouse = wheelhouse
         self._pip = list(pip) if pip is not None else [sys.executable, "-m", "pip"]
         self._timeout = timeout_seconds
         self._locks: dict[str, threading.Lock] = {}
@@ -111,6 +141,14 @@ class ImageCache:
 
     def path(self, digest: str) -> Path:
         return self.root / digest
+
+    def digest(self, base: str, requirements: Sequence[str]) -> str:
+        """The digest ``resolve`` gives this base and these requirements (with this wheelhouse)."""
+        wanted = normalized_requirements(requirements)
+        if not wanted or self.wheelhouse is None:
+            return image_digest(base, wanted)
+        wheels = _wheelhouse_listing(self.wheelhouse)
+        return image_digest(base, wanted, wheels=[f"{w.name}:{w.stat().st_size}" for w in wheels])
 
     def resolve(
         self, base: str, requirements: Sequence[str] = (), *, progress: Progress | None = None
@@ -134,7 +172,7 @@ class ImageCache:
                 hint=f"install it on the worker's host (Debian: apt-get install {interpreter.name})",
             )
         wanted = normalized_requirements(requirements)
-        digest = image_digest(base, wanted)
+        digest = self.digest(base, wanted)
         if not wanted:
             return Image(name=base, digest=digest, interpreter=interpreter)
         image = Image(
@@ -257,9 +295,17 @@ class ImageCache:
     ) -> str | None:
         """Run pip; None on success, else the tail of its output."""
         version = base.removeprefix("python")
+        source: list[str] = []
+        if self.wheelhouse is not None:
+            # No index, and every package at the wheelhouse's version: find-links that pip's own
+            # configuration may add cannot put anything else into the image.
+            pins = target.parent / "wheelhouse-pins.txt"
+            pins.write_text("".join(f"{pin}\n" for pin in _pins(_wheelhouse_listing(self.wheelhouse))))
+            source = ["--no-index", "--find-links", str(self.wheelhouse), "--constraint", str(pins)]
         argv = [
             *self._pip,
             "install",
+            *source,
             "--target",
             str(target),
             "--only-binary=:all:",
@@ -306,6 +352,8 @@ class ImageCache:
                 process.wait()
             if process.stdout is not None:
                 process.stdout.close()
+        if source:
+            (target.parent / "wheelhouse-pins.txt").unlink(missing_ok=True)
         if code == 0:
             return None
         if code < 0 and not timer.is_alive():

@@ -47,9 +47,11 @@ from ._base import (
 
 log = logging.getLogger("bastion.pool")
 
-MEMORY_ESTIMATE_MIB = {"process": 10, "bwrap": 10, "gvisor": 32}
-"""What one idle warm sandbox costs, per backend, rounded up from bench/pool.py's proportional set
-size of its processes (process 7.0 MiB, bwrap 8.6 MiB with bwrap itself, gVisor 29.4 MiB)."""
+MEMORY_ESTIMATE_MIB = {"process": 13, "bwrap": 13, "gvisor": 40}
+"""What one idle warm sandbox costs, per backend, rounded up with room from bench/pool.py's
+proportional set size of its processes, its model endpoint started (process 11.1 MiB, bwrap
+11.3 MiB with bwrap itself, gVisor 36.8 MiB): an estimate below the truth lets the pool
+overcommit the host."""
 _UNKNOWN_ESTIMATE_MIB = 32
 _ENDED_KEPT = 64
 """Ended sandboxes kept in ``snapshot`` (and reported once) before they are forgotten."""

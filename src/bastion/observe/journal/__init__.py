@@ -1,8 +1,8 @@
 """The journal (ExecutionRecord rows), hash-chained per run."""
 
-from ._canonical import GENESIS, canonical, digest
+from ._canonical import GENESIS, canonical, canonical_text, digest
 from ._journal import BLOB_THRESHOLD, Entry, Journal, Prepared, Verdict, entry_hash
-from ._tables import blobs, journal_entries, metadata
+from ._tables import blobs, journal_checkpoints, journal_entries, metadata
 
 __all__ = [
     "BLOB_THRESHOLD",
@@ -13,8 +13,10 @@ __all__ = [
     "Verdict",
     "blobs",
     "canonical",
+    "canonical_text",
     "digest",
     "entry_hash",
+    "journal_checkpoints",
     "journal_entries",
     "metadata",
 ]

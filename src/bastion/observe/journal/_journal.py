@@ -1,7 +1,17 @@
 """The journal: one hash-chained row per gateway call, per run (DESIGN invariants 4 and 5).
 
 A row's hash covers the previous row's hash and every stored field, so editing, removing,
-inserting or reordering rows breaks the chain at a seq that ``verify`` names. Payloads larger than
+inserting or reordering rows breaks the chain at a seq that ``verify`` names.
+
+Verifying costs tens of microseconds per entry, so ``verify`` keeps a checkpoint per run: the
+last (seq, head) a *full* verification found intact. An *incremental* verification
+(``full=False``) recomputes only the entries after it, chained onto its head, and checks that
+the row at the checkpoint still carries that head. What that guarantees, and what it does not:
+the entries after the checkpoint are intact, and no rewrite of the chain up to the checkpoint
+that recomputed its hashes (an insertion, removal, reorder, or an edit re-hashed to hide it) went
+unnoticed; an edit of an already verified row's *content* that leaves its hash column alone, or
+a change of the checkpoint itself, is caught only by a full verification. So the explicit verify
+routes verify fully, and only a caller that says so takes the incremental path. Payloads larger than
 ``BLOB_THRESHOLD`` bytes go to the content-addressed ``blobs`` table and the row holds a
 ``{"$blob": digest, "size": n}`` reference, so rows stay small and replay stays fast.
 """
@@ -9,18 +19,20 @@ inserting or reordering rows breaks the chain at a seq that ``verify`` names. Pa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bastion.api import Clock, SystemClock
 from bastion.observe._db import Database
 
-from ._canonical import GENESIS, canonical, digest
-from ._tables import blobs, journal_entries
+from ._canonical import GENESIS, canonical, canonical_scalar, canonical_text, digest
+from ._tables import blobs, journal_checkpoints, journal_entries
 
 BLOB_THRESHOLD = 8 * 1024
 
@@ -69,6 +81,31 @@ def entry_hash(prev_hash: str, fields: dict[str, Any]) -> str:
     return digest(prev_hash.encode() + b"\n" + canonical(fields))
 
 
+_HASHED = (
+    "run_id",
+    "seq",
+    "attempt",
+    "kind",
+    "request",
+    "request_hash",
+    "decision",
+    "reasons",
+    "response",
+    "error",
+    "started_at",
+    "duration_us",
+)
+_KEYS = [(name, canonical_text(name) + ":") for name in sorted(_HASHED)]
+"""``Entry.hashed_fields``' keys in canonical (sorted) order, each as it opens its member."""
+
+
+def _composed(pieces: dict[str, str]) -> str:
+    """``canonical(fields)`` (as text) from the canonical text of each field's value: compact
+    JSON encodes a nested value exactly as it encodes it alone, so the members can be joined in
+    key order instead of encoding the payloads a second time."""
+    return "{" + ",".join(key + pieces[name] for name, key in _KEYS) + "}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Prepared:
     """An entry ready to be written: hashed, its payloads JSON-encoded once, large ones as blobs."""
@@ -90,6 +127,9 @@ class Verdict:
     head: str
     broken_seq: int | None = None
     reason: str | None = None
+    verified_from: int = 1
+    """The first seq whose hash this verification recomputed: 1 for a full one; past the stored
+    checkpoint for an incremental one (``entries + 1`` when nothing was new)."""
 
 
 class Journal:
@@ -119,24 +159,46 @@ class Journal:
         started_at: datetime,
         duration_us: int,
         prev_hash: str,
+        request_text: str | None = None,
     ) -> Prepared:
-        """Hash an entry and encode its payloads, touching no database (the gateway's hot path)."""
+        """Hash an entry and encode its payloads, touching no database (the gateway's hot path).
+        Each payload is encoded once: the same bytes are stored and hashed (``_composed``);
+        ``request_text``, when given, is ``canonical_text(request)`` already made by the caller."""
         found: list[tuple[str, bytes]] = []
 
-        def stored(value: Any) -> tuple[Any, str | None]:
+        def stored(value: Any, text: str | None = None) -> tuple[Any, str]:
             if value is None:
-                return None, None
-            data = canonical(value)
+                return None, "null"
+            if text is None:
+                text = canonical_text(value)
+            if len(text) * 4 <= BLOB_THRESHOLD:  # UTF-8 takes at most 4 bytes a character
+                return value, text
+            data = text.encode()
             if len(data) <= BLOB_THRESHOLD:
-                return value, data.decode()
+                return value, text
             key = digest(data)
             found.append((key, data))
             ref = {"$blob": key, "size": len(data)}
-            return ref, canonical(ref).decode()
+            return ref, canonical_text(ref)
 
-        request_value, request_json = stored(request)
-        response_value, response_json = stored(response)
-        error_json = canonical(error).decode() if error is not None else None
+        request_value, request_text = stored(request, request_text)
+        response_value, response_text = stored(response)
+        error_text = canonical_text(error) if error is not None else "null"
+        reasons_text = canonical_text(reasons)
+        pieces = {
+            "run_id": canonical_scalar(run_id),
+            "seq": canonical_scalar(seq),
+            "attempt": canonical_scalar(attempt),
+            "kind": canonical_scalar(kind),
+            "request": request_text,
+            "request_hash": canonical_scalar(request_hash),
+            "decision": canonical_scalar(decision),
+            "reasons": reasons_text,
+            "response": response_text,
+            "error": error_text,
+            "started_at": canonical_scalar(started_at.isoformat()),
+            "duration_us": canonical_scalar(duration_us),
+        }
         entry = Entry(
             run_id=run_id,
             seq=seq,
@@ -151,16 +213,14 @@ class Journal:
             started_at=started_at,
             duration_us=duration_us,
             prev_hash=prev_hash,
-            hash="",
+            hash=digest(f"{prev_hash}\n{_composed(pieces)}".encode()),
         )
-        entry = replace(entry, hash=entry_hash(prev_hash, entry.hashed_fields()))
-        assert request_json is not None
         return Prepared(
             entry=entry,
-            request_json=request_json,
-            reasons_json=canonical(reasons).decode(),
-            response_json=response_json,
-            error_json=error_json,
+            request_json=request_text,
+            reasons_json=reasons_text,
+            response_json=None if response_value is None else response_text,
+            error_json=None if error is None else error_text,
             blobs=found,
         )
 
@@ -268,50 +328,116 @@ class Journal:
         return json.loads(bytes(data))
 
     def verify(
-        self, run_id: str, *, expected_head: str | None = None, expected_count: int | None = None
+        self,
+        run_id: str,
+        *,
+        expected_head: str | None = None,
+        expected_count: int | None = None,
+        full: bool = True,
     ) -> Verdict:
-        """Recompute the chain; name the first seq where it breaks.
+        """Recompute the chain; name the first seq where it breaks. A verification that finds the
+        chain intact moves the run's checkpoint to its head.
 
         Args:
             expected_head: the head hash recorded when the run finished, if it did: catches rows cut
                 off the end, which a chain alone cannot.
             expected_count: the number of entries recorded when the run finished.
+            full: recompute every entry (the default); False: only those after the run's
+                checkpoint (see the module's docstring for what that does not catch).
         """
         with self._db.read() as conn:
-            entries = self.entries(run_id, conn=conn)
-            prev = GENESIS
-            for position, entry in enumerate(entries, start=1):
+            stored = self._checkpoint(conn, run_id)
+            checkpoint = None if full else stored
+            start, prev = (0, GENESIS) if checkpoint is None else checkpoint
+            query = select(journal_entries).where(journal_entries.c.run_id == run_id)
+            if start:
+                query = query.where(journal_entries.c.seq >= start)
+            entries = [_entry(r) for r in conn.execute(query.order_by(journal_entries.c.seq)).mappings()]
+            anchor = entries[0] if start and entries and entries[0].seq == start else None
+            if start and anchor is None:
+                return Verdict(
+                    run_id=run_id,
+                    ok=False,
+                    entries=start - 1 + len(entries),
+                    head=prev,
+                    broken_seq=start,
+                    reason=f"seq {start}, verified before, is gone (removed since)",
+                    verified_from=start,
+                )
+            if anchor is not None:
+                if anchor.hash != prev:
+                    return Verdict(
+                        run_id=run_id,
+                        ok=False,
+                        entries=start - 1 + len(entries),
+                        head=prev,
+                        broken_seq=start,
+                        reason="its hash is not the one verified before (the chain was rewritten since)",
+                        verified_from=start,
+                    )
+                entries = entries[1:]
+            count = start + len(entries)
+            for position, entry in enumerate(entries, start=start + 1):
                 broken = self._check(conn, entry, position, prev)
                 if broken is not None:
                     return Verdict(
                         run_id=run_id,
                         ok=False,
-                        entries=len(entries),
+                        entries=count,
                         head=prev,
                         broken_seq=entry.seq,
                         reason=broken,
+                        verified_from=start + 1,
                     )
                 prev = entry.hash
-        if expected_count is not None and len(entries) != expected_count:
-            seq = min(len(entries), expected_count) + 1
+        if expected_count is not None and count != expected_count:
+            seq = min(count, expected_count) + 1
             return Verdict(
                 run_id=run_id,
                 ok=False,
-                entries=len(entries),
+                entries=count,
                 head=prev,
                 broken_seq=seq,
-                reason=f"the run recorded {expected_count} entries, the journal holds {len(entries)}",
+                reason=f"the run recorded {expected_count} entries, the journal holds {count}",
+                verified_from=start + 1,
             )
         if expected_head is not None and prev != expected_head:
             return Verdict(
                 run_id=run_id,
                 ok=False,
-                entries=len(entries),
+                entries=count,
                 head=prev,
-                broken_seq=entries[-1].seq if entries else 1,
+                broken_seq=count or 1,
                 reason="the last entry's hash is not the head recorded when the run finished",
+                verified_from=start + 1,
             )
-        return Verdict(run_id=run_id, ok=True, entries=len(entries), head=prev)
+        if count > (0 if stored is None else stored[0]):
+            self._save_checkpoint(run_id, count, prev)
+        return Verdict(run_id=run_id, ok=True, entries=count, head=prev, verified_from=start + 1)
+
+    @staticmethod
+    def _checkpoint(conn: Connection, run_id: str) -> tuple[int, str] | None:
+        row = conn.execute(
+            select(journal_checkpoints.c.seq, journal_checkpoints.c.head).where(
+                journal_checkpoints.c.run_id == run_id
+            )
+        ).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def _save_checkpoint(self, run_id: str, seq: int, head: str) -> None:
+        """Move the run's checkpoint to (seq, head), never backwards (a concurrent verification
+        may have gone further)."""
+        values = {"run_id": run_id, "seq": seq, "head": head, "verified_at": self._clock.now()}
+        with self._db.write() as conn:
+            insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            statement = insert_(journal_checkpoints).values(**values)
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["run_id"],
+                    set_={"seq": seq, "head": head, "verified_at": values["verified_at"]},
+                    where=journal_checkpoints.c.seq < seq,
+                )
+            )
 
     def _check(self, conn: Connection, entry: Entry, position: int, prev: str) -> str | None:
         if entry.seq != position:

@@ -43,3 +43,14 @@ blobs = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("media_type", Text, nullable=False),
 )
+
+journal_checkpoints = Table(
+    "journal_checkpoints",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("verified_at", UtcDateTime(), nullable=False),
+)
+"""The last entry a *full* verification found intact, per run (revision 0011): where an
+incremental verification starts (``Journal.verify(full=False)``)."""
