@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import json
 from functools import cache
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
-from ._kinds import KINDS
+PACKAGED = Path(__file__).with_name("kinds.schema.json")
+"""Every kind's schema as ``kind_schema`` makes it, written by ``python -m bastion.api._schema``:
+``bastion explain`` reads this, and so does not import the models (a test keeps it current)."""
 
 
 @cache
 def kind_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema of one kind's manifest, camelCase, as editors and ``explain`` use it."""
+    from ._kinds import KINDS
+
     schema = KINDS[kind].model_json_schema(by_alias=True, mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+@cache
+def _packaged() -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(PACKAGED.read_text(encoding="utf-8")))
+
+
+def packaged_schema(kind: str) -> dict[str, Any]:
+    """``kind_schema(kind)`` as packaged with Bastion, read without importing the models."""
+    return cast(dict[str, Any], _packaged()[kind])
 
 
 def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +52,11 @@ def schema_at(kind: str, path: list[str]) -> dict[str, Any] | None:
 
     List indexes and map keys in the path step into ``items`` and ``additionalProperties``.
     """
-    root = kind_schema(kind)
+    return walk_schema(kind_schema(kind), path)
+
+
+def walk_schema(root: dict[str, Any], path: list[str]) -> dict[str, Any] | None:
+    """The node of the schema ``root`` at a field path (see ``schema_at``), or None."""
     node = _resolve(root, root)
     for step in path:
         props = node.get("properties", {})
@@ -69,3 +89,15 @@ def field_names_at(kind: str, path: list[str]) -> list[str]:
     for branch in node.get("oneOf", node.get("anyOf", [])):
         names.extend(n for n in _resolve(branch, root).get("properties", {}) if n not in names)
     return names
+
+
+def write_packaged() -> None:
+    """Write ``kinds.schema.json`` from the models (after changing them)."""
+    from ._names import KIND_PLURALS
+
+    schemas = {kind: kind_schema(kind) for kind in KIND_PLURALS}
+    PACKAGED.write_text(json.dumps(schemas, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write_packaged()

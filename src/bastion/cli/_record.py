@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 from bastion.errors import UserError
-from bastion.observe.record import verify_record
 
 from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, run_command
 from ._output import out
@@ -80,6 +79,8 @@ def verify(
     A record carries the public key it was signed with, so only a pinned key (--public-key) proves
     that the tenant signed it; without one the verdict says UNPINNED and the exit code is 3.
     """
+
+    from bastion.observe.record import verify_record
 
     def body() -> int:
         try:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from bastion.client import BastionClient
 from bastion.errors import UserError
 
 from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, run_command
@@ -16,6 +15,9 @@ from ._output import age, out
 
 audit_app = typer.Typer(help="Verify the tamper-evident journal.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+
+if TYPE_CHECKING:
+    from bastion.client import BastionClient
 
 STATE_STYLE = {"Succeeded": "green", "Failed": "red", "Cancelled": "yellow", "Revoked": "red"}
 

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 import httpx
 
-from bastion.api import RawDocument, resolve_kind
+from bastion.api import KIND_PLURALS, kind_named
 from bastion.errors import NotFound, ServerError, UserError, error_for_problem
+
+if TYPE_CHECKING:
+    from bastion.api import RawDocument
 
 
 def plural_of(kind: str) -> str:
     """The URL plural of a kind given as ``Agent``, ``agents`` or ``agent``."""
-    cls = resolve_kind(kind)
-    if cls is None:
+    name = kind_named(kind)
+    if name is None:
         raise NotFound(f"unknown kind {kind!r}", field="kind", hint="see `bastion explain` for the kinds")
-    return cls.plural
+    return KIND_PLURALS[name]
 
 
 class BastionClient:
