@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PORT ?= 8080
 LOCK := requirements.lock
 PIP_VERSION := 26.3
 SHELL := bash
@@ -30,9 +29,10 @@ $(VENV)/.installed-test: pyproject.toml $(LOCK) | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/bastion demo
 
-## up: install Bastion and start it on the embedded default (SQLite in ~/.local/share/bastion)
+## up: install Bastion and start it on the embedded default (SQLite in ~/.local/share/bastion);
+## the port is `make up PORT=…`, else $BASTION_PORT, else 8080
 up: $(VENV)/.installed
-	$(BIN)/bastion up --port $(PORT)
+	$(BIN)/bastion up $(if $(PORT),--port $(PORT))
 
 ## test: install the test extras, run the linters, the type checker and the whole suite
 test: $(VENV)/.installed-test

@@ -89,6 +89,10 @@ FilesOpt = Annotated[
     list[Path], typer.Option("--filename", "-f", help="A manifest file or a directory of them; - for stdin.")
 ]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")]
+RunArg = Annotated[
+    str,
+    typer.Argument(metavar="RUN", help="A run id, or its start (4+ characters) when only one run has it."),
+]
 DataOpt = Annotated[str, typer.Option("--output", "-o", help="text, yaml or json.")]
 
 
@@ -317,7 +321,10 @@ def get(
         bool, typer.Option("--all-namespaces", "-A", help="List in every namespace.")
     ] = False,
     selector: Annotated[
-        str | None, typer.Option("--selector", "-l", help="Label selector, e.g. 'app=web'.")
+        str | None,
+        typer.Option(
+            "--selector", "-l", help="Label selector, e.g. 'app=web'.", show_default="none: all of them"
+        ),
     ] = None,
     output: OutputOpt = "table",
     url: UrlOpt = None,
@@ -401,7 +408,8 @@ def delete(
     kind: Annotated[str | None, typer.Argument()] = None,
     name: Annotated[str | None, typer.Argument()] = None,
     files: Annotated[
-        list[Path] | None, typer.Option("--filename", "-f", help="Delete what these manifests name.")
+        list[Path] | None,
+        typer.Option("--filename", "-f", help="Delete what these manifests name.", show_default="none"),
     ] = None,
     namespace: NsOpt = "default",
     url: UrlOpt = None,

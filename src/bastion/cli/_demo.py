@@ -28,7 +28,7 @@ DEMO_API_PORT = 8765
 def demo(
     manifests: Annotated[Path, typer.Option(help="The demo's manifests.")] = Path("examples/demo"),
     home: Annotated[
-        Path | None, typer.Option(help="Data directory for the demo (default: a new temporary one).")
+        Path | None, typer.Option(help="Data directory for the demo.", show_default="a new temporary one")
     ] = None,
     city: Annotated[str, typer.Option(help="The city the agent reports on.")] = "Oslo",
 ) -> None:

@@ -29,6 +29,12 @@ def plural_of(kind: str) -> str:
     return KIND_PLURALS[name]
 
 
+FULL_RUN_ID = 36
+"""The length of a full run id (a UUID); anything shorter is resolved as a prefix."""
+CANDIDATES = 10
+"""How many runs an ambiguous run id prefix lists."""
+
+
 class BastionClient:
     """A session with one Bastion server, authenticated by one API key."""
 
@@ -207,6 +213,7 @@ class BastionClient:
         agent: str | None = None,
         state: str | None = None,
         limit: int = 50,
+        id_prefix: str | None = None,
     ) -> list[dict[str, Any]]:
         path = f"/api/v1/namespaces/{quote(namespace, safe='')}/runs" if namespace else "/api/v1/runs"
         params: dict[str, Any] = {"limit": limit}
@@ -214,7 +221,33 @@ class BastionClient:
             params["agent"] = agent
         if state:
             params["state"] = state
+        if id_prefix is not None:
+            params["idPrefix"] = id_prefix
         return self._request("GET", path, params=params)["items"]
+
+    def resolve_run(self, run_id: str, *, namespace: str = "default") -> str:
+        """The full id of the run ``run_id`` names in the namespace: a full id as it is, else the
+        one run whose id starts with it (like git's short hashes; the server does the matching,
+        among the caller's tenant's runs only). No match is NotFound; several are a UserError
+        that lists them."""
+        if len(run_id) == FULL_RUN_ID:
+            return run_id
+        found = self.list_runs(namespace=namespace, id_prefix=run_id, limit=CANDIDATES + 1)
+        if not found:
+            raise NotFound(
+                f"no run in namespace {namespace!r} has an id starting with {run_id!r}",
+                field="run",
+                hint="list runs with `bastion runs` (or pass -n for another namespace)",
+            )
+        if len(found) == 1:
+            return str(found[0]["id"])
+        listed = ", ".join(f"{r['id']} ({r['agent']}, {r['state']})" for r in found[:CANDIDATES])
+        more = " and more" if len(found) > CANDIDATES else ""
+        raise UserError(
+            f"run id {run_id!r} is ambiguous in namespace {namespace!r}: it starts {listed}{more}",
+            field="run",
+            hint="give more characters of the id",
+        )
 
     def fork_run(self, run_id: str, seq: int, *, namespace: str = "default") -> dict[str, Any]:
         """A new run that replays this one's journal up to ``seq`` and continues live."""
