@@ -69,6 +69,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/journal.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/observe.py
+	$(BIN)/python bench/cli_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

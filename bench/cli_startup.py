@@ -1,19 +1,24 @@
 """CLI and worker start-up benchmark: how long a command takes from exec to exit, as a ratio of
 ``python -c pass`` measured in the same run, and how long a worker takes to be ready to claim.
 
-What it measures (wall time of a fresh process each time; the median of ``--runs`` runs):
+What it measures (a fresh process each time; the median of ``--runs`` runs):
 
 * ``python -c pass``: the interpreter alone, the baseline of every ratio.
+* ``typer alone``: a two-command typer app, what the framework costs any command before Bastion
+  does anything (typer 0.29 coerces every parameter through a pydantic TypeAdapter, so this
+  imports pydantic too): the floor of a client command.
 * ``bastion --help``, ``bastion --version``, ``bastion explain Agent.spec`` (offline), and
   ``bastion get agents`` / ``bastion runs`` against a running ``bastion serve`` on SQLite (started
   here, in a throwaway data directory, with two agents applied). Target: at most 0.3 s each.
 * ``bastion worker``: from exec to its "worker started" line (it can claim runs then), on the same
   database; and the time its imports took, from ``-X importtime`` (the sum of the top-level
-  imports, in a separate run because ``-X importtime`` slows imports down).
+  imports, in separate runs because ``-X importtime`` slows imports down).
 
-The children run with the environment of this process less ``PYTHONDONTWRITEBYTECODE`` (each
-command runs once first, so byte code is cached as on a user's machine). A busy machine shows in
-the baseline too: compare ratios across runs, not milliseconds.
+Each row shows the wall time and the CPU time (user + system) of the child, each with its ratio
+to the baseline's: on a busy machine wall times grow with the queue for the CPUs, CPU times much
+less, so compare the CPU ratios across machines and runs. The children run with this process's
+environment less ``PYTHONDONTWRITEBYTECODE`` (each command runs once first, so byte code is cached
+as on a user's machine).
 
 Run it with ``.venv/bin/python bench/cli_startup.py`` (``--runs 5`` is quicker).
 """
