@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
 
-from bastion.api import KIND_PLURALS, kind_schema, packaged_schema
+from bastion.api import KIND_PLURALS, _schema, kind_schema, packaged_schema
 from bastion.cli import COMMAND_MODULES, app
 
 HEAVY = (
@@ -120,5 +121,20 @@ def test_command_modules_names_every_command_where_it_is_registered() -> None:
 def test_packaged_schemas_are_the_models_schemas() -> None:
     """``bastion explain`` reads kinds.schema.json instead of importing the models; after a change
     to the models, regenerate it with ``python -m bastion.api._schema``."""
+    document = json.loads(_schema.PACKAGED.read_text(encoding="utf-8"))
+    assert document["modelsDigest"] == _schema._models_digest(), "run python -m bastion.api._schema"
     for kind in KIND_PLURALS:
-        assert packaged_schema(kind) == kind_schema(kind), f"{kind}: run python -m bastion.api._schema"
+        assert document["kinds"][kind] == kind_schema(kind), f"{kind}: run python -m bastion.api._schema"
+        assert packaged_schema(kind) == kind_schema(kind)
+
+
+def test_a_packaged_file_from_other_models_is_not_used(tmp_path: Path) -> None:
+    document = json.loads(_schema.PACKAGED.read_text(encoding="utf-8"))
+    current = tmp_path / "current.json"
+    current.write_text(json.dumps(document), encoding="utf-8")
+    assert _schema._packaged(current) is not None
+    document["modelsDigest"] = "0" * 64
+    document["kinds"]["Agent"]["title"] = "stale"
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(document), encoding="utf-8")
+    assert _schema._packaged(stale) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any, cast
 PACKAGED = Path(__file__).with_name("kinds.schema.json")
 """Every kind's schema as ``kind_schema`` makes it, written by ``python -m bastion.api._schema``:
 ``bastion explain`` reads this, and so does not import the models (a test keeps it current)."""
+MODEL_SOURCES = ("_kinds.py", "_meta.py", "_names.py")
+"""The modules the schemas are made from: the packaged file names their digest."""
 
 
 @cache
@@ -22,14 +25,32 @@ def kind_schema(kind: str) -> dict[str, Any]:
     return schema
 
 
+def _models_digest() -> str:
+    digest = hashlib.sha256()
+    for name in MODEL_SOURCES:
+        digest.update(Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()
+
+
 @cache
-def _packaged() -> dict[str, Any]:
-    return cast(dict[str, Any], json.loads(PACKAGED.read_text(encoding="utf-8")))
+def _packaged(path: Path = PACKAGED) -> dict[str, Any] | None:
+    try:
+        document: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    fields = cast(dict[str, Any], document)
+    if fields.get("modelsDigest") != _models_digest():
+        return None  # written from other models: not to be trusted
+    return cast(dict[str, Any], fields["kinds"])
 
 
 def packaged_schema(kind: str) -> dict[str, Any]:
-    """``kind_schema(kind)`` as packaged with Bastion, read without importing the models."""
-    return cast(dict[str, Any], _packaged()[kind])
+    """``kind_schema(kind)``, read from the packaged file without importing the models when the
+    file was written from these models' sources (else made from the models)."""
+    packaged = _packaged()
+    return cast(dict[str, Any], packaged[kind]) if packaged is not None else kind_schema(kind)
 
 
 def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +116,11 @@ def write_packaged() -> None:
     """Write ``kinds.schema.json`` from the models (after changing them)."""
     from ._names import KIND_PLURALS
 
-    schemas = {kind: kind_schema(kind) for kind in KIND_PLURALS}
-    PACKAGED.write_text(json.dumps(schemas, indent=1) + "\n", encoding="utf-8")
+    document = {
+        "modelsDigest": _models_digest(),
+        "kinds": {kind: kind_schema(kind) for kind in KIND_PLURALS},
+    }
+    PACKAGED.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

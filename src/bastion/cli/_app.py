@@ -1,8 +1,8 @@
 """``bastion``: the command line. It talks to the server only through ``bastion.client``.
 
 Client commands start in a fraction of a second: this module and the command modules import no
-server code, no pydantic and no models at import time (tests/test_cli_startup.py checks; the
-figures are in bench/cli_startup.py). Heavy imports go inside the command that needs them.
+server code, no database and no models (tests/test_cli_startup.py checks; the figures are in
+bench/cli_startup.py). Heavy imports go inside the command that needs them.
 """
 
 from __future__ import annotations
