@@ -252,7 +252,10 @@ def cancel(
 @audit_app.command("verify")
 def audit_verify(
     run_id: Annotated[
-        str | None, typer.Argument(metavar="[RUN]", help="One run; all of the tenant's when left out.")
+        str | None,
+        typer.Argument(
+            metavar="RUN", help="One run (its id, or the start of it); all of the tenant's when left out."
+        ),
     ] = None,
     namespace: NsOpt = "default",
     url: UrlOpt = None,
