@@ -8,6 +8,7 @@ shows up. The figures (wall time against ``python -c pass``) are in bench/cli_st
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import typer
 
 from bastion.api import KIND_PLURALS, _schema, kind_schema, packaged_schema
 from bastion.cli import COMMAND_MODULES, app
+from bastion.client import _client as client_module
 
 HEAVY = (
     "fastapi",
@@ -138,3 +140,14 @@ def test_a_packaged_file_from_other_models_is_not_used(tmp_path: Path) -> None:
     stale = tmp_path / "stale.json"
     stale.write_text(json.dumps(document), encoding="utf-8")
     assert _schema._packaged(stale) is None
+
+
+def test_plain_http_skips_the_ca_bundle_and_https_still_verifies() -> None:
+    """Loading the CA bundle costs a client command a tenth of a second; over plain HTTP it is
+    not loaded, and the context used instead trusts nothing, so TLS could never pass unverified."""
+    plain = client_module._tls_context("http://127.0.0.1:8080")
+    assert isinstance(plain, ssl.SSLContext)
+    assert plain.verify_mode == ssl.CERT_REQUIRED and plain.check_hostname
+    assert plain.get_ca_certs() == []
+    for url in ("https://bastion.example", "HTTPS://bastion.example:8443"):
+        assert client_module._tls_context(url) is True  # httpx's default: verify with the CA bundle
