@@ -151,3 +151,22 @@ def test_plain_http_skips_the_ca_bundle_and_https_still_verifies() -> None:
     assert plain.get_ca_certs() == []
     for url in ("https://bastion.example", "HTTPS://bastion.example:8443"):
         assert client_module._tls_context(url) is True  # httpx's default: verify with the CA bundle
+
+
+def test_model_providers_make_their_http_client_on_first_use() -> None:
+    """A worker builds every provider at start; their connection pools (each loading the CA bundle
+    and httpcore, a tenth of a second or more) wait for the first model call."""
+    probe = (
+        "import sys\n"
+        "from bastion.execution.llm import default_providers\n"
+        "providers = default_providers()\n"
+        "print('httpcore' in sys.modules)\n"
+        "clients = [providers[name].client for name in ('openai', 'anthropic')]\n"
+        "print('httpcore' in sys.modules, clients[0] is providers['openai'].client)\n"
+        "for name in ('openai', 'anthropic'):\n"
+        "    providers[name].close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == ["False", "True", "True"], done.stdout + done.stderr
