@@ -7,11 +7,12 @@ pydantic, jsonschema and the models (tests/test_cli_startup.py checks).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing
+from typing import Any
 
 from ._names import KIND_PLURALS, kind_named
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from ._json import NonFiniteNumber, parse_json
     from ._kinds import (
         IMAGE_BASES,
