@@ -1,6 +1,8 @@
 """Every setting Bastion reads, from flags or ``BASTION_*`` environment variables.
 
-This is the only module that reads the environment (ruff's TID251 bans ``os.environ`` elsewhere).
+This module and the client's own settings (``bastion.client._settings``: ``BASTION_URL``,
+``BASTION_API_KEY``, ``BASTION_HOME``, read without pydantic so that a CLI command starts fast)
+are the only ones that read the environment (ruff's TID251 bans ``os.environ`` elsewhere).
 The data directory holds the SQLite database, the master key and the local CLI credentials.
 """
 
