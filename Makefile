@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PORT ?= 8080
 LOCK := requirements.lock
 WHEELHOUSE := $(VENV)/wheelhouse
 PIP_VERSION := 26.3
@@ -41,9 +40,10 @@ $(WHEELHOUSE)/.complete: $(wildcard examples/demo/*.yaml) $(LOCK) scripts/demo_w
 demo: $(VENV)/.installed $(WHEELHOUSE)/.complete
 	$(BIN)/bastion demo
 
-## up: install Bastion and start it on the embedded default (SQLite in ~/.local/share/bastion)
+## up: install Bastion and start it on the embedded default (SQLite in ~/.local/share/bastion);
+## the port is `make up PORT=…`, else $BASTION_PORT, else 8080
 up: $(VENV)/.installed
-	$(BIN)/bastion up --port $(PORT)
+	$(BIN)/bastion up $(if $(PORT),--port $(PORT))
 
 ## test: install the test extras, run the linters, the type checker and the whole suite
 test: $(VENV)/.installed-test
@@ -82,6 +82,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/observe.py
 	$(BIN)/python bench/provenance.py
+	$(BIN)/python bench/cli_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

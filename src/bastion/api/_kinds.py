@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from ._meta import API_VERSION, Model, Name, ObjectMeta, Status
+from ._names import KIND_PLURALS, kind_named
 from ._patterns import check_regex, check_rego, check_schema, linear
 
 Tier = Literal["T0", "T1", "T2", "T3", "T4"]
@@ -671,13 +672,11 @@ KINDS: dict[str, type[Resource]] = {
 }
 """Every kind by its ``kind`` name."""
 
-_ALIASES: dict[str, str] = {}
-for _kind, _cls in KINDS.items():
-    for _alias in (_kind, _cls.plural, _kind.lower()):
-        _ALIASES[_alias.lower()] = _kind
+if {kind: cls.plural for kind, cls in KINDS.items()} != KIND_PLURALS:  # pragma: no cover
+    raise RuntimeError("bastion.api._names.KIND_PLURALS must list every kind and its plural")
 
 
 def resolve_kind(text: str) -> type[Resource] | None:
     """A kind by its name, plural or lowercase name, as the CLI and routes accept them."""
-    name = _ALIASES.get(text.lower())
+    name = kind_named(text)
     return KINDS[name] if name else None

@@ -2,18 +2,55 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from functools import cache
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
-from ._kinds import KINDS
+PACKAGED = Path(__file__).with_name("kinds.schema.json")
+"""Every kind's schema as ``kind_schema`` makes it, written by ``python -m bastion.api._schema``:
+``bastion explain`` reads this, and so does not import the models (a test keeps it current)."""
+MODEL_SOURCES = ("_kinds.py", "_meta.py", "_names.py")
+"""The modules the schemas are made from: the packaged file names their digest."""
 
 
 @cache
 def kind_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema of one kind's manifest, camelCase, as editors and ``explain`` use it."""
+    from ._kinds import KINDS
+
     schema = KINDS[kind].model_json_schema(by_alias=True, mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+def _models_digest() -> str:
+    digest = hashlib.sha256()
+    for name in MODEL_SOURCES:
+        digest.update(Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()
+
+
+@cache
+def _packaged(path: Path = PACKAGED) -> dict[str, Any] | None:
+    try:
+        document: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    fields = cast(dict[str, Any], document)
+    if fields.get("modelsDigest") != _models_digest():
+        return None  # written from other models: not to be trusted
+    return cast(dict[str, Any], fields["kinds"])
+
+
+def packaged_schema(kind: str) -> dict[str, Any]:
+    """``kind_schema(kind)``, read from the packaged file without importing the models when the
+    file was written from these models' sources (else made from the models)."""
+    packaged = _packaged()
+    return cast(dict[str, Any], packaged[kind]) if packaged is not None else kind_schema(kind)
 
 
 def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +73,11 @@ def schema_at(kind: str, path: list[str]) -> dict[str, Any] | None:
 
     List indexes and map keys in the path step into ``items`` and ``additionalProperties``.
     """
-    root = kind_schema(kind)
+    return walk_schema(kind_schema(kind), path)
+
+
+def walk_schema(root: dict[str, Any], path: list[str]) -> dict[str, Any] | None:
+    """The node of the schema ``root`` at a field path (see ``schema_at``), or None."""
     node = _resolve(root, root)
     for step in path:
         props = node.get("properties", {})
@@ -69,3 +110,18 @@ def field_names_at(kind: str, path: list[str]) -> list[str]:
     for branch in node.get("oneOf", node.get("anyOf", [])):
         names.extend(n for n in _resolve(branch, root).get("properties", {}) if n not in names)
     return names
+
+
+def write_packaged() -> None:
+    """Write ``kinds.schema.json`` from the models (after changing them)."""
+    from ._names import KIND_PLURALS
+
+    document = {
+        "modelsDigest": _models_digest(),
+        "kinds": {kind: kind_schema(kind) for kind in KIND_PLURALS},
+    }
+    PACKAGED.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write_packaged()

@@ -22,7 +22,9 @@ def _show_token(token: str) -> None:
 def keys_create(
     name: str,
     role: Role = "developer",
-    tenant: Annotated[str | None, typer.Option(help="Another tenant (system admins only).")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Another tenant (system admins only).", show_default="yours")
+    ] = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:

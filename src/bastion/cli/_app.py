@@ -1,4 +1,9 @@
-"""``bastion``: the command line. It talks to the server only through ``bastion.client``."""
+"""``bastion``: the command line. It talks to the server only through ``bastion.client``.
+
+Client commands start in a fraction of a second: this module and the command modules import no
+server code, no database and no models (tests/test_cli_startup.py checks; the figures are in
+bench/cli_startup.py). Heavy imports go inside the command that needs them.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,32 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-import yaml
 
-from bastion.api import KINDS, RawDocument, kind_schema, parse_yaml, resolve_kind, schema_at
-from bastion.client import BastionClient
-from bastion.control.settings import ClientSettings
+from bastion.api import KIND_PLURALS, kind_named
 from bastion.errors import BastionError, UserError
 
 from ._output import out, print_error, print_resources, print_sandboxes
+
+if TYPE_CHECKING:
+    from bastion.api import RawDocument
+    from bastion.client import BastionClient
+
+
+def sub_app(help: str) -> typer.Typer:
+    """A command group. Help is plain text (rich markup would eat ``[RUN]`` and the like)."""
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"bastion {version('bastion')}", markup=False, highlight=False)
+        raise typer.Exit
+
 
 app = typer.Typer(
     name="bastion",
@@ -24,30 +44,82 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-keys_app = typer.Typer(help="API keys of your tenant.", no_args_is_help=True)
-tenants_app = typer.Typer(help="Tenants (system-tenant admins only).", no_args_is_help=True)
-namespaces_app = typer.Typer(help="Namespaces of your tenant.", no_args_is_help=True)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Bastion: an operating system for untrusted AI agents."""
+
+
+keys_app = sub_app("API keys of your tenant.")
+tenants_app = sub_app("Tenants (system-tenant admins only).")
+namespaces_app = sub_app("Namespaces of your tenant.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(namespaces_app, name="namespaces")
 
 
 UrlOpt = Annotated[
-    str | None, typer.Option("--url", help="Server URL (env: BASTION_URL).", show_default=False)
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="BASTION_URL",
+        help="Server URL.",
+        show_default="the URL `bastion up` saved on this machine, else http://127.0.0.1:8080",
+    ),
 ]
 KeyOpt = Annotated[
-    str | None, typer.Option("--api-key", help="API key (env: BASTION_API_KEY).", show_default=False)
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="BASTION_API_KEY",
+        help="API key.",
+        show_default="the admin key `bastion up` saved on this machine",
+    ),
 ]
 NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
 FilesOpt = Annotated[
-    list[Path], typer.Option("--filename", "-f", help="A manifest file or a directory of them.")
+    list[Path], typer.Option("--filename", "-f", help="A manifest file or a directory of them; - for stdin.")
 ]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")]
+RunArg = Annotated[
+    str,
+    typer.Argument(metavar="RUN", help="A run id, or its start (4+ characters) when only one run has it."),
+]
+DataOpt = Annotated[str, typer.Option("--output", "-o", help="text, yaml or json.")]
+
+
+def check_output(output: str, formats: tuple[str, ...] = ("table", "yaml", "json")) -> None:
+    """A clear error for an ``--output`` format the command does not print."""
+    if output not in formats:
+        raise UserError(
+            f"unknown output format {output!r}",
+            field="--output",
+            hint=f"use {', '.join(formats[:-1])} or {formats[-1]}",
+        )
+
+
+def print_data(data: Any, output: str) -> None:
+    """``data`` as JSON or YAML (``-o json``, ``-o yaml``): every field, as the API returns it."""
+    if output == "json":
+        out.print_json(json.dumps(data))
+        return
+    import yaml
+
+    out.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False, highlight=False)
 
 
 def client_for(url: str | None, api_key: str | None) -> BastionClient:
     """A client for the server the flags, the environment or `bastion up`'s credentials name."""
+    from bastion.client import BastionClient, ClientSettings
+
     resolved_url, key = ClientSettings().resolve(url=url, api_key=api_key)
     if key is None:
         raise UserError(
@@ -72,6 +144,8 @@ def run_command(action: Callable[[], int | None]) -> None:
 
 def load_manifests(paths: list[Path]) -> list[RawDocument]:
     """Every document of every file; a directory contributes its .yaml, .yml and .json files in order."""
+    from bastion.api import parse_yaml
+
     if not paths:
         raise UserError("no manifest given", field="--filename", hint="pass -f FILE or -f DIR")
     docs: list[RawDocument] = []
@@ -112,6 +186,8 @@ def load_manifests(paths: list[Path]) -> list[RawDocument]:
 
 def _inline_sources(docs: list[RawDocument], base: Path) -> list[RawDocument]:
     """Read an Agent's ``spec.sourceFile`` (relative to its manifest) into ``spec.source``."""
+    from bastion.api import RawDocument
+
     inlined: list[RawDocument] = []
     for doc in docs:
         body: Any = doc.body
@@ -134,43 +210,95 @@ def _inline_sources(docs: list[RawDocument], base: Path) -> list[RawDocument]:
 
 
 def _kind_name(kind: str) -> str:
-    cls = resolve_kind(kind)
-    if cls is None:
+    name = kind_named(kind)
+    if name is None:
         raise UserError(
-            f"unknown kind {kind!r}", field="KIND", hint=f"use one of {', '.join(KINDS)} (or their plurals)"
+            f"unknown kind {kind!r}",
+            field="KIND",
+            hint=f"use one of {', '.join(KIND_PLURALS)} (or their plurals)",
         )
-    return cls.kind_name
+    return name
+
+
+ApplyNsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        "-n",
+        help="Put documents that name no namespace here; a document naming another is an error.",
+        show_default="each document's own, else default",
+    ),
+]
+
+
+def in_namespace(docs: list[RawDocument], namespace: str | None) -> list[RawDocument]:
+    """The documents with ``metadata.namespace`` filled in from ``-n`` (kubectl's rule: a document
+    that names another namespace is refused, never moved)."""
+    from bastion.api import RawDocument
+
+    if namespace is None:
+        return docs
+    placed: list[RawDocument] = []
+    for doc in docs:
+        body: Any = doc.body
+        if not isinstance(body, dict):
+            placed.append(doc)  # validation names the fault
+            continue
+        data = cast(dict[str, Any], body)
+        meta: Any = data.get("metadata")
+        if not isinstance(meta, dict):
+            placed.append(doc)
+            continue
+        own: Any = cast(dict[str, Any], meta).get("namespace")
+        if own not in (None, namespace):
+            raise UserError(
+                f"{doc.source or 'a document'}: {data.get('kind')} {cast(dict[str, Any], meta).get('name')!r} "
+                f"names namespace {own!r}, not {namespace!r}",
+                field="metadata.namespace",
+                hint=f"drop -n, or remove metadata.namespace from the document to put it in {namespace!r}",
+            )
+        placed.append(
+            RawDocument(
+                body={**data, "metadata": {**cast(dict[str, Any], meta), "namespace": namespace}},
+                source=doc.source,
+            )
+        )
+    return placed
 
 
 @app.command()
-def apply(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+def apply(files: FilesOpt, namespace: ApplyNsOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Create or update resources from manifests, all or nothing."""
 
     def body() -> None:
-        docs = load_manifests(files)
+        docs = in_namespace(load_manifests(files), namespace)
         with client_for(url, api_key) as client:
             for item in client.apply(docs):
                 meta = item["resource"]["metadata"]
-                out.print(f"{item['resource']['kind'].lower()}/{meta['name']} {item['action']}")
+                out.print(
+                    f"{item['resource']['kind'].lower()}/{meta['name']} {item['action']}"
+                    + (f" (namespace {meta['namespace']})" if namespace is not None else ""),
+                    markup=False,
+                )
 
     run_command(body)
 
 
 @app.command()
-def diff(files: FilesOpt, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+def diff(files: FilesOpt, namespace: ApplyNsOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Show what `apply` would change, as JSON patches; exits 1 when something would change."""
 
     def body() -> int:
-        docs = load_manifests(files)
+        docs = in_namespace(load_manifests(files), namespace)
         changed = False
         with client_for(url, api_key) as client:
             for plan in client.diff(docs):
                 label = f"{plan['kind'].lower()}/{plan['name']} (namespace {plan['namespace']})"
                 if plan["action"] == "unchanged":
-                    out.print(f"{label}: unchanged")
+                    out.print(f"{label}: unchanged", markup=False)
                     continue
                 changed = True
-                out.print(f"{label}: would {plan['action']}")
+                out.print(f"{label}: would {plan['action']}", markup=False)
                 for op in plan["patch"]:
                     value = f" {json.dumps(op['value'])}" if "value" in op else ""
                     out.print(f"  {op['op']} {op['path']}{value}", markup=False)
@@ -193,7 +321,10 @@ def get(
         bool, typer.Option("--all-namespaces", "-A", help="List in every namespace.")
     ] = False,
     selector: Annotated[
-        str | None, typer.Option("--selector", "-l", help="Label selector, e.g. 'app=web'.")
+        str | None,
+        typer.Option(
+            "--selector", "-l", help="Label selector, e.g. 'app=web'.", show_default="none: all of them"
+        ),
     ] = None,
     output: OutputOpt = "table",
     url: UrlOpt = None,
@@ -202,10 +333,7 @@ def get(
     """List resources of a kind, or show one."""
 
     def body() -> None:
-        if output not in {"table", "yaml", "json"}:
-            raise UserError(
-                f"unknown output format {output!r}", field="--output", hint="use table, yaml or json"
-            )
+        check_output(output)
         if kind.lower() in {"sandbox", "sandboxes"}:
             with client_for(url, api_key) as client:
                 print_sandboxes(client.list_sandboxes(), output)
@@ -220,7 +348,7 @@ def get(
                 )
         if not items and output == "table":
             where = "any namespace" if all_namespaces else f"namespace {namespace!r}"
-            out.print(f"No {KINDS[kind_name].plural} found in {where}.")
+            out.print(f"No {KIND_PLURALS[kind_name]} found in {where}.")
             return
         print_resources(items, output, all_namespaces=all_namespaces)
 
@@ -229,13 +357,24 @@ def get(
 
 @app.command()
 def describe(
-    kind: str, name: str, namespace: NsOpt = "default", url: UrlOpt = None, api_key: KeyOpt = None
+    kind: str,
+    name: str,
+    namespace: NsOpt = "default",
+    output: DataOpt = "text",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
 ) -> None:
     """Show one resource in full, with its status conditions."""
 
     def body() -> None:
+        check_output(output, ("text", "yaml", "json"))
         with client_for(url, api_key) as client:
             item = client.get(_kind_name(kind), name, namespace=namespace)
+        if output != "text":
+            print_data(item, output)
+            return
+        import yaml
+
         meta: dict[str, Any] = item["metadata"]
         status: dict[str, Any] = item.get("status") or {}
         out.print(f"[bold]{item['kind']}[/] {meta['namespace']}/{meta['name']}")
@@ -269,7 +408,8 @@ def delete(
     kind: Annotated[str | None, typer.Argument()] = None,
     name: Annotated[str | None, typer.Argument()] = None,
     files: Annotated[
-        list[Path] | None, typer.Option("--filename", "-f", help="Delete what these manifests name.")
+        list[Path] | None,
+        typer.Option("--filename", "-f", help="Delete what these manifests name.", show_default="none"),
     ] = None,
     namespace: NsOpt = "default",
     url: UrlOpt = None,
@@ -310,10 +450,14 @@ def explain(
 ) -> None:
     """Describe a kind or one of its fields, from its JSON Schema (works offline)."""
 
+    from bastion.api import packaged_schema, walk_schema
+
     def body() -> None:
+        check_output(output, ("text", "json"))
         kind, *fields = path.split(".")
         kind_name = _kind_name(kind)
-        node = schema_at(kind_name, fields) if fields else kind_schema(kind_name)
+        root = packaged_schema(kind_name)
+        node = walk_schema(root, fields) if fields else root
         if node is None:
             raise UserError(
                 f"{kind_name} has no field {'.'.join(fields)!r}",
@@ -330,7 +474,7 @@ def explain(
             out.print(f"  {node['description']}", markup=False)
         required = set(node.get("required", []))
         for field, sub in node.get("properties", {}).items():
-            node_sub = schema_at(kind_name, [*fields, field]) or sub
+            node_sub = walk_schema(root, [*fields, field]) or sub
             kind_of = node_sub.get("type") or (
                 "one of " + ", ".join(map(str, node_sub["enum"])) if "enum" in node_sub else "object"
             )
@@ -341,10 +485,29 @@ def explain(
     run_command(body)
 
 
-HostOption = Annotated[str | None, typer.Option(help="Address to listen on (default: 127.0.0.1).")]
-PortOption = Annotated[int | None, typer.Option(help="Port (default: 8080).")]
-HomeOption = Annotated[Path | None, typer.Option(help="Data directory (env: BASTION_HOME).")]
-DatabaseOption = Annotated[str | None, typer.Option(help="Database URL (env: BASTION_DATABASE_URL).")]
+HostOption = Annotated[
+    str | None,
+    typer.Option(envvar="BASTION_HOST", help="Address to listen on.", show_default="127.0.0.1"),
+]
+PortOption = Annotated[
+    int | None, typer.Option(envvar="BASTION_PORT", help="Port to listen on.", show_default="8080")
+]
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="BASTION_HOME",
+        help="Data directory: database, master key, CLI credentials.",
+        show_default="$XDG_DATA_HOME/bastion, else ~/.local/share/bastion",
+    ),
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="BASTION_DATABASE_URL",
+        help="sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB.",
+        show_default="SQLite in the data directory",
+    ),
+]
 
 
 def _serve(with_worker: bool, **overrides: object) -> None:

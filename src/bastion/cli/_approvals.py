@@ -8,13 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._app import KeyOpt, UrlOpt, app, client_for, run_command
+from ._app import KeyOpt, OutputOpt, UrlOpt, app, check_output, client_for, print_data, run_command
 from ._output import age, out
 
 ApprovalArg = Annotated[
     str, typer.Argument(metavar="APPROVAL", help="The approval's id (`bastion approvals`).")
 ]
-ReasonOpt = Annotated[str | None, typer.Option("--reason", "-r", help="Why; journaled with the decision.")]
+ReasonOpt = Annotated[
+    str | None, typer.Option("--reason", "-r", help="Why; journaled with the decision.", show_default="none")
+]
 STATE_STYLE = {"pending": "yellow", "approved": "green", "denied": "red", "expired": "red"}
 
 
@@ -22,16 +24,21 @@ STATE_STYLE = {"pending": "yellow", "approved": "green", "denied": "red", "expir
 def approvals(
     state: Annotated[str, typer.Option(help="pending, approved, denied, expired or all.")] = "pending",
     namespace: Annotated[
-        str | None, typer.Option("--namespace", "-n", help="Only this namespace (default: all).")
+        str | None, typer.Option("--namespace", "-n", help="Only this namespace.", show_default="all")
     ] = None,
+    output: OutputOpt = "table",
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
     """List the calls waiting for approval (oldest first), or past decisions with --state."""
 
     def body() -> None:
+        check_output(output)
         with client_for(url, api_key) as client:
             found = client.list_approvals(state=state, namespace=namespace)
+        if output != "table":
+            print_data(found, output)
+            return
         if not found:
             out.print(f"No {state if state != 'all' else ''} approvals.".replace("  ", " "))
             return

@@ -14,22 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 from urllib.parse import urlsplit
 
 import typer
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bastion.api import RawDocument
-from bastion.client import BastionClient
 from bastion.errors import SandboxError, UserError
-from bastion.execution.runs import Replayer
-from bastion.execution.sandbox import ProcessBackend, read_agent_file
-from bastion.execution.tools import builtin_tools
-from bastion.observe.record import verify_record
 
 from ._app import app, load_manifests, run_command
 from ._output import out
-from ._record import replay_image
-from ._runs import show_event
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from bastion.api import RawDocument
+    from bastion.client import BastionClient
     from bastion.control import Settings
     from bastion.execution.sandbox import ImageCache
 
@@ -51,6 +46,9 @@ def demo(
     city: Annotated[str, typer.Option(help="The city the agent reports on.")] = "Oslo",
 ) -> None:
     """Run the demo: a code agent calls a keyed API, is refused a tool, writes a report; then audit."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from bastion.client import BastionClient
     from bastion.control import Bastion, Settings, create_app
     from bastion.testing import serve_in_thread, weather_api
 
@@ -224,6 +222,10 @@ def _fresh_admin_key(bastion: Any) -> str:
 def _run_demo(
     client: BastionClient, docs: list[Any], city: str, workspaces: Path, data: Path, images: ImageCache
 ) -> int:
+    from bastion.execution.sandbox import read_agent_file
+
+    from ._runs import show_event
+
     with client:
         out.rule("[bold]1. apply the demo's manifests")
         for item in client.apply(docs):
@@ -268,6 +270,8 @@ def _run_demo(
 
 
 def _follow(client: BastionClient, agent: str, input: Any) -> dict[str, Any] | None:
+    from ._runs import show_event
+
     run = client.create_run(agent, input)
     for event in client.events(run["id"]):
         show_event(event)
@@ -301,6 +305,13 @@ def _model_agents(client: BastionClient, city: str, data: Path, images: ImageCac
 def _record_and_replay(
     client: BastionClient, run_id: str, data: Path, images: ImageCache, *, quiet: bool = False
 ) -> int:
+    from bastion.execution.runs import Replayer
+    from bastion.execution.sandbox import ProcessBackend
+    from bastion.execution.tools import builtin_tools
+    from bastion.observe.record import verify_record
+
+    from ._record import replay_image
+
     if not quiet:
         out.rule("[bold]6. export the signed ExecutionRecord and verify it offline")
     record = client.export_record(run_id)

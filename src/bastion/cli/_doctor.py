@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 
-from bastion.control import Settings
 from bastion.errors import SandboxError, UserError
-from bastion.execution.sandbox import BASES, default_backend, probe_backends
 
 from ._app import app, run_command
 from ._output import out
@@ -20,7 +19,15 @@ PROCESS_WARNING = (
 )
 
 
+if TYPE_CHECKING:
+    from bastion.control import Settings
+
+
 def settings_or_error() -> Settings:
+    from pydantic import ValidationError
+
+    from bastion.control import Settings
+
     try:
         return Settings()
     except ValidationError as exc:
@@ -35,6 +42,8 @@ def settings_or_error() -> Settings:
 def doctor() -> None:
     """Check this machine: which sandbox backends work (and how to fix the others), the default
     backend, and the agent image bases. Exits 1 if the configured default backend cannot work."""
+
+    from bastion.execution.sandbox import BASES, default_backend, probe_backends
 
     def body() -> int:
         settings = settings_or_error()

@@ -6,7 +6,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -58,6 +57,8 @@ def print_resources(items: list[dict[str, Any]], output: str, *, all_namespaces:
         out.print_json(json.dumps(items if len(items) != 1 else items[0]))
         return
     if output == "yaml":
+        import yaml
+
         docs = [yaml.safe_dump(i, sort_keys=False) for i in items]
         out.print("---\n".join(docs), end="", markup=False)
         return
@@ -96,6 +97,8 @@ def print_sandboxes(items: list[dict[str, Any]], output: str) -> None:
         out.print_json(json.dumps(items))
         return
     if output == "yaml":
+        import yaml
+
         out.print(yaml.safe_dump(items, sort_keys=False), end="", markup=False)
         return
     if not items:

@@ -13,25 +13,35 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 from bastion.errors import UserError
-from bastion.observe.record import verify_record
 
-from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, run_command
+from ._app import (
+    DataOpt,
+    KeyOpt,
+    NsOpt,
+    RunArg,
+    UrlOpt,
+    app,
+    check_output,
+    client_for,
+    print_data,
+    run_command,
+    sub_app,
+)
 from ._output import out
 
 if TYPE_CHECKING:
     from bastion.execution.sandbox import Image, ImageCache
 
-record_app = typer.Typer(
-    help="Export and verify ExecutionRecords (signed, verifiable offline).", no_args_is_help=True
-)
+record_app = sub_app("Export and verify ExecutionRecords (signed, verifiable offline).")
 app.add_typer(record_app, name="record")
 
 
 @record_app.command("export")
 def export(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    run_id: RunArg,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+        Path | None,
+        typer.Option("--output", "-o", help="Write the record (JSON) to this file.", show_default="stdout"),
     ] = None,
     namespace: NsOpt = "default",
     url: UrlOpt = None,
@@ -41,7 +51,9 @@ def export(
 
     def body() -> None:
         with client_for(url, api_key) as client:
-            record = client.export_record(run_id, namespace=namespace)
+            record = client.export_record(
+                client.resolve_run(run_id, namespace=namespace), namespace=namespace
+            )
         text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
         if output is None:
             sys.stdout.write(text)
@@ -56,12 +68,16 @@ def export(
 
 
 @record_app.command("key")
-def key(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+def key(output: DataOpt = "text", url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Print the tenant's record public key (pin it with `record verify --public-key`)."""
 
     def body() -> None:
+        check_output(output, ("text", "yaml", "json"))
         with client_for(url, api_key) as client:
             found = client.record_key()
+        if output != "text":
+            print_data(found, output)
+            return
         out.print(f"{found['alg']} key {found['keyId']}: {found['publicKey']}", highlight=False)
 
     run_command(body)
@@ -72,8 +88,13 @@ def verify(
     path: Annotated[Path, typer.Argument(metavar="RECORD.json", help="An exported record; '-' for stdin.")],
     public_key: Annotated[
         str | None,
-        typer.Option("--public-key", help="The tenant's record key (base64, from `bastion record key`)."),
+        typer.Option(
+            "--public-key",
+            help="The tenant's record key (base64, from `bastion record key`).",
+            show_default="none: the verdict is UNPINNED",
+        ),
     ] = None,
+    output: DataOpt = "text",
 ) -> None:
     """Check a record offline, with no server: hash chain, blobs, head, signature.
 
@@ -81,7 +102,10 @@ def verify(
     that the tenant signed it; without one the verdict says UNPINNED and the exit code is 3.
     """
 
+    from bastion.observe.record import verify_record
+
     def body() -> int:
+        check_output(output, ("text", "yaml", "json"))
         try:
             text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
             record: Any = json.loads(text)
@@ -109,6 +133,20 @@ def verify(
                 ) from None
         document: dict[str, Any] = cast(dict[str, Any], record) if isinstance(record, dict) else {}
         verdict = verify_record(document, public_key=pinned)
+        if output != "text":
+            print_data(
+                {
+                    "ok": verdict.ok,
+                    "pinned": pinned is not None,
+                    "entries": verdict.entries,
+                    "head": verdict.head,
+                    "keyId": verdict.key_id,
+                    "brokenSeq": verdict.broken_seq,
+                    "reason": verdict.reason,
+                },
+                output,
+            )
+            return (3 if pinned is None else 0) if verdict.ok else 1
         if verdict.ok and pinned is None:
             out.print(
                 f"[yellow]UNPINNED[/]: {verdict.entries} entries, chain and signature consistent, but signed by key "
@@ -134,11 +172,16 @@ def replay(
     target: Annotated[
         str, typer.Argument(metavar="RUN|RECORD.json", help="A run id, or an exported record file.")
     ],
-    until: Annotated[int | None, typer.Option("--until", min=1, help="Stop after this seq.")] = None,
+    until: Annotated[
+        int | None, typer.Option("--until", min=1, help="Stop after this seq.", show_default="the end")
+    ] = None,
     fork_at: Annotated[
         int | None,
         typer.Option(
-            "--fork-at", min=0, help="Start a new live run that replays to this seq and continues; follow it."
+            "--fork-at",
+            min=0,
+            help="Start a new live run that replays to this seq and continues; follow it.",
+            show_default="none: replay offline",
         ),
     ] = None,
     namespace: NsOpt = "default",
@@ -166,7 +209,8 @@ def replay(
                 ) from None
         else:
             with client_for(url, api_key) as client:
-                document = client.export_record(target, namespace=namespace)
+                run_id = client.resolve_run(target, namespace=namespace)
+                document = client.export_record(run_id, namespace=namespace)
         record: dict[str, Any] = cast(dict[str, Any], document) if isinstance(document, dict) else {}
         if "entries" not in record or "agent" not in record:
             raise UserError(
@@ -211,6 +255,7 @@ def _fork(run_id: str, seq: int, namespace: str, url: str | None, api_key: str |
     from ._runs import show_event
 
     with client_for(url, api_key) as client:
+        run_id = client.resolve_run(run_id, namespace=namespace)
         child = client.fork_run(run_id, seq, namespace=namespace)
         out.print(f"run {child['id']} forked from {run_id} at seq {seq}; following it", highlight=False)
         for event in client.events(child["id"], namespace=namespace):

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from bastion.client import BastionClient
 from bastion.errors import UserError
 
-from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, run_command
+from ._app import (
+    KeyOpt,
+    NsOpt,
+    OutputOpt,
+    RunArg,
+    UrlOpt,
+    app,
+    check_output,
+    client_for,
+    print_data,
+    run_command,
+    sub_app,
+)
 from ._output import age, out
 
-audit_app = typer.Typer(help="Verify the tamper-evident journal.", no_args_is_help=True)
+audit_app = sub_app("Verify the tamper-evident journal.")
 app.add_typer(audit_app, name="audit")
+
+if TYPE_CHECKING:
+    from bastion.client import BastionClient
 
 STATE_STYLE = {"Succeeded": "green", "Failed": "red", "Cancelled": "yellow", "Revoked": "red"}
 
@@ -103,7 +117,9 @@ def _finish(client: BastionClient, run_id: str, namespace: str) -> int:
 @app.command()
 def run(
     agent: str,
-    input: Annotated[str | None, typer.Option("--input", "-i", help="The run's input, as JSON.")] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="The run's input, as JSON.", show_default="null")
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Show progress live and wait for the end.")
     ] = False,
@@ -130,27 +146,38 @@ def run(
 @app.command()
 def runs(
     namespace: NsOpt = "default",
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
-    agent: Annotated[str | None, typer.Option(help="Only this agent's runs.")] = None,
-    state: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="List in every namespace.")
+    ] = False,
+    agent: Annotated[str | None, typer.Option(help="Only this agent's runs.", show_default="all")] = None,
+    state: Annotated[str | None, typer.Option(help="Only runs in this state.", show_default="all")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many runs.")] = 50,
+    output: OutputOpt = "table",
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first. Any command taking a RUN accepts the start of its id (4 or more
+    characters, as this table shows them) when one run of the namespace starts so."""
 
     def body() -> None:
+        check_output(output)
         with client_for(url, api_key) as client:
             found = client.list_runs(
                 namespace=None if all_namespaces else namespace, agent=agent, state=state, limit=limit
             )
+        if output != "table":
+            print_data(found, output)
+            return
         if not found:
             out.print("No runs found.")
             return
-        table = Table("ID", "AGENT", "STATE", "ATTEMPT", "AGE", "REASON", box=None)
+        table = Table(box=None)
+        for column in ("NAMESPACE",) * all_namespaces + ("ID", "AGENT", "STATE", "ATTEMPT", "AGE", "REASON"):
+            table.add_column(column, no_wrap=column != "REASON")
         for item in found:
             style = STATE_STYLE.get(item["state"], "cyan")
             table.add_row(
+                *([item["namespace"]] if all_namespaces else []),
                 item["id"],
                 item["agent"],
                 f"[{style}]{item['state']}[/]",
@@ -165,27 +192,47 @@ def runs(
 
 @app.command()
 def logs(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    run_id: RunArg,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep following until the run ends.")
+        bool,
+        typer.Option("--follow", "-f", help="Keep following until the run ends; exit 1 unless it succeeded."),
     ] = False,
     namespace: NsOpt = "default",
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", help="text, json (one event per line) or yaml (one document per event)."
+        ),
+    ] = "text",
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
     """Show a run's events: states, calls and the agent's log lines."""
 
-    def body() -> None:
+    def body() -> int:
+        check_output(output, ("text", "yaml", "json"))
         with client_for(url, api_key) as client:
-            for event in client.events(run_id, namespace=namespace, follow=follow):
-                show_event(event)
+            full_id = client.resolve_run(run_id, namespace=namespace)
+            for event in client.events(full_id, namespace=namespace, follow=follow):
+                if output == "json":
+                    out.print(json.dumps(event), markup=False, highlight=False, soft_wrap=True)
+                elif output == "yaml":
+                    out.print("---", markup=False)
+                    print_data(event, "yaml")
+                else:
+                    show_event(event)
+            if not follow:
+                return 0
+            if output != "text":
+                return 0 if client.get_run(full_id, namespace=namespace)["state"] == "Succeeded" else 1
+            return _finish(client, full_id, namespace)
 
     run_command(body)
 
 
 @app.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    run_id: RunArg,
     namespace: NsOpt = "default",
     url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -194,9 +241,9 @@ def cancel(
 
     def body() -> None:
         with client_for(url, api_key) as client:
-            run = client.cancel_run(run_id, namespace=namespace)
+            run = client.cancel_run(client.resolve_run(run_id, namespace=namespace), namespace=namespace)
         out.print(
-            f"run {run_id}: {run['state']}{' (cancellation requested)' if run['state'] != 'Cancelled' else ''}"
+            f"run {run['id']}: {run['state']}{' (cancellation requested)' if run['state'] != 'Cancelled' else ''}"
         )
 
     run_command(body)
@@ -205,7 +252,10 @@ def cancel(
 @audit_app.command("verify")
 def audit_verify(
     run_id: Annotated[
-        str | None, typer.Argument(metavar="[RUN]", help="One run; all of the tenant's when left out.")
+        str | None,
+        typer.Argument(
+            metavar="RUN", help="One run (its id, or the start of it); all of the tenant's when left out."
+        ),
     ] = None,
     namespace: NsOpt = "default",
     url: UrlOpt = None,
@@ -216,7 +266,9 @@ def audit_verify(
     def body() -> int:
         with client_for(url, api_key) as client:
             verdicts = (
-                [client.verify_run(run_id, namespace=namespace)] if run_id else client.verify_all()["items"]
+                [client.verify_run(client.resolve_run(run_id, namespace=namespace), namespace=namespace)]
+                if run_id
+                else client.verify_all()["items"]
             )
         bad = 0
         for v in verdicts:
@@ -248,6 +300,7 @@ def worker(
             min=1,
             max=65535,
             help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT.",
+            show_default="none: no metrics server",
         ),
     ] = None,
 ) -> None:

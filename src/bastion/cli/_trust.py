@@ -7,15 +7,26 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, run_command
+from ._app import (
+    DataOpt,
+    KeyOpt,
+    NsOpt,
+    UrlOpt,
+    app,
+    check_output,
+    client_for,
+    print_data,
+    run_command,
+    sub_app,
+)
 from ._output import out
 
-trust_app = typer.Typer(help="Trust tiers: show, promote, demote, revoke, restore.", no_args_is_help=True)
+trust_app = sub_app("Trust tiers: show, promote, demote, revoke, restore.")
 app.add_typer(trust_app, name="trust")
 
 AgentArg = Annotated[str, typer.Argument(metavar="AGENT")]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (required); journaled with the change.")]
-TierOpt = Annotated[str | None, typer.Option("--to", help="The tier to move to (default: one step).")]
+TierOpt = Annotated[str | None, typer.Option("--to", help="The tier to move to.", show_default="one step")]
 
 
 def _show(view: dict[str, Any]) -> None:
@@ -39,13 +50,23 @@ def _show(view: dict[str, Any]) -> None:
 
 
 @trust_app.command("show")
-def show(agent: AgentArg, namespace: NsOpt = "default", url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+def show(
+    agent: AgentArg,
+    namespace: NsOpt = "default",
+    output: DataOpt = "text",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
     """Show an agent's tier, whether it is revoked, and every change with who made it and why."""
 
     def body() -> int:
+        check_output(output, ("text", "yaml", "json"))
         with client_for(url, api_key) as client:
             view = client.trust(agent, namespace=namespace)
-        _show(view)
+        if output != "text":
+            print_data(view, output)
+        else:
+            _show(view)
         return 0 if view["verified"] else 1
 
     run_command(body)

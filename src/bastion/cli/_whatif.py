@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._app import KeyOpt, NsOpt, UrlOpt, app, client_for, load_manifests, run_command
+from ._app import KeyOpt, NsOpt, RunArg, UrlOpt, app, client_for, load_manifests, run_command
 from ._output import out
 
 
 @app.command("what-if")
 def what_if(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    run_id: RunArg,
     policy: Annotated[
         list[Path],
         typer.Option(
@@ -31,7 +31,9 @@ def what_if(
     def body() -> None:
         docs = load_manifests(policy)
         with client_for(url, api_key) as client:
-            verdict = client.what_if(run_id, docs, namespace=namespace)
+            verdict = client.what_if(
+                client.resolve_run(run_id, namespace=namespace), docs, namespace=namespace
+            )
         changes = verdict["changes"]
         out.print(
             f"run {verdict['run']} ({verdict['agent']}): {verdict['calls']} tool calls re-judged under "

@@ -8,22 +8,41 @@ inspecting status codes.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 import httpx
 
-from bastion.api import RawDocument, resolve_kind
+from bastion.api import KIND_PLURALS, kind_named
 from bastion.errors import NotFound, ServerError, UserError, error_for_problem
+
+if TYPE_CHECKING:
+    from bastion.api import RawDocument
 
 
 def plural_of(kind: str) -> str:
     """The URL plural of a kind given as ``Agent``, ``agents`` or ``agent``."""
-    cls = resolve_kind(kind)
-    if cls is None:
+    name = kind_named(kind)
+    if name is None:
         raise NotFound(f"unknown kind {kind!r}", field="kind", hint="see `bastion explain` for the kinds")
-    return cls.plural
+    return KIND_PLURALS[name]
+
+
+def _tls_context(url: str) -> ssl.SSLContext | bool:
+    """The certificates to verify the server with. Over plain HTTP there is no TLS, and loading
+    the CA bundle (what ``True`` does) would cost a CLI command a tenth of a second: the context
+    given instead trusts no CA at all, so a TLS handshake, were one ever attempted, would fail."""
+    if url.lower().startswith("http://"):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return True
+
+
+FULL_RUN_ID = 36
+"""The length of a full run id (a UUID); anything shorter is resolved as a prefix."""
+CANDIDATES = 10
+"""How many runs an ambiguous run id prefix lists."""
 
 
 class BastionClient:
@@ -41,7 +60,13 @@ class BastionClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            verify=_tls_context(self.url),
+        )
 
     def __enter__(self) -> Self:
         return self
@@ -204,6 +229,7 @@ class BastionClient:
         agent: str | None = None,
         state: str | None = None,
         limit: int = 50,
+        id_prefix: str | None = None,
     ) -> list[dict[str, Any]]:
         path = f"/api/v1/namespaces/{quote(namespace, safe='')}/runs" if namespace else "/api/v1/runs"
         params: dict[str, Any] = {"limit": limit}
@@ -211,7 +237,33 @@ class BastionClient:
             params["agent"] = agent
         if state:
             params["state"] = state
+        if id_prefix is not None:
+            params["idPrefix"] = id_prefix
         return self._request("GET", path, params=params)["items"]
+
+    def resolve_run(self, run_id: str, *, namespace: str = "default") -> str:
+        """The full id of the run ``run_id`` names in the namespace: a full id as it is, else the
+        one run whose id starts with it (like git's short hashes; the server does the matching,
+        among the caller's tenant's runs only). No match is NotFound; several are a UserError
+        that lists them."""
+        if len(run_id) == FULL_RUN_ID:
+            return run_id
+        found = self.list_runs(namespace=namespace, id_prefix=run_id, limit=CANDIDATES + 1)
+        if not found:
+            raise NotFound(
+                f"no run in namespace {namespace!r} has an id starting with {run_id!r}",
+                field="run",
+                hint="list runs with `bastion runs` (or pass -n for another namespace)",
+            )
+        if len(found) == 1:
+            return str(found[0]["id"])
+        listed = ", ".join(f"{r['id']} ({r['agent']}, {r['state']})" for r in found[:CANDIDATES])
+        more = " and more" if len(found) > CANDIDATES else ""
+        raise UserError(
+            f"run id {run_id!r} is ambiguous in namespace {namespace!r}: it starts {listed}{more}",
+            field="run",
+            hint="give more characters of the id",
+        )
 
     def fork_run(self, run_id: str, seq: int, *, namespace: str = "default") -> dict[str, Any]:
         """A new run that replays this one's journal up to ``seq`` and continues live."""

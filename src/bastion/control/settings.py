@@ -1,29 +1,33 @@
 """Every setting Bastion reads, from flags or ``BASTION_*`` environment variables.
 
-This is the only module that reads the environment (ruff's TID251 bans ``os.environ`` elsewhere).
+This module and the client's own settings (``bastion.client._settings``: ``BASTION_URL``,
+``BASTION_API_KEY``, ``BASTION_HOME``, read without pydantic so that a CLI command starts fast)
+are the only ones that read the environment (ruff's TID251 bans ``os.environ`` elsewhere).
 The data directory holds the SQLite database, the master key and the local CLI credentials.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_PORT = 8080
+from bastion.client import DEFAULT_PORT, ClientSettings, default_home, read_credentials, write_credentials
 
-
-def default_home() -> Path:
-    """``$BASTION_HOME``, else ``$XDG_DATA_HOME/bastion``, else ``~/.local/share/bastion``."""
-    if home := os.environ.get("BASTION_HOME"):
-        return Path(home)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "bastion"
+__all__ = [
+    "DEFAULT_PORT",
+    "ClientSettings",
+    "Settings",
+    "default_home",
+    "env",
+    "in_ci",
+    "read_credentials",
+    "write_credentials",
+]
 
 
 def in_ci() -> bool:
@@ -131,42 +135,3 @@ class Settings(BaseSettings):
     @property
     def credentials_file(self) -> Path:
         return self.home / "credentials.json"
-
-
-class ClientSettings(BaseSettings):
-    """Where the CLI finds the server and its key: flags, then ``BASTION_URL``/``BASTION_API_KEY``,
-    then the credentials ``bastion up`` wrote into the data directory."""
-
-    model_config = SettingsConfigDict(env_prefix="BASTION_", extra="ignore", frozen=True)
-
-    url: str | None = None
-    api_key: SecretStr | None = None
-    home: Path = Field(default_factory=default_home)
-
-    def resolve(self, *, url: str | None = None, api_key: str | None = None) -> tuple[str, str | None]:
-        """The server URL and key: the arguments (flags) first, then the environment, then the file."""
-        url = url or self.url
-        key = api_key or (self.api_key.get_secret_value() if self.api_key else None)
-        stored = read_credentials(self.home / "credentials.json")
-        return (
-            url or stored.get("url") or f"http://127.0.0.1:{DEFAULT_PORT}",
-            key or stored.get("apiKey"),
-        )
-
-
-def read_credentials(path: Path) -> dict[str, Any]:
-    try:
-        data: Any = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return cast(dict[str, Any], data) if isinstance(data, dict) else {}
-
-
-def write_credentials(path: Path, url: str, api_key: str) -> None:
-    """Save the CLI's credentials with mode 0600 (written to a temporary file, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"url": url, "apiKey": api_key}, handle)
-    tmp.replace(path)

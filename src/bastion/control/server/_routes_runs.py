@@ -111,6 +111,7 @@ def _list(
     state: str | None,
     limit: int,
     cont: str | None,
+    id_prefix: str | None = None,
 ) -> dict[str, Any]:
     if state is not None and state not in {str(s) for s in RunState}:
         raise UserError(
@@ -127,6 +128,7 @@ def _list(
             state=state,
             limit=limit,
             cursor=cont,
+            id_prefix=id_prefix,
         )
     return {"items": [r.public() for r in found], "continue": cursor}
 
@@ -135,6 +137,17 @@ AgentQuery = Annotated[str | None, Query(max_length=253, description="Only runs 
 StateQuery = Annotated[str | None, Query(max_length=32, description="Only runs in this state.")]
 LimitQuery = Annotated[int, Query(ge=1, le=500)]
 ContinueQuery = Annotated[str | None, Query(alias="continue", max_length=1024)]
+IdPrefixQuery = Annotated[
+    str | None,
+    Query(
+        alias="idPrefix",
+        min_length=4,
+        max_length=36,
+        pattern="^[0-9a-fA-F][0-9a-fA-F-]*$",
+        description="Only runs whose id starts with this (at least 4 characters), as `bastion` "
+        "resolves a short id: one match is the run, several are listed.",
+    ),
+]
 
 
 @router.get("/namespaces/{namespace}/runs", summary="List runs in a namespace, newest first")
@@ -146,8 +159,9 @@ def list_runs(
     state: StateQuery = None,
     limit: LimitQuery = 50,
     cont: ContinueQuery = None,
+    id_prefix: IdPrefixQuery = None,
 ) -> dict[str, Any]:
-    return _list(bastion, principal, namespace, agent, state, limit, cont)
+    return _list(bastion, principal, namespace, agent, state, limit, cont, id_prefix)
 
 
 @router.get("/runs", summary="List runs in every namespace, newest first")
@@ -158,8 +172,9 @@ def list_all_runs(
     state: StateQuery = None,
     limit: LimitQuery = 50,
     cont: ContinueQuery = None,
+    id_prefix: IdPrefixQuery = None,
 ) -> dict[str, Any]:
-    return _list(bastion, principal, None, agent, state, limit, cont)
+    return _list(bastion, principal, None, agent, state, limit, cont, id_prefix)
 
 
 @router.get("/namespaces/{namespace}/runs/{run_id}", summary="Get a run")

@@ -14,7 +14,7 @@ from typing import Any, cast
 import httpx
 
 from ._provider import Call, Target, wire_names
-from ._transport import send, shared_client
+from ._transport import LazyClient, send
 from ._types import (
     BadChat,
     ChatRequest,
@@ -304,10 +304,14 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self, client: httpx.Client | None = None) -> None:
-        self.client = client or shared_client()
+        self._pool = LazyClient(client)
+
+    @property
+    def client(self) -> httpx.Client:
+        return self._pool.get()
 
     def close(self) -> None:
-        self.client.close()
+        self._pool.close()
 
     def complete(self, call: Call) -> Reply:
         target = call.target

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -28,6 +29,29 @@ def shared_client() -> httpx.Client:
         trust_env=False,
         cookies=no_cookies,
     )
+
+
+class LazyClient:
+    """A provider's ``shared_client()``, made when a call first needs it: making one loads the CA
+    bundle (a tenth of a second), and a worker must be ready to claim runs before any model call."""
+
+    def __init__(self, client: httpx.Client | None = None) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def get(self) -> httpx.Client:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = shared_client()
+                client = self._client
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
 
 
 class Collector(Protocol):

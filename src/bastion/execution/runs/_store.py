@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, case, func, insert, or_, select, update
 
 from bastion.api import Clock, IdSource, RandomIds, SystemClock
 from bastion.errors import LeaseLost, UserError
@@ -120,6 +120,33 @@ class Event:
         return {"id": self.id, "type": self.type, "data": self.data, "at": _stamp(self.at)}
 
 
+RUN_ID_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]{3,35}")
+"""What a run id prefix may be: 4 to 36 of a run id's characters (lowercase hex and dashes)."""
+_NEXT_HEX = dict(zip("0123456789abcdef", "123456789abcdefg", strict=True))
+
+
+def check_id_prefix(prefix: str) -> str:
+    """``prefix`` lowercased, if it can start a run id; else a clear error (never SQL)."""
+    lowered = prefix.lower()
+    if RUN_ID_PREFIX.fullmatch(lowered) is None:
+        raise UserError(
+            f"{prefix!r} is not a run id or the start of one",
+            field="idPrefix",
+            hint="give at least 4 characters of the id `bastion runs` shows (hex digits and dashes)",
+        )
+    return lowered
+
+
+def id_prefix_clauses(prefix: str) -> list[ColumnElement[bool]]:
+    """The conditions for ids starting with ``prefix``: a range on the primary key over its
+    leading hex digits (indexed; every character compared is alphanumeric, so it holds in any
+    collation), then a LIKE with the input escaped for the exact match."""
+    head = prefix.split("-", 1)[0]
+    upper = head[:-1] + _NEXT_HEX[head[-1]]
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return [runs.c.id >= head, runs.c.id < upper, runs.c.id.like(f"{escaped}%", escape="\\")]
+
+
 class RunStore:
     def __init__(self, db: Database, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
         self.db = db
@@ -194,11 +221,16 @@ class RunStore:
         state: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        id_prefix: str | None = None,
     ) -> tuple[list[Run], str | None]:
-        """Newest first; the cursor is the last run's (created_at, id)."""
+        """Newest first; the cursor is the last run's (created_at, id).
+
+        ``id_prefix``: only runs whose id starts with it (``check_id_prefix`` validates it)."""
         query = select(runs).where(runs.c.tenant_id == tenant_id)
         if namespace is not None:
             query = query.where(runs.c.namespace == namespace)
+        if id_prefix is not None:
+            query = query.where(*id_prefix_clauses(check_id_prefix(id_prefix)))
         if agent is not None:
             query = query.where(runs.c.agent == agent)
         if state is not None:
