@@ -44,7 +44,7 @@ def test_health_readiness_and_metrics(server: Server) -> None:
         assert ready["status"] == "ready"
         assert ready["database"] == ("sqlite" if server.backend == "sqlite" else "postgresql")
         http.get("/api/v1/namespaces/default/agents/some-unique-name-123")
-        metrics = http.get("/metrics").text
+        metrics = http.get("/metrics", headers={"Authorization": f"Bearer {server.admin_key}"}).text
     assert "bastion_http_requests_total" in metrics
     assert 'route="/api/v1/namespaces/{namespace}/agents/{name}"' in metrics
     assert "some-unique-name-123" not in metrics

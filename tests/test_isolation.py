@@ -121,7 +121,6 @@ def test_idempotency_keys_are_per_tenant(victim: Tenant, attacker: httpx.Client)
 PUBLIC_PATHS = {
     "/healthz",
     "/readyz",
-    "/metrics",
     "/api/v1/openapi.json",
     "/api/v1/docs",
     "/docs/oauth2-redirect",

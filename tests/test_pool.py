@@ -321,7 +321,8 @@ def test_sandboxes_are_listed_for_operators_and_tenants_see_only_their_runs(
         assert not [r for r in other.list_sandboxes() if r["runId"] == run["id"]], "another tenant's run"
         with tenant.client("developer") as developer, pytest.raises(Forbidden):
             developer.list_sandboxes()
-        metrics = httpx.get(f"{tenant.server.url}/metrics").text
+        system = {"Authorization": f"Bearer {tenant.server.admin_key}"}
+        metrics = httpx.get(f"{tenant.server.url}/metrics", headers=system).text
         assert 'bastion_sandboxes{backend="process",state="Hot"}' in metrics
         client.cancel_run(run["id"])
         wait_finished(client, run["id"])

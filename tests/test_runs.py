@@ -68,7 +68,8 @@ def test_a_code_agent_runs_governed_and_journaled(tools_applied: Tenant) -> None
         assert any("hello from the agent" in line for line in logs)
         assert any("a plain print goes to the log too" in line for line in logs)
         assert any("denied:" in line and "default deny" in line for line in logs)
-    metrics = httpx.get(f"{tools_applied.server.url}/metrics").text
+    system = {"Authorization": f"Bearer {tools_applied.server.admin_key}"}
+    metrics = httpx.get(f"{tools_applied.server.url}/metrics", headers=system).text
     assert 'bastion_gateway_calls_total{decision="deny",kind="tool"}' in metrics
     assert 'bastion_gateway_calls_total{decision="allow",kind="uuid"}' in metrics
     succeeded = [line for line in metrics.splitlines() if line.startswith('bastion_runs{state="Succeeded"}')]

@@ -159,7 +159,8 @@ def test_the_injected_secret_appears_nowhere(
             "tools": "/namespaces/default/tools",
         }.items():
             texts[name] = httpx.get(base + path, headers=auth, timeout=30).text
-        texts["metrics"] = httpx.get(f"{tenant.server.url}/metrics").text
+        system = {"Authorization": f"Bearer {tenant.server.admin_key}"}
+        texts["metrics"] = httpx.get(f"{tenant.server.url}/metrics", headers=system).text
 
     runner = CliRunner()
     env = {"BASTION_URL": tenant.server.url, "BASTION_API_KEY": tenant.admin_key}

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     Its parents must be traversable by the sandboxes' unprivileged uids too."""
     image_build_timeout_seconds: float = Field(default=900.0, gt=0)
     """An image build (pip) running longer is stopped and its run fails."""
+    metrics_token: SecretStr | None = None
+    """A token a Prometheus scraper sends as ``Authorization: Bearer <token>`` to read the API
+    server's ``/metrics``. Without one, ``/metrics`` answers keys of the system tenant only: its
+    figures cover every tenant (model usage and spend by tenant and agent)."""
     image_wheelhouse: Path | None = None
     """Build agent images from the wheels in this directory only (``pip --no-index``), never from
     a package index: for workers without network. Image digests then cover those wheels too."""

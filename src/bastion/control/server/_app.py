@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -17,7 +19,7 @@ from sqlalchemy import func, select
 
 from bastion.control._bastion import Bastion
 from bastion.control._sandboxes import count_sandboxes
-from bastion.errors import Unavailable
+from bastion.errors import Forbidden, Unavailable
 from bastion.execution.runs import RunState, runs
 from bastion.execution.sandbox import BACKENDS, SandboxState
 
@@ -31,6 +33,7 @@ from . import (
     _routes_trust,
     _routes_whatif,
 )
+from ._deps import authenticated, bearer
 from ._docs import install_docs
 from ._inputs import InputGuard
 from ._middleware import BodyLimit, CrashGuard, Metrics
@@ -90,6 +93,24 @@ class SandboxCounts(Collector):
         yield family
 
 
+def _may_read_metrics(bastion: Bastion, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """The metrics token, or a key of the system tenant: the figures cover every tenant, and
+    label model usage and spend by tenant and agent, which no tenant may read of another."""
+    token = bastion.settings.metrics_token
+    if (
+        token is not None
+        and credentials is not None
+        and hmac.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode())
+    ):
+        return
+    principal = authenticated(bastion, credentials)
+    if not principal.system:
+        raise Forbidden(
+            "/metrics covers every tenant: only keys of the system tenant may read it",
+            hint="scrape with a system-tenant key, or set BASTION_METRICS_TOKEN and send it as the bearer",
+        )
+
+
 def create_app(bastion: Bastion) -> FastAPI:
     """The ASGI application over an opened Bastion (store migrated, master key loaded)."""
 
@@ -147,8 +168,16 @@ def create_app(bastion: Bastion) -> FastAPI:
             )
         return {"status": "ready", "database": bastion.store.backend, "migration": current}
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
-    def metrics() -> PlainTextResponse:  # pyright: ignore[reportUnusedFunction]
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics (the metrics token, or a key of the system tenant)",
+        response_class=PlainTextResponse,
+    )
+    def metrics(  # pyright: ignore[reportUnusedFunction]
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> PlainTextResponse:
+        _may_read_metrics(bastion, credentials)
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # Outermost last: the crash guard wraps everything; the input guard reads bodies BodyLimit bounded.
