@@ -382,3 +382,26 @@ def test_a_wheelhouse_build_never_falls_back_to_the_index(cache: ImageCache, whe
     missing = ImageCache(cache.root, wheelhouse=cache.root / "no-such-dir")
     with pytest.raises(SandboxError, match="wheelhouse"):
         missing.resolve("python3.11", [SIX])
+
+
+def test_wheelhouses_whose_wheels_differ_only_in_content_give_different_images(tmp_path: Path) -> None:
+    # Hosts sharing one image directory, each with its own wheelhouse: a rebuilt (or swapped) wheel
+    # keeps its file name, and its size says nothing. Keyed by name and size, the second host would
+    # run the first one's image as if built from its own wheels.
+    name = "six-1.17.0-py2.py3-none-any.whl"
+    houses = [tmp_path / "house-a", tmp_path / "house-b"]
+    for house, content in zip(houses, (b"A" * 4096, b"B" * 4096), strict=True):
+        house.mkdir()
+        (house / name).write_bytes(content)
+    root = tmp_path / "images"
+    first, second = (ImageCache(root, wheelhouse=house).digest("python3.11", [SIX]) for house in houses)
+    assert first != second, "two different wheels under one name made one image digest"
+    # The same bytes in another directory are the same image (content, not place).
+    twin = tmp_path / "house-c"
+    shutil.copytree(houses[0], twin)
+    assert ImageCache(root, wheelhouse=twin).digest("python3.11", [SIX]) == first
+    # And a wheel replaced in place (same name, same size) changes the digest on the next resolve.
+    cache = ImageCache(root, wheelhouse=houses[0])
+    before = cache.digest("python3.11", [SIX])
+    (houses[0] / name).write_bytes(b"C" * 4096)
+    assert cache.digest("python3.11", [SIX]) != before

@@ -82,7 +82,7 @@ def normalized_requirements(requirements: Sequence[str]) -> tuple[str, ...]:
 
 
 def image_digest(base: str, requirements: Sequence[str], *, wheels: Sequence[str] = ()) -> str:
-    """sha256 of the base and the exact (normalized) requirements, and of the wheels (``name:size``
+    """sha256 of the base and the exact (normalized) requirements, and of the wheels (``name:sha256``
     of each file) an image is built from when it is built from a wheelhouse alone."""
     key: dict[str, object] = {
         "format": _FORMAT,
@@ -103,6 +103,33 @@ def _wheelhouse_listing(wheelhouse: Path) -> list[Path]:
             f"the image wheelhouse {wheelhouse} cannot be read: {exc.strerror or exc}",
             hint="point BASTION_IMAGE_WHEELHOUSE at a directory of wheels (`make demo` fills .venv/wheelhouse)",
         ) from None
+
+
+_WHEEL_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+"""sha256 of each wheel read, by (path, device, inode, size, mtime, ctime): a wheel is hashed once
+per change, not on every resolve (ctime moves with any write, whatever the writer does to mtime)."""
+_WHEEL_DIGESTS_LOCK = threading.Lock()
+
+
+def _wheel_digest(wheel: Path) -> str:
+    """The wheel's content digest: wheelhouses whose wheels share names and sizes but not bytes
+    (a rebuilt or swapped wheel) must not give one image digest (hosts may share an image root)."""
+    st = wheel.stat()
+    key = (str(wheel), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _WHEEL_DIGESTS_LOCK:
+        known = _WHEEL_DIGESTS.get(key)
+    if known is not None:
+        return known
+    sha = hashlib.sha256()
+    with wheel.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    found = sha.hexdigest()
+    with _WHEEL_DIGESTS_LOCK:
+        if len(_WHEEL_DIGESTS) > 4096:
+            _WHEEL_DIGESTS.clear()
+        _WHEEL_DIGESTS[key] = found
+    return found
 
 
 def _pins(wheels: Sequence[Path]) -> list[str]:
@@ -148,7 +175,7 @@ class ImageCache:
         if not wanted or self.wheelhouse is None:
             return image_digest(base, wanted)
         wheels = _wheelhouse_listing(self.wheelhouse)
-        return image_digest(base, wanted, wheels=[f"{w.name}:{w.stat().st_size}" for w in wheels])
+        return image_digest(base, wanted, wheels=[f"{w.name}:{_wheel_digest(w)}" for w in wheels])
 
     def resolve(
         self, base: str, requirements: Sequence[str] = (), *, progress: Progress | None = None
