@@ -405,3 +405,50 @@ def test_wheelhouses_whose_wheels_differ_only_in_content_give_different_images(t
     before = cache.digest("python3.11", [SIX])
     (houses[0] / name).write_bytes(b"C" * 4096)
     assert cache.digest("python3.11", [SIX]) != before
+
+
+def _handmade_wheel(directory: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel of one module ``name`` (no index involved)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": b"VALUE = 1\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for path, data in files.items()
+    )
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+        archive.writestr(f"{info}/RECORD", record + f"{info}/RECORD,,\n")
+    return wheel
+
+
+def test_a_wheelhouse_build_takes_nothing_from_pips_own_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's pip may be configured with other places to find packages (find-links in an
+    # environment variable or a pip.conf). A wheelhouse build must install from the wheelhouse
+    # alone: a developer's requirement that it lacks fails, whatever pip would otherwise reach.
+    house, elsewhere = tmp_path / "house", tmp_path / "elsewhere"
+    house.mkdir()
+    elsewhere.mkdir()
+    _handmade_wheel(house, "inhouse", "1.0")
+    _handmade_wheel(elsewhere, "outside", "1.0")
+    config = tmp_path / "pip.conf"
+    config.write_text(f"[global]\nfind-links = {elsewhere}\n")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(elsewhere))
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    cache = ImageCache(tmp_path / "images", wheelhouse=house)
+    image = cache.resolve("python3.11", ["inhouse"])
+    assert image.site_packages is not None and (image.site_packages / "inhouse.py").is_file()
+    with pytest.raises(ImageBuildFailed) as failed:
+        cache.resolve("python3.11", ["outside"])
+    assert "outside" in failed.value.detail

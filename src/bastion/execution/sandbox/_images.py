@@ -323,9 +323,14 @@ class ImageCache:
         """Run pip; None on success, else the tail of its output."""
         version = base.removeprefix("python")
         source: list[str] = []
+        env: dict[str, str] | None = None
         if self.wheelhouse is not None:
-            # No index, and every package at the wheelhouse's version: find-links that pip's own
-            # configuration may add cannot put anything else into the image.
+            # No index, every package at the wheelhouse's version, and none of pip's own
+            # configuration (PIP_* variables, pip.conf files): its find-links would otherwise
+            # supply any requirement the wheelhouse lacks.
+            inherited = os.environ.items()  # noqa: TID251 -- pip's environment, not Bastion's configuration
+            env = {k: v for k, v in inherited if not k.upper().startswith("PIP_")}
+            env["PIP_CONFIG_FILE"] = os.devnull  # pip then reads no configuration file at all
             pins = target.parent / "wheelhouse-pins.txt"
             pins.write_text("".join(f"{pin}\n" for pin in _pins(_wheelhouse_listing(self.wheelhouse))))
             source = ["--no-index", "--find-links", str(self.wheelhouse), "--constraint", str(pins)]
@@ -356,6 +361,7 @@ class ImageCache:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
+                env=env,
                 text=True,
                 errors="replace",
             )
