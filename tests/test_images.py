@@ -452,3 +452,14 @@ def test_a_wheelhouse_build_takes_nothing_from_pips_own_configuration(
     with pytest.raises(ImageBuildFailed) as failed:
         cache.resolve("python3.11", ["outside"])
     assert "outside" in failed.value.detail
+
+
+def test_a_wheelhouse_holding_two_versions_of_a_package_builds_either(tmp_path: Path) -> None:
+    # One wheelhouse serving agents that pin different versions of one package: each pin builds.
+    house = tmp_path / "house"
+    house.mkdir()
+    _handmade_wheel(house, "inhouse", "1.0")
+    _handmade_wheel(house, "inhouse", "2.0")
+    image = ImageCache(tmp_path / "images", wheelhouse=house).resolve("python3.11", ["inhouse==2.0"])
+    assert image.site_packages is not None
+    assert (image.site_packages / "inhouse-2.0.dist-info").is_dir()

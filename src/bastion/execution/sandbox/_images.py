@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -133,12 +134,15 @@ def _wheel_digest(wheel: Path) -> str:
 
 
 def _pins(wheels: Sequence[Path]) -> list[str]:
-    """``name==version`` of each wheel (its file name's first two fields, PEP 427)."""
-    pins: list[str] = []
+    """``name==version`` of each package the wheelhouse holds in one version (its file names'
+    first two fields, PEP 427). A package held in several versions (two agents pinning different
+    ones) is not pinned: two pins of one name would make every build that needs it unsatisfiable,
+    and pip, reading no configuration and no index, can only choose among the wheelhouse's."""
+    versions: dict[str, set[str]] = {}
     for wheel in wheels:
         name, version, *_ = wheel.name.split("-")
-        pins.append(f"{name}=={version}")
-    return pins
+        versions.setdefault(re.sub(r"[-_.]+", "_", name).lower(), set()).add(version)
+    return [f"{name}=={next(iter(found))}" for name, found in sorted(versions.items()) if len(found) == 1]
 
 
 class ImageCache:
