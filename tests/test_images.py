@@ -382,3 +382,84 @@ def test_a_wheelhouse_build_never_falls_back_to_the_index(cache: ImageCache, whe
     missing = ImageCache(cache.root, wheelhouse=cache.root / "no-such-dir")
     with pytest.raises(SandboxError, match="wheelhouse"):
         missing.resolve("python3.11", [SIX])
+
+
+def test_wheelhouses_whose_wheels_differ_only_in_content_give_different_images(tmp_path: Path) -> None:
+    # Hosts sharing one image directory, each with its own wheelhouse: a rebuilt (or swapped) wheel
+    # keeps its file name, and its size says nothing. Keyed by name and size, the second host would
+    # run the first one's image as if built from its own wheels.
+    name = "six-1.17.0-py2.py3-none-any.whl"
+    houses = [tmp_path / "house-a", tmp_path / "house-b"]
+    for house, content in zip(houses, (b"A" * 4096, b"B" * 4096), strict=True):
+        house.mkdir()
+        (house / name).write_bytes(content)
+    root = tmp_path / "images"
+    first, second = (ImageCache(root, wheelhouse=house).digest("python3.11", [SIX]) for house in houses)
+    assert first != second, "two different wheels under one name made one image digest"
+    # The same bytes in another directory are the same image (content, not place).
+    twin = tmp_path / "house-c"
+    shutil.copytree(houses[0], twin)
+    assert ImageCache(root, wheelhouse=twin).digest("python3.11", [SIX]) == first
+    # And a wheel replaced in place (same name, same size) changes the digest on the next resolve.
+    cache = ImageCache(root, wheelhouse=houses[0])
+    before = cache.digest("python3.11", [SIX])
+    (houses[0] / name).write_bytes(b"C" * 4096)
+    assert cache.digest("python3.11", [SIX]) != before
+
+
+def _handmade_wheel(directory: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel of one module ``name`` (no index involved)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": b"VALUE = 1\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for path, data in files.items()
+    )
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+        archive.writestr(f"{info}/RECORD", record + f"{info}/RECORD,,\n")
+    return wheel
+
+
+def test_a_wheelhouse_build_takes_nothing_from_pips_own_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's pip may be configured with other places to find packages (find-links in an
+    # environment variable or a pip.conf). A wheelhouse build must install from the wheelhouse
+    # alone: a developer's requirement that it lacks fails, whatever pip would otherwise reach.
+    house, elsewhere = tmp_path / "house", tmp_path / "elsewhere"
+    house.mkdir()
+    elsewhere.mkdir()
+    _handmade_wheel(house, "inhouse", "1.0")
+    _handmade_wheel(elsewhere, "outside", "1.0")
+    config = tmp_path / "pip.conf"
+    config.write_text(f"[global]\nfind-links = {elsewhere}\n")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(elsewhere))
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    cache = ImageCache(tmp_path / "images", wheelhouse=house)
+    image = cache.resolve("python3.11", ["inhouse"])
+    assert image.site_packages is not None and (image.site_packages / "inhouse.py").is_file()
+    with pytest.raises(ImageBuildFailed) as failed:
+        cache.resolve("python3.11", ["outside"])
+    assert "outside" in failed.value.detail
+
+
+def test_a_wheelhouse_holding_two_versions_of_a_package_builds_either(tmp_path: Path) -> None:
+    # One wheelhouse serving agents that pin different versions of one package: each pin builds.
+    house = tmp_path / "house"
+    house.mkdir()
+    _handmade_wheel(house, "inhouse", "1.0")
+    _handmade_wheel(house, "inhouse", "2.0")
+    image = ImageCache(tmp_path / "images", wheelhouse=house).resolve("python3.11", ["inhouse==2.0"])
+    assert image.site_packages is not None
+    assert (image.site_packages / "inhouse-2.0.dist-info").is_dir()

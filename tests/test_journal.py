@@ -323,3 +323,19 @@ def test_prepare_hashes_exactly_what_verify_recomputes(request_: Any, response: 
         request_text=canonical(request_).decode(),  # as the gateway hands it over
     )
     assert (given.entry, given.request_json, given.blobs) == (entry, prepared.request_json, prepared.blobs)
+
+
+@pytest.mark.parametrize("removed", [1, 3])
+def test_an_incremental_verify_catches_a_verified_entry_removed_without_rehashing(
+    store: Store, journal: Journal, removed: int
+) -> None:
+    # A tamperer deletes one already verified row (a denied call it wants gone) and touches
+    # nothing else: the row at the checkpoint, its hash and the run's count and head all stand.
+    head = fill(store, journal)
+    assert journal.verify(RUN, expected_head=head, expected_count=5).ok  # checkpoint at seq 5
+    with store.write() as conn:
+        conn.execute(delete(journal_entries).where(journal_entries.c.seq == removed))
+    verdict = journal.verify(RUN, expected_head=head, expected_count=5, full=False)
+    assert not verdict.ok, "a removed verified entry must not be called verified"
+    assert verdict.broken_seq == removed
+    assert not journal.verify(RUN, expected_head=head, expected_count=5).ok, "and the full verify agrees"

@@ -168,3 +168,41 @@ def test_a_run_that_never_goes_live_is_stopped_by_the_fuse(cluster: Cluster) -> 
     state, reason = cluster.state(run_id)
     assert state is RunState.FAILED
     assert reason is not None and reason.startswith(f"{POISON_FUSE * budget} attempts died")
+
+
+def test_a_run_killing_its_workers_before_going_live_cannot_take_a_neighbour_down_with_it(
+    cluster: Cluster,
+) -> None:
+    """A hostile tenant's run journals one step, then kills every worker it lands on during its
+    replay, never going live: its deaths are no evidence. Another tenant's run of the SAME agent
+    name shares those workers, going live and doing a new step each time, and dies with them. The
+    killer must be set apart (quarantined, claimed alone) long before the neighbour's deaths reach
+    the fuse: else the neighbour, the one run that did nothing wrong, is failed by it."""
+    hostile, innocent = cluster.create(0), cluster.create(1)
+    quarantined = False
+    for _ in range(3 * POISON_FUSE * 3):
+        if cluster.state(hostile)[0].finished:
+            break
+        owner = cluster.worker()
+        first = cluster.claim(owner)
+        if first is None:  # nothing left to claim
+            break
+        held = [first]
+        if not first.alone:  # a busy worker takes more (never a quarantined run)
+            second = cluster.runs.claim(owner, LEASE, idle=False)
+            held += [second] if second is not None else []
+        quarantined = quarantined or any(c.alone and c.run.id == hostile for c in held)
+        for claim in held:
+            if claim.run.id == innocent:
+                cluster.journal(claim, claim.run.attempt)  # a new step each attempt
+                cluster.live(claim)
+            elif claim.run.attempt == 1:
+                cluster.journal(claim, 1)
+                cluster.live(claim)
+        if any(c.run.id == hostile for c in held):
+            cluster.clock.past_the_lease()  # the hostile run kills the worker and all on it
+        else:  # the worker lives: the neighbour finishes on it
+            with cluster.store.write() as conn:
+                cluster.runs.transition(conn, held[0].run, owner, RunState.SUCCEEDED)
+    assert quarantined, "the run killing its workers was never set apart"
+    assert cluster.state(innocent)[0] is not RunState.FAILED, cluster.state(innocent)

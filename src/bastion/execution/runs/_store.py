@@ -386,8 +386,9 @@ class RunStore:
         against it, and only deaths of attempts that had gone live (replayed their journal, or
         had none and started their agent): an attempt killed while it was claimed, starting its
         sandbox or replaying had not yet done anything of its own. A run whose last two live
-        attempts died at the same seq (it reached the same step and the worker died there) is
-        suspect, and is quarantined: from then on it is
+        attempts died at the same seq (it reached the same step and the worker died there), or
+        whose last two attempts died at the same seq before going live, is suspect, and is
+        quarantined: from then on it is
         claimed only by a worker running nothing else, which takes nothing else until it ends.
         It is a poison run when its last ``max_attempts`` live attempts all died at the same seq and
         the latest of them died alone on its worker: the place is its own, and no neighbour was
@@ -444,8 +445,12 @@ class RunStore:
                 True,
             )
         if not live:
-            # It died claiming, starting its sandbox or replaying: its worker's death, not its own.
-            return None, False
+            # It died claiming, starting its sandbox or replaying: no evidence that it killed the
+            # worker, so never failed for it. But two deaths in a row at one seq make it suspect
+            # all the same: quarantined, it runs alone, so a run that kills workers before it ever
+            # goes live cannot keep taking its neighbours down with it until *their* fuse fails
+            # them; and an innocent run dying at a killer's side is only kept away from it.
+            return None, bool(earlier) and int(earlier[-1][0]) == died_seq
         # Only deaths of live attempts are evidence: each was past its journal, doing something new.
         evidence = [(int(seq), bool(was_alone)) for seq, was_alone, at in earlier if at is not None]
         evidence.append((died_seq, alone))

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -82,7 +83,7 @@ def normalized_requirements(requirements: Sequence[str]) -> tuple[str, ...]:
 
 
 def image_digest(base: str, requirements: Sequence[str], *, wheels: Sequence[str] = ()) -> str:
-    """sha256 of the base and the exact (normalized) requirements, and of the wheels (``name:size``
+    """sha256 of the base and the exact (normalized) requirements, and of the wheels (``name:sha256``
     of each file) an image is built from when it is built from a wheelhouse alone."""
     key: dict[str, object] = {
         "format": _FORMAT,
@@ -105,13 +106,43 @@ def _wheelhouse_listing(wheelhouse: Path) -> list[Path]:
         ) from None
 
 
+_WHEEL_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+"""sha256 of each wheel read, by (path, device, inode, size, mtime, ctime): a wheel is hashed once
+per change, not on every resolve (ctime moves with any write, whatever the writer does to mtime)."""
+_WHEEL_DIGESTS_LOCK = threading.Lock()
+
+
+def _wheel_digest(wheel: Path) -> str:
+    """The wheel's content digest: wheelhouses whose wheels share names and sizes but not bytes
+    (a rebuilt or swapped wheel) must not give one image digest (hosts may share an image root)."""
+    st = wheel.stat()
+    key = (str(wheel), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _WHEEL_DIGESTS_LOCK:
+        known = _WHEEL_DIGESTS.get(key)
+    if known is not None:
+        return known
+    sha = hashlib.sha256()
+    with wheel.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    found = sha.hexdigest()
+    with _WHEEL_DIGESTS_LOCK:
+        if len(_WHEEL_DIGESTS) > 4096:
+            _WHEEL_DIGESTS.clear()
+        _WHEEL_DIGESTS[key] = found
+    return found
+
+
 def _pins(wheels: Sequence[Path]) -> list[str]:
-    """``name==version`` of each wheel (its file name's first two fields, PEP 427)."""
-    pins: list[str] = []
+    """``name==version`` of each package the wheelhouse holds in one version (its file names'
+    first two fields, PEP 427). A package held in several versions (two agents pinning different
+    ones) is not pinned: two pins of one name would make every build that needs it unsatisfiable,
+    and pip, reading no configuration and no index, can only choose among the wheelhouse's."""
+    versions: dict[str, set[str]] = {}
     for wheel in wheels:
         name, version, *_ = wheel.name.split("-")
-        pins.append(f"{name}=={version}")
-    return pins
+        versions.setdefault(re.sub(r"[-_.]+", "_", name).lower(), set()).add(version)
+    return [f"{name}=={next(iter(found))}" for name, found in sorted(versions.items()) if len(found) == 1]
 
 
 class ImageCache:
@@ -148,7 +179,7 @@ class ImageCache:
         if not wanted or self.wheelhouse is None:
             return image_digest(base, wanted)
         wheels = _wheelhouse_listing(self.wheelhouse)
-        return image_digest(base, wanted, wheels=[f"{w.name}:{w.stat().st_size}" for w in wheels])
+        return image_digest(base, wanted, wheels=[f"{w.name}:{_wheel_digest(w)}" for w in wheels])
 
     def resolve(
         self, base: str, requirements: Sequence[str] = (), *, progress: Progress | None = None
@@ -296,9 +327,14 @@ class ImageCache:
         """Run pip; None on success, else the tail of its output."""
         version = base.removeprefix("python")
         source: list[str] = []
+        env: dict[str, str] | None = None
         if self.wheelhouse is not None:
-            # No index, and every package at the wheelhouse's version: find-links that pip's own
-            # configuration may add cannot put anything else into the image.
+            # No index, every package at the wheelhouse's version, and none of pip's own
+            # configuration (PIP_* variables, pip.conf files): its find-links would otherwise
+            # supply any requirement the wheelhouse lacks.
+            inherited = os.environ.items()  # noqa: TID251 -- pip's environment, not Bastion's configuration
+            env = {k: v for k, v in inherited if not k.upper().startswith("PIP_")}
+            env["PIP_CONFIG_FILE"] = os.devnull  # pip then reads no configuration file at all
             pins = target.parent / "wheelhouse-pins.txt"
             pins.write_text("".join(f"{pin}\n" for pin in _pins(_wheelhouse_listing(self.wheelhouse))))
             source = ["--no-index", "--find-links", str(self.wheelhouse), "--constraint", str(pins)]
@@ -329,6 +365,7 @@ class ImageCache:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
+                env=env,
                 text=True,
                 errors="replace",
             )

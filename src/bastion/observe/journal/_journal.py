@@ -6,7 +6,8 @@ inserting or reordering rows breaks the chain at a seq that ``verify`` names.
 Verifying costs tens of microseconds per entry, so ``verify`` keeps a checkpoint per run: the
 last (seq, head) a *full* verification found intact. An *incremental* verification
 (``full=False``) recomputes only the entries after it, chained onto its head, and checks that
-the row at the checkpoint still carries that head. What that guarantees, and what it does not:
+the row at the checkpoint still carries that head and that every row before it is still there
+(counted, not hashed). What that guarantees, and what it does not:
 the entries after the checkpoint are intact, and no rewrite of the chain up to the checkpoint
 that recomputed its hashes (an insertion, removal, reorder, or an edit re-hashed to hide it) went
 unnoticed; an edit of an already verified row's *content* that leaves its hash column alone, or
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -376,6 +377,17 @@ class Journal:
                         verified_from=start,
                     )
                 entries = entries[1:]
+                gone = self._gap_before(conn, run_id, start)
+                if gone is not None:
+                    return Verdict(
+                        run_id=run_id,
+                        ok=False,
+                        entries=start + len(entries),
+                        head=prev,
+                        broken_seq=gone,
+                        reason=f"seq {gone}, verified before, is gone or moved (removed or inserted since)",
+                        verified_from=start,
+                    )
             count = start + len(entries)
             for position, entry in enumerate(entries, start=start + 1):
                 broken = self._check(conn, entry, position, prev)
@@ -414,6 +426,27 @@ class Journal:
         if count > (0 if stored is None else stored[0]):
             self._save_checkpoint(run_id, count, prev)
         return Verdict(run_id=run_id, ok=True, entries=count, head=prev, verified_from=start + 1)
+
+    @staticmethod
+    def _gap_before(conn: Connection, run_id: str, start: int) -> int | None:
+        """The first seq below ``start`` that is not where a verified chain had it (None: rows 1 to
+        ``start - 1`` are all there). Incremental verification recomputes none of them, so a row
+        deleted from among them would break no hash it reads: it counts them (an index range,
+        not a hash each)."""
+        below = journal_entries.c.seq < start
+        where = (journal_entries.c.run_id == run_id, below)
+        count, lowest = conn.execute(
+            select(func.count(), func.min(journal_entries.c.seq)).where(*where)
+        ).one()
+        if int(count) == start - 1 and (start == 1 or int(lowest) == 1):
+            return None
+        seqs = conn.execute(
+            select(journal_entries.c.seq).where(*where).order_by(journal_entries.c.seq)
+        ).scalars()
+        for expected, seq in enumerate(seqs, start=1):
+            if seq != expected:
+                return expected
+        return int(count) + 1
 
     @staticmethod
     def _checkpoint(conn: Connection, run_id: str) -> tuple[int, str] | None:
