@@ -206,3 +206,45 @@ def test_a_run_killing_its_workers_before_going_live_cannot_take_a_neighbour_dow
                 cluster.runs.transition(conn, held[0].run, owner, RunState.SUCCEEDED)
     assert quarantined, "the run killing its workers was never set apart"
     assert cluster.state(innocent)[0] is not RunState.FAILED, cluster.state(innocent)
+
+
+def test_no_run_is_failed_while_workers_die_where_it_is_not(cluster: Cluster) -> None:
+    """Three live deaths alone at one seq are a poison run's mark -- unless workers died meanwhile
+    without it (another tenant's run of the same agent name, on a worker it never touched): then
+    the cluster is losing workers anyway, and the run is quarantined, not failed. Once the churn
+    stops, the same evidence fails it."""
+    run_id, other = cluster.create(0), cluster.create(1)
+
+    def dies_alone_live() -> None:
+        claim = cluster.claim(cluster.worker())
+        assert claim is not None and claim.run.id == run_id
+        if claim.run.attempt == 1:
+            cluster.journal(claim, 1)
+        cluster.live(claim)
+
+    def other_runs_elsewhere() -> None:
+        claim = cluster.claim(cluster.worker())
+        assert claim is not None and claim.run.id == other
+        cluster.live(claim)
+
+    for _ in range(3):
+        dies_alone_live()
+        other_runs_elsewhere()
+        cluster.clock.past_the_lease()  # both workers die
+    # The run's third death is judged with the other run's deaths elsewhere on record.
+    claim = cluster.claim(cluster.worker())
+    assert claim is not None and claim.run.id == run_id
+    assert claim.alone, "suspect all the same: it runs alone from now on"
+    assert cluster.state(run_id)[0] is RunState.STARTING
+    cluster.live(claim)
+    cluster.clock.past_the_lease()
+    # The other run is done with (it finished); the run's workers alone keep dying.
+    other_claim = cluster.claim(cluster.worker())
+    assert other_claim is not None and other_claim.run.id == other
+    with cluster.store.write() as conn:
+        cluster.runs.transition(conn, other_claim.run, other_claim.owner, RunState.SUCCEEDED)
+    for _ in range(2):
+        dies_alone_live()
+        cluster.clock.past_the_lease()
+    assert cluster.claim(cluster.worker()) is None
+    assert cluster.state(run_id)[0] is RunState.FAILED

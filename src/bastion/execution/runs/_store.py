@@ -393,12 +393,14 @@ class RunStore:
         It is a poison run when its last ``max_attempts`` live attempts all died at the same seq and
         the latest of them died alone on its worker: the place is its own, and no neighbour was
         there to blame (at seq 0, where every young attempt dies, all of them must have died
-        alone). Neighbours of a worker that died for any other reason -- killed, or killed by a
-        poison run -- are resumed however often that happens; only a run dying ``POISON_FUSE``
+        alone), and no other run's worker died meanwhile where this run was not (a cluster whose
+        workers are being killed or fail anyway blames no run). Neighbours of a worker that died
+        for any other reason -- killed, or killed by a poison run -- are resumed however often
+        that happens; only a run dying ``POISON_FUSE``
         times its budget is failed without such evidence, so that no run kills workers forever.
         """
         row = conn.execute(
-            select(run_attempts.c.ended_at, run_attempts.c.live_at).where(
+            select(run_attempts.c.ended_at, run_attempts.c.live_at, run_attempts.c.claimed_at).where(
                 run_attempts.c.run_id == run.id, run_attempts.c.attempt == run.attempt
             )
         ).first()
@@ -428,7 +430,13 @@ class RunStore:
             .values(died_seq=died_seq, alone=alone)
         )
         earlier = conn.execute(
-            select(run_attempts.c.died_seq, run_attempts.c.alone, run_attempts.c.live_at)
+            select(
+                run_attempts.c.died_seq,
+                run_attempts.c.alone,
+                run_attempts.c.live_at,
+                run_attempts.c.claimed_at,
+                run_attempts.c.owner,
+            )
             .where(
                 run_attempts.c.run_id == run.id,
                 run_attempts.c.attempt < run.attempt,
@@ -452,12 +460,21 @@ class RunStore:
             # them; and an innocent run dying at a killer's side is only kept away from it.
             return None, bool(earlier) and int(earlier[-1][0]) == died_seq
         # Only deaths of live attempts are evidence: each was past its journal, doing something new.
-        evidence = [(int(seq), bool(was_alone)) for seq, was_alone, at in earlier if at is not None]
-        evidence.append((died_seq, alone))
+        evidence = [
+            (int(seq), bool(was_alone), claimed, owner)
+            for seq, was_alone, at, claimed, owner in earlier
+            if at is not None
+        ]
+        assert row is not None  # live
+        evidence.append((died_seq, alone, row[2], run.lease_owner or ""))
         budget = run.max_attempts
         last = evidence[-budget:]
-        same_place = len(last) == budget and all(seq == died_seq for seq, _ in last)
-        if same_place and alone and (died_seq > 0 or all(was_alone for _, was_alone in last)):
+        same_place = len(last) == budget and all(seq == died_seq for seq, *_ in last)
+        if same_place and alone and (died_seq > 0 or all(was_alone for _, was_alone, *_ in last)):
+            if self._churn(conn, run, since=last[0][2], owners={owner for *_, owner in last}):
+                # Workers died meanwhile where this run never was: the deaths are the cluster's
+                # (killed, restarted, failing), and a run must not be failed for them.
+                return None, True
             where = f"at seq {died_seq}" if died_seq else "before recording anything"
             return (
                 f"poison run: {budget} attempts in a row died with their worker {where}, "
@@ -465,6 +482,23 @@ class RunStore:
                 True,
             )
         return None, len(evidence) >= 2 and evidence[-2][0] == died_seq
+
+    def _churn(self, conn: Connection, run: Run, *, since: datetime, owners: set[str]) -> bool:
+        """Whether, since ``since``, an attempt of another run died on a worker none of these
+        ``owners`` (the run's own dying workers) was: evidence that workers die whether or not this
+        run is on them. Only asked when a run is about to be failed as poison."""
+        other = conn.execute(
+            select(run_attempts.c.run_id)
+            .where(
+                run_attempts.c.claimed_at >= since,
+                run_attempts.c.run_id != run.id,
+                run_attempts.c.died_seq.is_not(None),
+                run_attempts.c.ended_at.is_(None),
+                run_attempts.c.owner.not_in(owners),
+            )
+            .limit(1)
+        ).first()
+        return other is not None
 
     def fence(self, conn: Connection, run_id: str, attempt: int, owner: str) -> None:
         """Raise LeaseLost unless this attempt still holds the run (inside the caller's write transaction)."""

@@ -76,5 +76,6 @@ run_attempts = Table(
     # sandbox start, a replay) is its worker's, not evidence against the run.
     Column("live_at", UtcDateTime(), nullable=True),
     Index(None, "owner", "ended_at"),
+    Index(None, "claimed_at"),  # other runs' deaths since a time: the poison rule's churn check
 )
 """One row per claim (revision 0010): the poison rule's evidence."""

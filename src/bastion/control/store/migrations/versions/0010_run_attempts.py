@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("run_id", "attempt", name="pk_run_attempts"),
     )
     op.create_index("ix_run_attempts_owner_ended_at", "run_attempts", ["owner", "ended_at"])
+    op.create_index("ix_run_attempts_claimed_at", "run_attempts", ["claimed_at"])
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("quarantined", sa.Boolean(), nullable=False, server_default=sa.false()))
 
@@ -41,5 +42,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.drop_column("quarantined")
+    op.drop_index("ix_run_attempts_claimed_at", table_name="run_attempts")
     op.drop_index("ix_run_attempts_owner_ended_at", table_name="run_attempts")
     op.drop_table("run_attempts")
