@@ -42,7 +42,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def provider_process() -> Iterator[str]:
+def provider_process() -> Generator[str]:
     process = subprocess.Popen(
         [sys.executable, "-c", PROVIDER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -110,7 +111,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def litellm_proxy(provider_url: str, scratch: Path) -> Iterator[tuple[str, str, int] | None]:
+def litellm_proxy(provider_url: str, scratch: Path) -> Generator[tuple[str, str, int] | None]:
     exe = shutil.which("litellm", path=str(Path(sys.executable).parent))
     if exe is None:
         print("litellm proxy: skipped (pip install 'litellm[proxy]' into this venv)")
@@ -184,18 +185,23 @@ def measure(call: Call, calls: int, warmup: int) -> tuple[Stats, float]:
     return Stats.of_ns(durations, elapsed), cpu
 
 
-def throughput(make: Callable[[int], Call], calls: int, threads: int = 32) -> float:
-    """Requests per second with ``threads`` callers, each with its own ``make(i)`` call."""
+def throughput(make: Callable[[int], Call], calls: int, threads: int = 32) -> tuple[float, list[str]]:
+    """Successful requests per second with ``threads`` callers, each with its own ``make(i)``
+    call, and the calls that failed (a failure is no request served; the caller goes on)."""
     per = max(1, calls // threads)
     callers = [make(i) for i in range(threads)]
     for c in callers:
         c()
     start = threading.Barrier(threads + 1)
+    failed: list[str] = []
 
     def run(c: Call) -> None:
         start.wait()
         for _ in range(per):
-            c()
+            try:
+                c()
+            except Exception as exc:  # counted, shown after the table
+                failed.append(f"{type(exc).__name__}: {exc}"[:300])
 
     workers = [threading.Thread(target=run, args=(c,)) for c in callers]
     for w in workers:
@@ -204,7 +210,8 @@ def throughput(make: Callable[[int], Call], calls: int, threads: int = 32) -> fl
     t0 = time.perf_counter()
     for w in workers:
         w.join()
-    return per * threads / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    return (per * threads - len(failed)) / elapsed, failed
 
 
 def http_call(client: httpx.Client, url: str, key: str, stream: bool) -> Call:
@@ -338,7 +345,7 @@ def main() -> None:
         client = httpx.Client(limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
         request: ChatRequest = request_from_openai(BODY)[0]
         route = Route(targets=(Target(provider="openai", model="fake-model", base_url=provider),))
-        rows: dict[str, tuple[Stats, float, float]] = {}
+        rows: dict[str, tuple[Stats, float, tuple[float, list[str]]]] = {}
         try:
             with litellm_proxy(provider, scratch) as proxy:
                 for stream in (False, True):
@@ -374,9 +381,9 @@ def main() -> None:
             router.close()
             bed.close()
     print(
-        f"{'row':<34} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'CPU ms/req':>11} {'req/s @32':>10}"
+        f"{'row':<34} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'CPU ms/req':>11} {'req/s @32':>10} {'failed':>7}"
     )
-    for name, (stats, cpu, rate) in rows.items():
+    for name, (stats, cpu, (rate, failed)) in rows.items():
         mode = name.rsplit(" ", 1)[1]
         base, base_cpu, _ = rows[f"direct {mode}"]
         added_cpu = (
@@ -385,8 +392,11 @@ def main() -> None:
         shown_cpu = "-" if name.startswith("direct") else f"{added_cpu:.3f}"
         print(
             f"{name:<34} {fmt_ms(stats.p50):>8} {fmt_ms(stats.p99):>8} "
-            f"{fmt_ms(stats.p50 - base.p50):>10} {fmt_ms(stats.p99 - base.p99):>10} {shown_cpu:>11} {rate:>10.0f}"
+            f"{fmt_ms(stats.p50 - base.p50):>10} {fmt_ms(stats.p99 - base.p99):>10} {shown_cpu:>11} {rate:>10.0f} {len(failed):>7}"
         )
+    for name, (_, _, (_, failed)) in rows.items():
+        for reason, count in Counter(failed).most_common(3):
+            print(f"failed in {name}: {count}x {reason}")
     print(
         f"\nRSS: this process (bench client + Bastion + its SQLite) {bastion_rss:.0f} MB; litellm proxy {litellm_rss:.0f} MB"
     )
