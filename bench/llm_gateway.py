@@ -19,7 +19,9 @@ The proxy is an HTTP server and Bastion's path is a function call (the gateway i
 the sandbox channel, not HTTP), so the fair comparison is *added* latency and CPU over ``direct``
 (which the proxy pays on top of its own HTTP hop). CPU per request: this process's CPU during a
 row minus its CPU during the direct row (for Bastion), the proxy process's CPU (for LiteLLM).
-RSS: this process (Bastion: client + Bastion) and the proxy process. Throughput: 32 threads.
+RSS: Bastion alone (a child process with only the gateway's llm.chat rows, nothing else loaded),
+this process (client, router rows and Bastion) and the proxy process. Throughput: 32 threads,
+successful calls only; failed calls are counted in their own column and their errors listed.
 Targets (issue 5): ≤ +1 ms p50, ≤ 0.5 ms CPU per request, ≤ 100 MB RSS. The machine is shared
 and small: expect noise; compare rows of the same run.
 
@@ -326,6 +328,36 @@ class GatewayBed:
         self.bastion.close()
 
 
+def bastion_alone(provider: str, calls: int) -> None:
+    """The child process of the RSS figure: a Bastion (SQLite) serving ``llm.chat`` only, first
+    from one session, then from 32 threads, nothing else loaded; prints its RSS and peak in MB."""
+    with tempfile.TemporaryDirectory(prefix="bastion-llm-rss-") as tmp:
+        bed = GatewayBed(Path(tmp), provider)
+        try:
+            for stream in (False, True):
+                call = bed.call(stream)
+                for _ in range(calls):
+                    call()
+                throughput(lambda _i, s=stream: bed.call(s, hold=False), calls)
+            peak = 0.0
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+            print(f"{rss_mb(os.getpid()):.1f} {peak:.1f}", flush=True)
+        finally:
+            bed.close()
+
+
+def measure_bastion_alone(provider: str, calls: int) -> tuple[float, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--bastion-alone", provider, "--calls", str(calls)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -333,7 +365,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="a smoke run (200 calls)")
+    parser.add_argument("--bastion-alone", metavar="PROVIDER_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bastion_alone:
+        bastion_alone(args.bastion_alone, args.calls)
+        return
     calls, warmup = (200, 20) if args.quick else (args.calls, args.warmup)
     print("# LLM gateway benchmark")
     print(machine_facts())
@@ -375,6 +411,7 @@ def main() -> None:
                             throughput(lambda _i, v=via: v, calls),
                         )
                 litellm_rss = rss_mb(proxy[2]) if proxy is not None else float("nan")
+            alone_rss, alone_peak = measure_bastion_alone(provider, calls)
         finally:
             bastion_rss = rss_mb(os.getpid())
             client.close()
@@ -398,7 +435,9 @@ def main() -> None:
         for reason, count in Counter(failed).most_common(3):
             print(f"failed in {name}: {count}x {reason}")
     print(
-        f"\nRSS: this process (bench client + Bastion + its SQLite) {bastion_rss:.0f} MB; litellm proxy {litellm_rss:.0f} MB"
+        f"\nRSS: Bastion alone (a process serving only llm.chat, {calls} calls each way then 32 threads) "
+        f"{alone_rss:.0f} MB, peak {alone_peak:.0f} MB; this process (bench client + router rows + "
+        f"Bastion) {bastion_rss:.0f} MB; litellm proxy {litellm_rss:.0f} MB"
     )
     print("CPU ms/req: Bastion rows = this process's CPU minus the direct row's (the client's share);")
     print(

@@ -211,6 +211,11 @@ def test_a_call_whose_entry_cannot_be_written_is_still_charged(make_bed: Callabl
             )
         hold.release()
         thread.join(30)
-    assert len(failed) == 1 and isinstance(failed[0], LeaseLost), failed
-    assert bed.reservations() == 0, "the reservation is given back"
-    assert 0 < bed.used() < bed.reserved, "and the call's real usage charged"
+        assert len(failed) == 1 and isinstance(failed[0], LeaseLost), failed
+        assert bed.reservations() == 0, "the reservation is given back"
+        charged = bed.used()
+        assert 0 < charged < bed.reserved, "and the call's real usage charged"
+        # The next call's fence, read in its reservation's transaction, stops it before the provider.
+        with pytest.raises(LeaseLost):
+            session.handle("llm.chat", {"format": "openai", "request": BODY})
+        assert len(fake.requests) == 1 and bed.reservations() == 0 and bed.used() == charged

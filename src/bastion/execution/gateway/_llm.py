@@ -61,6 +61,8 @@ class ModelCalls:
         self.models = models
         self.policy_name: str | None = session.attempt.agent_spec["spec"].get("modelPolicy")
         self._policy: dict[str, Any] | None = None
+        self._route: Route | None = None
+        """The policy's route, built with it (once per session, as the policy is read)."""
         self._carried: list[str] = []
         """The Secrets whose keys the current call sent (its response is checked for them)."""
         self._refused: list[SecretRefused] = []
@@ -87,6 +89,8 @@ class ModelCalls:
         if self._policy is None and self.policy_name is not None:
             s = self.s
             self._policy = s.g.resources.resource(s.tenant_id, "ModelPolicy", s.namespace, self.policy_name)
+            if self._policy is not None:
+                self._route = Route.from_spec(self._policy["spec"])
         return self._policy
 
     def preload(self) -> None:
@@ -94,7 +98,8 @@ class ModelCalls:
         policy = self.policy()
         if policy is None:
             return
-        for target in Route.from_spec(policy["spec"]).targets:
+        assert self._route is not None
+        for target in self._route.targets:
             if target.secret is not None:
                 try:
                     self.s.secrets.provider_key(target.provider, target.secret)
@@ -131,7 +136,8 @@ class ModelCalls:
         else:  # as before any external effect: renewed and checked in one statement, then the margin
             attempt.lease.renew()
             attempt.lease.check()
-        route = Route.from_spec(policy["spec"])
+        route = self._route
+        assert route is not None
         spec: dict[str, Any] = attempt.agent_spec["spec"]
         budgets = budgets_for(
             policy=policy["spec"],
