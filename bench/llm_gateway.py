@@ -8,9 +8,9 @@ when asked), run in its own process so its CPU is nobody's. Rows, each streamed 
 * ``bastion router``: ``Router.complete`` in-process (routing, the provider adapter with its wire
   conversion both ways, breaker and latency bookkeeping): the bare router.
 * ``bastion gateway llm.chat``: ``GatewaySession.handle("llm.chat", {"format": "openai", ...})``
-  in-process on SQLite: parse the SDK body, policy (a ModelPolicy), lease fence, budget
-  reservation and settlement (a ``tokensPerRun`` budget, so both transactions happen), router,
-  scrub, journal entry committed, answer rendered back in the OpenAI format. This is the whole
+  in-process on SQLite: parse the SDK body, policy (a ModelPolicy), lease fence and budget
+  reservation (a ``tokensPerRun`` budget; one transaction), router, scrub, journal entry and
+  budget settlement committed (one transaction), answer rendered back in the OpenAI format. This is the whole
   governed path of a model call minus the sandbox channel (measured in bench/gateway.py).
 * ``litellm proxy``: ``litellm --config`` (one model routed to the fake), called over HTTP with
   the master key; ``LITELLM_LOCAL_MODEL_COST_MAP=True``.

@@ -73,7 +73,8 @@ transaction, and returns its first row (or None)."""
 Fence = Callable[[Connection], None]
 """Raises LeaseLost unless the attempt still holds its run (inside the given transaction)."""
 Commit = Callable[[Prepared, list[tuple[str, dict[str, Any]]]], None]
-"""Writes a journal entry and run events (type, data) in one fenced transaction, raising LeaseLost
+"""Writes a journal entry (and the statements it carries, ``Prepared.also``: a model call's budget
+settlement) and run events (type, data) in one fenced transaction, raising LeaseLost
 if the attempt no longer holds its run; the engine puts the agent's pending log lines before the
 events, so the event stream keeps the order things happened in."""
 

@@ -8,7 +8,8 @@ locked; SQLite has one writer). When the answer is in, the call **settles**: the
 given back and the real usage charged, in every scope (limited or not, for accounting).
 
 On a model call's path, neither costs a transaction of its own: the reservation's transaction
-also reads the attempt's fence (the check before a paid call), and the settlement's statements
+also reads the attempt's fence (the check before a paid call, for an attempt without a lease to
+renew; one with a lease renews it in one statement instead), and the settlement's statements
 are written in the transaction of the call's journal entry, so an answer is journaled and
 charged together or not at all. An entry that cannot be written (the attempt lost its run) is
 settled alone, so the money the call spent is still charged.
