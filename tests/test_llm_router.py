@@ -298,28 +298,30 @@ def test_calls_reuse_one_pooled_connection(provider: str, stream: bool) -> None:
 
 
 def test_a_burst_of_new_connections_is_answered() -> None:
-    """64 callers connecting at once, each on its own connection: none is reset (the fake's
-    listen backlog was socketserver's 5, and the kernel reset connections past it)."""
-    with FakeProvider(default=reply("ok")) as fake:
+    """64 callers at once, (nearly) each on a new connection: none is reset (the fake's listen
+    backlog was socketserver's 5, and the kernel reset connections past it)."""
+    limits = httpx.Limits(max_connections=64)
+    with FakeProvider(default=reply("ok")) as fake, httpx.Client(limits=limits) as client:
         gate = threading.Barrier(64)
         failures: list[str] = []
 
         def call() -> None:
-            with httpx.Client() as client:
-                gate.wait()
-                try:
-                    response = client.post(
-                        fake.openai_url + "/chat/completions",
-                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                    )
-                    assert response.status_code == 200
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
+            gate.wait()
+            try:
+                response = client.post(
+                    fake.openai_url + "/chat/completions",
+                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                )
+                assert response.status_code == 200
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
 
         threads = [threading.Thread(target=call) for _ in range(64)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        peers = {r.peer for r in fake.requests}
     assert failures == []
     assert len(fake.requests) == 64
+    assert len(peers) >= 32, "the callers came on new connections, at once"
