@@ -8,9 +8,9 @@ when asked), run in its own process so its CPU is nobody's. Rows, each streamed 
 * ``bastion router``: ``Router.complete`` in-process (routing, the provider adapter with its wire
   conversion both ways, breaker and latency bookkeeping): the bare router.
 * ``bastion gateway llm.chat``: ``GatewaySession.handle("llm.chat", {"format": "openai", ...})``
-  in-process on SQLite: parse the SDK body, policy (a ModelPolicy), lease fence, budget
-  reservation and settlement (a ``tokensPerRun`` budget, so both transactions happen), router,
-  scrub, journal entry committed, answer rendered back in the OpenAI format. This is the whole
+  in-process on SQLite: parse the SDK body, policy (a ModelPolicy), lease fence and budget
+  reservation (a ``tokensPerRun`` budget; one transaction), router, scrub, journal entry and
+  budget settlement committed (one transaction), answer rendered back in the OpenAI format. This is the whole
   governed path of a model call minus the sandbox channel (measured in bench/gateway.py).
 * ``litellm proxy``: ``litellm --config`` (one model routed to the fake), called over HTTP with
   the master key; ``LITELLM_LOCAL_MODEL_COST_MAP=True``.
@@ -19,7 +19,9 @@ The proxy is an HTTP server and Bastion's path is a function call (the gateway i
 the sandbox channel, not HTTP), so the fair comparison is *added* latency and CPU over ``direct``
 (which the proxy pays on top of its own HTTP hop). CPU per request: this process's CPU during a
 row minus its CPU during the direct row (for Bastion), the proxy process's CPU (for LiteLLM).
-RSS: this process (Bastion: client + Bastion) and the proxy process. Throughput: 32 threads.
+RSS: Bastion alone (a child process with only the gateway's llm.chat rows, nothing else loaded),
+this process (client, router rows and Bastion) and the proxy process. Throughput: 32 threads,
+successful calls only; failed calls are counted in their own column and their errors listed.
 Targets (issue 5): ≤ +1 ms p50, ≤ 0.5 ms CPU per request, ≤ 100 MB RSS. The machine is shared
 and small: expect noise; compare rows of the same run.
 
@@ -42,7 +44,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,7 +93,7 @@ def rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def provider_process() -> Iterator[str]:
+def provider_process() -> Generator[str]:
     process = subprocess.Popen(
         [sys.executable, "-c", PROVIDER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -110,7 +113,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def litellm_proxy(provider_url: str, scratch: Path) -> Iterator[tuple[str, str, int] | None]:
+def litellm_proxy(provider_url: str, scratch: Path) -> Generator[tuple[str, str, int] | None]:
     exe = shutil.which("litellm", path=str(Path(sys.executable).parent))
     if exe is None:
         print("litellm proxy: skipped (pip install 'litellm[proxy]' into this venv)")
@@ -184,18 +187,23 @@ def measure(call: Call, calls: int, warmup: int) -> tuple[Stats, float]:
     return Stats.of_ns(durations, elapsed), cpu
 
 
-def throughput(make: Callable[[int], Call], calls: int, threads: int = 32) -> float:
-    """Requests per second with ``threads`` callers, each with its own ``make(i)`` call."""
+def throughput(make: Callable[[int], Call], calls: int, threads: int = 32) -> tuple[float, list[str]]:
+    """Successful requests per second with ``threads`` callers, each with its own ``make(i)``
+    call, and the calls that failed (a failure is no request served; the caller goes on)."""
     per = max(1, calls // threads)
     callers = [make(i) for i in range(threads)]
     for c in callers:
         c()
     start = threading.Barrier(threads + 1)
+    failed: list[str] = []
 
     def run(c: Call) -> None:
         start.wait()
         for _ in range(per):
-            c()
+            try:
+                c()
+            except Exception as exc:  # counted, shown after the table
+                failed.append(f"{type(exc).__name__}: {exc}"[:300])
 
     workers = [threading.Thread(target=run, args=(c,)) for c in callers]
     for w in workers:
@@ -204,7 +212,8 @@ def throughput(make: Callable[[int], Call], calls: int, threads: int = 32) -> fl
     t0 = time.perf_counter()
     for w in workers:
         w.join()
-    return per * threads / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    return (per * threads - len(failed)) / elapsed, failed
 
 
 def http_call(client: httpx.Client, url: str, key: str, stream: bool) -> Call:
@@ -319,6 +328,36 @@ class GatewayBed:
         self.bastion.close()
 
 
+def bastion_alone(provider: str, calls: int) -> None:
+    """The child process of the RSS figure: a Bastion (SQLite) serving ``llm.chat`` only, first
+    from one session, then from 32 threads, nothing else loaded; prints its RSS and peak in MB."""
+    with tempfile.TemporaryDirectory(prefix="bastion-llm-rss-") as tmp:
+        bed = GatewayBed(Path(tmp), provider)
+        try:
+            for stream in (False, True):
+                call = bed.call(stream)
+                for _ in range(calls):
+                    call()
+                throughput(lambda _i, s=stream: bed.call(s, hold=False), calls)
+            peak = 0.0
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+            print(f"{rss_mb(os.getpid()):.1f} {peak:.1f}", flush=True)
+        finally:
+            bed.close()
+
+
+def measure_bastion_alone(provider: str, calls: int) -> tuple[float, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--bastion-alone", provider, "--calls", str(calls)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -326,7 +365,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="a smoke run (200 calls)")
+    parser.add_argument("--bastion-alone", metavar="PROVIDER_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bastion_alone:
+        bastion_alone(args.bastion_alone, args.calls)
+        return
     calls, warmup = (200, 20) if args.quick else (args.calls, args.warmup)
     print("# LLM gateway benchmark")
     print(machine_facts())
@@ -338,7 +381,7 @@ def main() -> None:
         client = httpx.Client(limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
         request: ChatRequest = request_from_openai(BODY)[0]
         route = Route(targets=(Target(provider="openai", model="fake-model", base_url=provider),))
-        rows: dict[str, tuple[Stats, float, float]] = {}
+        rows: dict[str, tuple[Stats, float, tuple[float, list[str]]]] = {}
         try:
             with litellm_proxy(provider, scratch) as proxy:
                 for stream in (False, True):
@@ -368,15 +411,16 @@ def main() -> None:
                             throughput(lambda _i, v=via: v, calls),
                         )
                 litellm_rss = rss_mb(proxy[2]) if proxy is not None else float("nan")
+            alone_rss, alone_peak = measure_bastion_alone(provider, calls)
         finally:
             bastion_rss = rss_mb(os.getpid())
             client.close()
             router.close()
             bed.close()
     print(
-        f"{'row':<34} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'CPU ms/req':>11} {'req/s @32':>10}"
+        f"{'row':<34} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'CPU ms/req':>11} {'req/s @32':>10} {'failed':>7}"
     )
-    for name, (stats, cpu, rate) in rows.items():
+    for name, (stats, cpu, (rate, failed)) in rows.items():
         mode = name.rsplit(" ", 1)[1]
         base, base_cpu, _ = rows[f"direct {mode}"]
         added_cpu = (
@@ -385,10 +429,15 @@ def main() -> None:
         shown_cpu = "-" if name.startswith("direct") else f"{added_cpu:.3f}"
         print(
             f"{name:<34} {fmt_ms(stats.p50):>8} {fmt_ms(stats.p99):>8} "
-            f"{fmt_ms(stats.p50 - base.p50):>10} {fmt_ms(stats.p99 - base.p99):>10} {shown_cpu:>11} {rate:>10.0f}"
+            f"{fmt_ms(stats.p50 - base.p50):>10} {fmt_ms(stats.p99 - base.p99):>10} {shown_cpu:>11} {rate:>10.0f} {len(failed):>7}"
         )
+    for name, (_, _, (_, failed)) in rows.items():
+        for reason, count in Counter(failed).most_common(3):
+            print(f"failed in {name}: {count}x {reason}")
     print(
-        f"\nRSS: this process (bench client + Bastion + its SQLite) {bastion_rss:.0f} MB; litellm proxy {litellm_rss:.0f} MB"
+        f"\nRSS: Bastion alone (a process serving only llm.chat, {calls} calls each way then 32 threads) "
+        f"{alone_rss:.0f} MB, peak {alone_peak:.0f} MB; this process (bench client + router rows + "
+        f"Bastion) {bastion_rss:.0f} MB; litellm proxy {litellm_rss:.0f} MB"
     )
     print("CPU ms/req: Bastion rows = this process's CPU minus the direct row's (the client's share);")
     print(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from bastion.errors import ModelCallFailed
@@ -278,3 +280,48 @@ def test_a_hold_pauses_a_stream_midway() -> None:
         hold.release()
         thread.join(10)
     assert out == ["one two three four five six"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_calls_reuse_one_pooled_connection(provider: str, stream: bool) -> None:
+    """A streamed answer is read to the end of its body (past OpenAI's ``[DONE]``), so the
+    connection goes back to the pool: the calls of one caller ride one connection, not a new
+    handshake each (which, under many callers, also overflowed the server's listen queue)."""
+    with FakeProvider(default=reply("Hello there.")) as fake:
+        made = router()
+        route = Route(targets=(target(fake, provider),))
+        answers = [made.complete(route, HELLO, stream=stream, scope=SCOPE) for _ in range(4)]
+        peers = {r.peer for r in fake.requests}
+    assert [a.message.content for a in answers] == ["Hello there."] * 4
+    assert len(fake.requests) == 4 and len(peers) == 1, peers
+
+
+def test_a_burst_of_new_connections_is_answered() -> None:
+    """64 callers at once, (nearly) each on a new connection: none is reset (the fake's listen
+    backlog was socketserver's 5, and the kernel reset connections past it)."""
+    limits = httpx.Limits(max_connections=64)
+    with FakeProvider(default=reply("ok")) as fake, httpx.Client(limits=limits) as client:
+        gate = threading.Barrier(64)
+        failures: list[str] = []
+
+        def call() -> None:
+            gate.wait()
+            try:
+                response = client.post(
+                    fake.openai_url + "/chat/completions",
+                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                )
+                assert response.status_code == 200
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+
+        threads = [threading.Thread(target=call) for _ in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        peers = {r.peer for r in fake.requests}
+    assert failures == []
+    assert len(fake.requests) == 64
+    assert len(peers) >= 32, "the callers came on new connections, at once"

@@ -120,6 +120,8 @@ class Received:
     headers: dict[str, str]
     """Lowercase names."""
     body: Any
+    peer: tuple[str, int] = ("", 0)
+    """The client's address and port: requests with the same one came over one connection."""
 
     @property
     def api_key(self) -> str | None:
@@ -227,6 +229,10 @@ class FakeProvider:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024
+    """The listen backlog (socketserver's default is 5): a burst of callers opening connections at
+    once overflowed it, and the kernel reset some of them (a ``ReadError`` in the client)."""
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up (a timeout, a killed worker) is part of the game, not an error."""
         return
@@ -248,7 +254,7 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = None
             headers = {k.lower(): v for k, v in self.headers.items()}
-            received = Received(path=self.path, headers=headers, body=body)
+            received = Received(path=self.path, headers=headers, body=body, peer=self.client_address[:2])
             with state.lock:
                 state.requests.append(received)
                 step = state.script.popleft() if state.script else state.default

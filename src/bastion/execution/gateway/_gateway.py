@@ -20,7 +20,14 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Connection
 
 from bastion.api import Clock, IdSource, parse_duration
-from bastion.errors import ErrorBudgetExceeded, NonDeterministic, RunError, RunSuspended, ToolCallFailed
+from bastion.errors import (
+    ErrorBudgetExceeded,
+    LeaseLost,
+    NonDeterministic,
+    RunError,
+    RunSuspended,
+    ToolCallFailed,
+)
 from bastion.execution.llm import Models, answer
 from bastion.execution.sandbox import DENIED, INVALID, TOOL_FAILED, CallError
 from bastion.execution.tools import HttpTool, Tool, ToolContext, ToolLimits
@@ -66,7 +73,8 @@ transaction, and returns its first row (or None)."""
 Fence = Callable[[Connection], None]
 """Raises LeaseLost unless the attempt still holds its run (inside the given transaction)."""
 Commit = Callable[[Prepared, list[tuple[str, dict[str, Any]]]], None]
-"""Writes a journal entry and run events (type, data) in one fenced transaction, raising LeaseLost
+"""Writes a journal entry (and the statements it carries, ``Prepared.also``: a model call's budget
+settlement) and run events (type, data) in one fenced transaction, raising LeaseLost
 if the attempt no longer holds its run; the engine puts the agent's pending log lines before the
 events, so the event stream keeps the order things happened in."""
 
@@ -398,7 +406,14 @@ class GatewaySession:
         events: list[tuple[str, dict[str, Any]]] = [("call", event)]
         if stored_error is not None and "incident" in stored_error:
             events.append(("incident", {"seq": seq, **stored_error["incident"]}))
-        attempt.commit(prepared, events)
+        settlement = self.model_calls.take_settlement() if kind == "llm" else ()
+        if settlement:  # a model call's budget is settled in its entry's transaction
+            prepared = dataclasses.replace(prepared, also=settlement)
+        try:
+            attempt.commit(prepared, events)
+        except LeaseLost:  # nothing written; any other failure may have committed: left held
+            self.model_calls.settle_alone(settlement)
+            raise
         self.seq, self.head = seq, prepared.entry.hash
         self.g.metrics.calls.labels(kind, decision.effect).inc()
         span.outcome(decision.effect, stored_error)  # spans are exported: scrubbed too

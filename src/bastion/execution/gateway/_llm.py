@@ -2,9 +2,10 @@
 
 In order: parse the params (a bad request is refused and journaled like any other); policy (the
 agent must name a ModelPolicy that exists: default deny); the lease fence (a zombie makes no
-paid call); the budget reservation; then the router, which asks for each target's key only when
-it is about to use it (secrets after the decision); settle the budget with the real usage; the
-``chat {model}`` span and the metrics. The session scrubs and journals what this returns.
+paid call: read in the reservation's transaction); the budget reservation; then the router, which
+asks for each target's key only when it is about to use it (secrets after the decision); the
+budget's settlement with the real usage; the ``chat {model}`` span and the metrics. The session
+scrubs and journals what this returns, and writes the settlement in the entry's transaction.
 
 Streaming: the provider's stream is collected here and the whole answer is journaled and
 returned at once (the journaled unit is the answer, so a replay gives the same answer in one
@@ -14,6 +15,7 @@ still allowed only before the provider's first streamed byte.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import Status, StatusCode
 
 from bastion.errors import BudgetExceeded, ModelCallFailed, SecretRefused
-from bastion.execution.llm import BadChat, Models, Route, Target, budgets_for, endpoint, parse_params
+from bastion.execution.llm import (
+    BadChat,
+    Models,
+    Route,
+    Statements,
+    Target,
+    budgets_for,
+    endpoint,
+    parse_params,
+)
 from bastion.observe.journal import digest
 from bastion.policy import Decision
 
@@ -31,6 +42,7 @@ if TYPE_CHECKING:
     from ._gateway import GatewaySession
 
 Outcome = tuple[Decision, Any, "dict[str, Any] | None"]
+log = logging.getLogger(__name__)
 
 
 def _deny(rule: str, reason: str, error_type: str = "policy_denied") -> Outcome:
@@ -49,15 +61,36 @@ class ModelCalls:
         self.models = models
         self.policy_name: str | None = session.attempt.agent_spec["spec"].get("modelPolicy")
         self._policy: dict[str, Any] | None = None
+        self._route: Route | None = None
+        """The policy's route, built with it (once per session, as the policy is read)."""
         self._carried: list[str] = []
         """The Secrets whose keys the current call sent (its response is checked for them)."""
         self._refused: list[SecretRefused] = []
         """The current call's targets refused a key because of the Secret's destinations."""
+        self.settlement: Statements = ()
+        """The current call's budget settlement, for the session to write with its journal entry
+        (``Prepared.also``), or alone (``settle_alone``) if the entry cannot be written."""
+
+    def take_settlement(self) -> Statements:
+        settlement, self.settlement = self.settlement, ()
+        return settlement
+
+    def settle_alone(self, settlement: Statements) -> None:
+        """The journal entry was not written (a lost lease): the call's spend is charged anyway
+        and its reservation given back (never an exception: the entry's failure is the news)."""
+        if self.models is None or not settlement:
+            return
+        try:
+            self.models.ledger.write(settlement)
+        except Exception:
+            log.exception("settling model call budgets of run %s failed", self.s.attempt.run_id)
 
     def policy(self) -> dict[str, Any] | None:
         if self._policy is None and self.policy_name is not None:
             s = self.s
             self._policy = s.g.resources.resource(s.tenant_id, "ModelPolicy", s.namespace, self.policy_name)
+            if self._policy is not None:
+                self._route = Route.from_spec(self._policy["spec"])
         return self._policy
 
     def preload(self) -> None:
@@ -65,7 +98,8 @@ class ModelCalls:
         policy = self.policy()
         if policy is None:
             return
-        for target in Route.from_spec(policy["spec"]).targets:
+        assert self._route is not None
+        for target in self._route.targets:
             if target.secret is not None:
                 try:
                     self.s.secrets.provider_key(target.provider, target.secret)
@@ -73,6 +107,7 @@ class ModelCalls:
                     continue  # the call that needs it fails with the reason
 
     def call(self, seq: int, params: Mapping[str, Any], now: datetime) -> Outcome:
+        self.settlement = ()
         try:
             request, stream, _ = parse_params(params)
         except BadChat as exc:
@@ -95,13 +130,14 @@ class ModelCalls:
         if self.models is None:
             return decision, None, ModelCallFailed("this Bastion has no model router").to_record()
         s, attempt, models = self.s, self.s.attempt, self.models
+        fence = None
         if attempt.lease is None:
-            with s.g.db.read() as conn:
-                attempt.fence(conn)  # no paid call from an attempt that lost its run
+            fence = attempt.fence  # no paid call from an attempt that lost its run: read with the reservation
         else:  # as before any external effect: renewed and checked in one statement, then the margin
             attempt.lease.renew()
             attempt.lease.check()
-        route = Route.from_spec(policy["spec"])
+        route = self._route
+        assert route is not None
         spec: dict[str, Any] = attempt.agent_spec["spec"]
         budgets = budgets_for(
             policy=policy["spec"],
@@ -115,7 +151,7 @@ class ModelCalls:
         key = f"{attempt.run_id}:{seq}"
         tokens, cost = route.estimate(request)
         try:
-            reservation = models.ledger.reserve(key, budgets, tokens=tokens, cost_usd=cost)
+            reservation = models.ledger.reserve(key, budgets, tokens=tokens, cost_usd=cost, fence=fence)
         except BudgetExceeded as exc:
             refusal = Decision(effect="deny", reasons=(exc.detail,), rule_ids=(f"budget/{exc.budget}",))
             return refusal, None, exc.to_record()
@@ -136,7 +172,7 @@ class ModelCalls:
                     created=int(now.timestamp()),
                 )
             except ModelCallFailed as exc:
-                models.ledger.settle(reservation, (), tokens=0, cost_usd=0.0)
+                self.settlement = models.ledger.settlement(reservation, (), tokens=0, cost_usd=0.0)
                 if self._refused:  # a Secret may not go where this policy points: a denial
                     refused = self._refused[0]
                     return _deny(refused.rule_id, refused.reason)
@@ -157,7 +193,7 @@ class ModelCalls:
                 response_model=result.model,
                 finish_reasons=(result.finish_reason,),
             )
-        models.ledger.settle(
+        self.settlement = models.ledger.settlement(
             reservation, [b.scope for b in budgets], tokens=result.usage.total, cost_usd=result.cost_usd
         )
         models.metrics.used(

@@ -16,7 +16,7 @@ from ._anthropic import (
 from ._anthropic import (
     endpoint as _anthropic_endpoint,
 )
-from ._budgets import Budget, BudgetLedger, Reservation, budgets_for
+from ._budgets import Budget, BudgetLedger, Reservation, Statements, budgets_for
 from ._formats import FORMATS, Format, answer, parse_params
 from ._metrics import LlmMetrics
 from ._openai import (
@@ -93,6 +93,7 @@ __all__ = [
     "Route",
     "Router",
     "ScriptedProvider",
+    "Statements",
     "Target",
     "ToolCall",
     "ToolDef",

@@ -7,6 +7,13 @@ transaction, so concurrent runs cannot overspend (PostgreSQL re-checks the condi
 locked; SQLite has one writer). When the answer is in, the call **settles**: the reservation is
 given back and the real usage charged, in every scope (limited or not, for accounting).
 
+On a model call's path, neither costs a transaction of its own: the reservation's transaction
+also reads the attempt's fence (the check before a paid call, for an attempt without a lease to
+renew; one with a lease renews it in one statement instead), and the settlement's statements
+are written in the transaction of the call's journal entry, so an answer is journaled and
+charged together or not at all. An entry that cannot be written (the attempt lost its run) is
+settled alone, so the money the call spent is still charged.
+
 Never twice: a call answered from the journal on replay neither reserves nor settles; retries
 and fallbacks inside one call share its one reservation; a reservation is keyed ``run_id:seq``,
 so the call in flight at a crash, made again by the next attempt, replaces its stale reservation
@@ -16,14 +23,14 @@ instead of adding a second.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from bastion.api import Clock
 from bastion.errors import BudgetExceeded
@@ -110,6 +117,10 @@ _FORGET = "DELETE FROM llm_reservations WHERE key = ?"
 _REMEMBER = (
     "INSERT INTO llm_reservations (key, scopes, tokens, cost_nanos, created_at) VALUES (?, ?, ?, ?, ?)"
 )
+Statements = tuple[tuple[str, tuple[Any, ...]], ...]
+"""SQL with qmark placeholders and its parameters, in order."""
+Fence = Callable[[Connection], None]
+"""Raises LeaseLost unless the caller still holds its run (inside the given transaction)."""
 _UNLIMITED = 2**62
 """Stands for "no limit" in the conditional update (a BIGINT no usage reaches)."""
 
@@ -135,7 +146,16 @@ class BudgetLedger:
         return at if self._postgres else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
     @contextmanager
-    def _cursor(self) -> Generator[Any]:
+    def _cursor(self, fence: Fence | None = None) -> Generator[Any]:
+        if fence is not None:  # the fence's read and the writes: one transaction
+            with self.db.write() as conn:
+                fence(conn)
+                cursor: Any = conn.connection.cursor()
+                try:
+                    yield cursor
+                finally:
+                    cursor.close()
+            return
         raw = self.db.raw_connection()
         try:
             with self.db.raw_write(raw) as cursor:
@@ -143,11 +163,25 @@ class BudgetLedger:
         finally:
             raw.close()
 
-    def reserve(self, key: str, budgets: Sequence[Budget], *, tokens: int, cost_usd: float) -> Reservation:
+    def reserve(
+        self,
+        key: str,
+        budgets: Sequence[Budget],
+        *,
+        tokens: int,
+        cost_usd: float,
+        fence: Fence | None = None,
+    ) -> Reservation:
         """Hold ``tokens`` and ``cost_usd`` in every limited scope, or none of them.
+
+        Args:
+            fence: raises LeaseLost unless the caller still holds its run; called first, in the
+                reservation's transaction (a read transaction when nothing is limited), so the
+                fence before a paid call costs no transaction of its own.
 
         Raises:
             BudgetExceeded: a scope cannot fit the reservation; nothing is held.
+            LeaseLost: from ``fence``; nothing is held.
         """
         limited = sorted((b for b in budgets if b.limited), key=lambda b: b.scope)  # one lock order
         cost = round(cost_usd * NANOS)
@@ -155,6 +189,9 @@ class BudgetLedger:
             key=key, scopes=tuple(b.scope for b in limited), tokens=tokens, cost_nanos=cost
         )
         if not limited:
+            if fence is not None:
+                with self.db.read() as conn:
+                    fence(conn)
             return reservation
         for budget in limited:  # a reservation bigger than the whole budget never fits
             if tokens > _limit_tokens(budget) or cost > _limit_cost(budget):
@@ -162,7 +199,7 @@ class BudgetLedger:
         at = self._stamp(self.clock.now())
         refused: BudgetExceeded | None = None
         try:
-            with self._cursor() as cursor:
+            with self._cursor(fence) as cursor:
                 self._release(cursor, key, at)  # a call made again after a crash: its old hold goes
                 for budget in limited:
                     cursor.execute(
@@ -191,6 +228,21 @@ class BudgetLedger:
         self, reservation: Reservation, scopes: Sequence[str], *, tokens: int, cost_usd: float
     ) -> None:
         """Give the reservation back and charge the real usage to every scope (one transaction)."""
+        self.write(self.settlement(reservation, scopes, tokens=tokens, cost_usd=cost_usd))
+
+    def write(self, statements: Statements) -> None:
+        """``statements`` (from ``settlement``) in a transaction of their own."""
+        if not statements:
+            return
+        with self._cursor() as cursor:
+            for sql, values in statements:
+                cursor.execute(sql.replace("?", "%s") if self._postgres else sql, values)
+
+    def settlement(
+        self, reservation: Reservation, scopes: Sequence[str], *, tokens: int, cost_usd: float
+    ) -> Statements:
+        """The statements of ``settle`` (qmark placeholders), for the caller to write in a
+        transaction it makes anyway: the model call's journal entry (``Prepared.also``)."""
         cost = round(cost_usd * NANOS)
         held = set(reservation.scopes)
         deltas = [
@@ -203,13 +255,13 @@ class BudgetLedger:
         ]
         deltas = [d for d in deltas if d[1] or d[2]]
         if not deltas and not held:
-            return
+            return ()
         at = self._stamp(self.clock.now())
-        with self._cursor() as cursor:
-            if held:
-                cursor.execute(self._forget, (reservation.key,))
-            for scope, delta_tokens, delta_cost in deltas:
-                cursor.execute(self._add, (scope, delta_tokens, delta_cost, at))
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        if held:
+            statements.append((_FORGET, (reservation.key,)))
+        statements.extend((_ADD, (scope, dt, dc, at)) for scope, dt, dc in deltas)
+        return tuple(statements)
 
     def _release(self, cursor: Any, key: str, at: Any) -> None:
         cursor.execute(self._stale, (key,))

@@ -92,14 +92,21 @@ def send(
             if response.status_code != 200:
                 raise status_failure(response.status_code, response.read(), response.headers, provider)
             assembled = collector()
+            done = False
             for data in sse_data(response.iter_lines()):
                 started = True
                 if time.monotonic() > deadline:
+                    if done:
+                        break  # the answer is whole; only the connection is not kept
                     raise ProviderFailure(
                         f"{provider} did not finish within {seconds:g} s", retryable=True, mid_stream=True
                     )
-                if data == "[DONE]":
-                    break
+                # Read on to the end of the body after [DONE] (as the OpenAI SDK does): leaving its
+                # last chunk unread makes the pool close the connection, and every streamed call
+                # then opened a new one (a handshake each; bursts of them overflowed a listen queue).
+                if done or data == "[DONE]":
+                    done = True
+                    continue
                 try:
                     assembled.feed(json.loads(data))
                 except (ValueError, BadChat) as exc:

@@ -1,4 +1,5 @@
-"""One gateway step in one transaction: fence, blobs, the journal entry and the run's events.
+"""One gateway step in one transaction: fence, blobs, the journal entry, the run's events, and
+what the entry carries (``Prepared.also``: a model call's budget settlement).
 
 This is on the path of every call an agent makes, so it runs prebuilt SQL on a DBAPI cursor:
 measured with bench/journal.py, SQLAlchemy's per-statement building cost several times the
@@ -138,8 +139,17 @@ class StepWriter:
         }
         cursor = raw.cursor()
         try:
-            cursor.execute(_PG_STEP, params)
-            row = cursor.fetchone()
+            if not prepared.also:
+                cursor.execute(_PG_STEP, params)
+                row = cursor.fetchone()
+            else:  # the step and what the entry carries (a model call's settlement): one transaction
+                with raw.driver_connection.transaction():
+                    cursor.execute(_PG_STEP, params)
+                    row = cursor.fetchone()
+                    if row is None or row[0] != 1:
+                        raise LeaseLost(f"attempt {attempt} of run {run_id} no longer holds its lease")
+                    for sql, values in prepared.also:
+                        cursor.execute(sql.replace("?", "%s"), values)
         finally:
             cursor.close()
         if row is None or row[0] != 1:
@@ -217,6 +227,9 @@ class StepWriter:
             cursor.execute(self._event, rows[0])  # psycopg's executemany costs a pipeline round trip more
         elif rows:
             cursor.executemany(self._event, rows)
+        if prepared is not None:
+            for sql, values in prepared.also:
+                cursor.execute(sql.replace("?", "%s") if self._postgres else sql, values)
 
     def renew_on(
         self, raw: Any, autocommit: bool, *, run_id: str, attempt: int, owner: str, expires: datetime

@@ -147,6 +147,10 @@ def id_prefix_clauses(prefix: str) -> list[ColumnElement[bool]]:
     return [runs.c.id >= head, runs.c.id < upper, runs.c.id.like(f"{escaped}%", escape="\\")]
 
 
+_FENCE = "SELECT attempt, lease_owner, state FROM runs WHERE id = ?"
+_FENCE_PG = "SELECT attempt, lease_owner, state FROM runs WHERE id = %s FOR UPDATE"
+
+
 class RunStore:
     def __init__(self, db: Database, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
         self.db = db
@@ -502,10 +506,12 @@ class RunStore:
 
     def fence(self, conn: Connection, run_id: str, attempt: int, owner: str) -> None:
         """Raise LeaseLost unless this attempt still holds the run (inside the caller's write transaction)."""
-        query = select(runs.c.attempt, runs.c.lease_owner, runs.c.state).where(runs.c.id == run_id)
+        # Driver SQL: on the path of every model call, where building and caching the Core
+        # statement cost more than the database's read.
         if self._postgres:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+            row = conn.exec_driver_sql(_FENCE_PG, (run_id,)).first()
+        else:
+            row = conn.exec_driver_sql(_FENCE, (run_id,)).first()
         if row is None or row[0] != attempt or row[1] != owner or RunState(row[2]).finished:
             raise LeaseLost(f"attempt {attempt} of run {run_id} no longer holds its lease")
 

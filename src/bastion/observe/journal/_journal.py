@@ -118,6 +118,9 @@ class Prepared:
     error_json: str | None
     blobs: list[tuple[str, bytes]]
     """(digest, canonical JSON bytes) of payloads moved out of the row."""
+    also: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    """Statements (qmark placeholders, portable SQL) written in the entry's transaction, after it:
+    a model call's budget settlement. A writer that cannot write them must not write the entry."""
 
 
 @dataclass(frozen=True, kw_only=True)
