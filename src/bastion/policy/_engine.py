@@ -80,6 +80,10 @@ class _Plan:
     a grant without an ``egress`` list does not restrict it (a Policy rule's ``egressAllow`` does)."""
     subject: Subject
     tool: str
+    fast: Decision | None = None
+    """The allow to return when the arguments hold no blocked pattern, where nothing else can
+    change between calls (plain candidates, no fetch, limit, rate, static or provenance check,
+    requirement, deny grant or Rego module); None otherwise."""
 
 
 class CompiledPolicy:
@@ -148,6 +152,17 @@ class CompiledPolicy:
             )
 
     def _decide(self, plan: _Plan, call: CallContext) -> Decision:
+        fast = plan.fast
+        if fast is not None:  # the common case: only the arguments can change the answer
+            args = call.args
+            found: list[Finding] | None = None
+            for scanner, action, rule_ids in plan.scanners:
+                if scanner.scan(args):
+                    found = found or []
+                    found.extend(self._pattern_findings(scanner, action, rule_ids, args))
+            if found is None:
+                return fast
+            return self._combine(plan, call, plan.candidates, found, None)
         findings: list[Finding] | None = None
         refused: list[Finding] = []
         usable: Sequence[_Candidate]
@@ -501,6 +516,16 @@ class CompiledPolicy:
             limits.append(("agent/limits.toolCalls", "calls", subject.max_tool_calls))
         if subject.max_tokens is not None:
             limits.append(("agent/limits.tokens", "tokens", subject.max_tokens))
+        fast: Decision | None = None
+        if (
+            candidates
+            and all(cand.plain for cand in candidates)
+            and not tool.fetches
+            and tool.url is None
+            and not (static or refusals or limits or rates or deny_grants or requirements or provenance)
+            and not c.rego
+        ):
+            fast = candidates[0].decision if len(candidates) == 1 else together
         plan = _Plan(
             static=tuple(static),
             refusals=tuple(refusals),
@@ -519,6 +544,7 @@ class CompiledPolicy:
             http_url=tool.url,
             subject=subject,
             tool=tool.name,
+            fast=fast,
         )
         by_tool = self._plans.get(subject.key)
         if by_tool is None:

@@ -20,7 +20,10 @@ after one letter took 24 s).
 
 ``strings`` yields every string a JSON value holds, keys and values, at any depth, and with
 ``decode`` also what percent-encoding, base64 (with line breaks or spaces, or as a ``data:`` URI)
-or JSON inside a string hides, each decoded string once, within a budget (``DecodeBudget``).
+or JSON inside a string hides, each decoded string once, within a budget (``MAX_DECODED``).
+``hides`` says, without decoding, when a string certainly hides nothing (the common case: no
+``%XX`` escape, no ``+``, no ``data:``, and not base64 even with its whitespace removed), so a
+scanner decodes only the strings that look encoded.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ _ASCII_SPACE = dict.fromkeys(_ASCII_DROP, " ")
 _B64 = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
 _DATA_URI = re.compile(r"data:[\w.+/=;-]{0,200}?;base64,", re.IGNORECASE)
 _DATA_BODY = re.compile(r"[A-Za-z0-9+/_=\s-]*")
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_NOT_A_FIRST_BYTE = frozenset("ghijklmnopqrstuv+/-_")
+"""Base64 characters whose 6 bits make the first decoded byte one no UTF-8 text starts with:
+``g``-``v`` a continuation byte (0x80-0xBF), ``+ / - _`` 0xF8 or more. Such a string decodes to
+no text (``_b64`` is None), so it is not decoded at all."""
 _BLANK_LETTERS = (0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800, *range(0xFFF0, 0xFFF9))
 """Default-ignorable or blank code points that are letters or symbols (Hangul fillers, the
 Braille blank, unassigned specials): invisible all the same."""
@@ -162,6 +170,29 @@ def strings(value: Any, decode: Collection[Decoding] = ()) -> Iterator[str]:
             stack.extend((v, depth + 1) for v in cast(list[Any], item))
 
 
+def hides(text: str, decode: Collection[Decoding]) -> bool:
+    """Whether ``text`` may hide something ``strings`` would read one layer down (JSON, or a
+    decoding in ``decode``): the cheap test run before any parsing or decoding.
+
+    False only when ``_hidden`` finds nothing, so a caller that already scanned ``text`` itself
+    may stop there. True can be a false alarm (text that only starts like JSON, or names a
+    ``data:`` URI) that the decoding itself then settles. Percent decoding changes a string only
+    where it holds a ``%XX`` escape or a ``+``; base64 is settled (see ``_whole_b64``) on the
+    whole string once its whitespace is gone, since words with spaces between them are as
+    base64-shaped as base64 with line breaks.
+    """
+    stripped = text.strip()
+    if stripped[:1] in ("{", "[", '"'):
+        return True
+    if "percent" in decode and ("+" in text or ("%" in text and _PERCENT_ESCAPE.search(text) is not None)):
+        return True
+    if "base64" in decode and len(stripped) >= 8:
+        if ":" in text and "data:" in text.lower():
+            return True
+        return _whole_b64(stripped) is not None
+    return False
+
+
 def _hidden(text: str, decode: Collection[Decoding]) -> Iterator[Any]:
     """What ``text`` hides, one layer down: a parsed JSON document, or decoded strings."""
     stripped = text.strip()
@@ -179,16 +210,33 @@ def _hidden(text: str, decode: Collection[Decoding]) -> Iterator[Any]:
         yield from _base64(stripped)
 
 
+def _whole_b64(text: str) -> str | None:
+    """What ``text`` (stripped, 8 characters or more) encodes as one base64 string once its
+    whitespace (line breaks, spaces) is removed, or None.
+
+    Ordered for the common case, words and spaces, which is base64-shaped once the spaces go:
+    letters and digits need no regex, 4n+1 characters no decoding, and a first character that
+    decodes to a byte no UTF-8 text starts with (``_NOT_A_FIRST_BYTE``) no decoding either."""
+    compact = text.replace(" ", "")
+    if compact.isascii() and compact.encode().isalnum():  # bytes: no Unicode database per character
+        if len(compact) < 8:
+            return None
+    else:
+        if not compact.isprintable():  # other whitespace than spaces (every other kind is unprintable)
+            compact = "".join(compact.split())
+        if _B64.fullmatch(compact) is None:
+            return None  # not base64, with or without its whitespace
+    if len(compact) != len(text) and len(compact) % 4 == 1:
+        return None  # whitespace removed, and no base64 is 4n+1 characters long
+    if compact[0] in _NOT_A_FIRST_BYTE:
+        return None
+    return _b64(compact)
+
+
 def _base64(text: str) -> Iterator[str]:
     """The text base64 ``text`` encodes: the whole string once whitespace (line breaks, spaces)
     is removed, and every ``data:...;base64,`` URI in it."""
-    if _B64.fullmatch(text):
-        compact = text
-    else:
-        compact = "".join(text.split())
-        if compact == text or len(compact) % 4 == 1 or not _B64.fullmatch(compact):
-            compact = ""  # not base64, with or without its whitespace
-    decoded = _b64(compact) if compact else None
+    decoded = _whole_b64(text)
     if decoded is not None:
         yield decoded
     if "data:" in text.lower():
@@ -206,12 +254,17 @@ def _base64(text: str) -> Iterator[str]:
 
 
 def _b64(text: str) -> str | None:
-    padded = text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4)
+    body = text.rstrip("=")
+    padded = body + "=" * (-len(body) % 4)
     try:
         if "-" in text or "_" in text:
             raw = base64.urlsafe_b64decode(padded)
+        elif len(body) % 4 == 1 and "=" not in body:
+            return None  # what the strict decoder raises on (4n+1 characters), without the raise
         else:
-            raw = base64.b64decode(padded, validate=True)
+            raw = binascii.a2b_base64(padded, strict_mode=True)  # ``b64decode(validate=True)``
+        if raw.isascii():
+            return raw.decode("ascii")
         # Not raising on the common case (words that happen to be base64-shaped decode to broken
         # UTF-8): a raise costs more than the decoding. A real U+FFFD goes the strict way.
         text = raw.decode("utf-8", "replace")

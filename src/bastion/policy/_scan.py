@@ -21,7 +21,7 @@ from ahocorasick_rs import AhoCorasick, Implementation
 from bastion.api import LinearSet, glob_source, linear, literal_source
 
 from ._confusables import skeleton, skeletons
-from ._normalize import MAX_DEPTH, Decoding, forms, normalize, strings
+from ._normalize import MAX_DEPTH, Decoding, forms, hides, normalize, strings
 
 _CLEAN_CACHE = 65_536
 _CLEAN_MAX_LEN = 512
@@ -86,54 +86,53 @@ class Scanner:
         self._clean: set[str] = set()
         self._hit_text = self._matcher()
 
-    def _matcher(self) -> Callable[[str], bool]:
-        """The cheapest test that answers "does this normalized text hold a pattern"."""
+    def _matcher(self) -> Callable[[str], object]:
+        """The cheapest test that answers "does this normalized text hold a pattern" (truthy
+        when it does): the automaton itself when there is nothing else, no wrapper to call."""
         find = self._ac.find_matches_as_indexes if self._ac is not None else None
         found = self._set.match if self._set is not None else None
         if find is not None and found is None:
-            return lambda norm: bool(find(norm))
+            return find
         if find is None and found is not None:
-            return lambda norm: bool(found(norm))
+            return found
         if find is not None and found is not None:
             return lambda norm: bool(find(norm)) or bool(found(norm))
         return lambda norm: False
 
-    def _dirty(self, raw: str) -> bool:
+    def _check(self, raw: str) -> bool:
         """Whether ``raw`` or anything hidden in it (JSON, or a decoding this group asks for)
-        holds a blocked pattern."""
-        if not raw:
-            return False
-        hit = self._hit_text
-        read = self._forms(raw)
-        if hit(read[0]) or (len(read) > 1 and hit(read[1])):
-            return True
-        if not self._decodings and raw.lstrip()[:1] not in ("{", "[", '"'):
-            return False  # nothing hidden: the common case
-        hidden = itertools.islice(strings(raw, self._decodings), 1, None)  # past ``raw`` itself
-        return any(hit(norm) for text in hidden for norm in self._forms(text))
+        holds a blocked pattern, for a string not among those remembered clean; remembers it if
+        clean. One function, not three: this is the hot path of every decision."""
+        if raw:
+            hit = self._hit_text
+            read = self._forms(raw)
+            if hit(read[0]) or (len(read) > 1 and hit(read[1])):
+                return True
+            if hides(raw, self._decodings):  # else nothing hidden, known without decoding anything
+                hidden = itertools.islice(strings(raw, self._decodings), 1, None)  # past ``raw`` itself
+                if any(hit(norm) for text in hidden for norm in self._forms(text)):
+                    return True
+        if len(raw) <= _CLEAN_MAX_LEN:
+            clean = self._clean
+            if len(clean) >= _CLEAN_CACHE:
+                clean.clear()
+            clean.add(raw)
+        return False
 
     def dirty(self, raw: str) -> bool:
-        if raw in self._clean:
-            return False
-        if self._dirty(raw):
-            return True
-        if len(raw) <= _CLEAN_MAX_LEN:
-            if len(self._clean) >= _CLEAN_CACHE:
-                self._clean.clear()
-            self._clean.add(raw)
-        return False
+        return raw not in self._clean and self._check(raw)
 
     def scan(self, value: Any) -> bool:
         """Whether any string in ``value`` (keys included) holds a blocked pattern."""
-        clean, dirty = self._clean, self.dirty
+        clean, check = self._clean, self._check
         if type(value) is dict:  # the common case, a flat object of arguments: no stack
             nested: list[Any] | None = None
             for key, val in cast(dict[Any, Any], value).items():
-                if key not in clean and type(key) is str and dirty(key):
+                if key not in clean and type(key) is str and check(key):
                     return True
                 kind: type[Any] = type(val)  # pyright: ignore[reportUnknownVariableType]
                 if kind is str:
-                    if val not in clean and dirty(val):
+                    if val not in clean and check(val):
                         return True
                 elif kind is not int and kind is not float and kind is not bool and val is not None:
                     nested = nested or []
@@ -142,14 +141,14 @@ class Scanner:
         return self._scan_deep([value], 0)
 
     def _scan_deep(self, values: list[Any], depth: int) -> bool:
-        clean, dirty = self._clean, self.dirty
+        clean, check = self._clean, self._check
         stack: list[tuple[Any, int]] = [(v, depth) for v in values]
         while stack:
             item, depth = stack.pop()
             if isinstance(item, str):
                 if type(item) is not str:
                     item = str(item)
-                if item not in clean and dirty(item):
+                if item not in clean and check(item):
                     return True
             elif isinstance(item, dict | list | tuple):
                 if depth >= MAX_DEPTH:
