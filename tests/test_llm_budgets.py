@@ -10,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy import func, select
 
 from bastion.api import SystemClock
 from bastion.control.store import Store
 from bastion.errors import BudgetExceeded
-from bastion.execution.llm import Budget, BudgetLedger, LlmMetrics, budgets_for
+from bastion.execution.llm import Budget, BudgetLedger, LlmMetrics, budgets_for, llm_reservations
 
 
 def ledger(store: Store) -> tuple[BudgetLedger, LlmMetrics]:
@@ -103,3 +104,36 @@ def test_budgets_come_from_the_policy_and_the_agents_limits() -> None:
         ("agent:t/ns/a/2030-01-02", "budgets.tokensPerAgentPerDay", 90_000, None),
         ("tenant:t/2030-01-02", "budgets.costPerTenantPerDay", None, 2.5),
     ]
+
+
+def test_a_zombie_settling_after_the_next_attempt_reserved_gives_its_hold_back_once(store: Store) -> None:
+    """Attempt 1 lost its run during a model call; attempt 2 makes the call again (same key,
+    ``run_id:seq``) and its reservation replaces the stale one; then the zombie's entry is
+    refused and it settles alone (``settle_alone``). The zombie's hold was already given back by
+    attempt 2: giving it back again (and deleting attempt 2's reservation) would undercount the
+    scope by a whole reservation, every time a lease is lost mid-call."""
+    books, _ = ledger(store)
+    scope = "agent:t/default/a/2030-01-02"
+    budget = Budget(scope=scope, name="budgets.tokensPerAgentPerDay", tokens=1000)
+    zombie = books.reserve("r4:3", [budget], tokens=700, cost_usd=0.0)
+    taker = books.reserve("r4:3", [budget], tokens=700, cost_usd=0.0)
+    assert books.used(scope) == (700, 0.0)
+    books.write(books.settlement(zombie, [scope], tokens=500, cost_usd=0.0))  # the zombie spent 500
+    assert books.used(scope) == (1200, 0.0), "the zombie's spend, and attempt 2's hold still held"
+    books.settle(taker, [scope], tokens=300, cost_usd=0.0)
+    assert books.used(scope) == (800, 0.0), "both calls' real spend, no hold left"
+    with store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(llm_reservations)).scalar_one() == 0
+
+
+def test_a_zombie_settling_before_the_next_attempt_reserves_is_charged(store: Store) -> None:
+    books, _ = ledger(store)
+    scope = "agent:t/default/a/2030-01-03"
+    budget = Budget(scope=scope, name="budgets.tokensPerAgentPerDay", tokens=1000)
+    zombie = books.reserve("r5:3", [budget], tokens=700, cost_usd=0.0)
+    books.write(books.settlement(zombie, [scope], tokens=500, cost_usd=0.0))
+    assert books.used(scope) == (500, 0.0)
+    taker = books.reserve("r5:3", [budget], tokens=400, cost_usd=0.0)
+    assert books.used(scope) == (900, 0.0)
+    books.settle(taker, [scope], tokens=100, cost_usd=0.0)
+    assert books.used(scope) == (600, 0.0)

@@ -17,7 +17,9 @@ settled alone, so the money the call spent is still charged.
 Never twice: a call answered from the journal on replay neither reserves nor settles; retries
 and fallbacks inside one call share its one reservation; a reservation is keyed ``run_id:seq``,
 so the call in flight at a crash, made again by the next attempt, replaces its stale reservation
-instead of adding a second.
+instead of adding a second; and a settlement gives back only its own hold (the key and the time
+it was written), so a zombie settling after that is charged its spend without giving a hold back
+twice.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +64,9 @@ class Reservation:
     """The limited scopes it holds tokens and cost in (none when nothing is limited)."""
     tokens: int
     cost_nanos: int
+    at: Any = None
+    """When it was written (as stored): with ``key``, which hold is this one. The next attempt
+    making the call again holds the same key, and a settlement gives back only its own hold."""
 
 
 def _least(*values: Any) -> Any:
@@ -114,6 +119,15 @@ _HOLD = _ADD + " WHERE llm_usage.tokens <= ? AND llm_usage.cost_nanos <= ?"
 _STALE = "SELECT scopes, tokens, cost_nanos FROM llm_reservations WHERE key = ?"
 _USED = "SELECT tokens, cost_nanos FROM llm_usage WHERE scope = ?"
 _FORGET = "DELETE FROM llm_reservations WHERE key = ?"
+_LOCK = "UPDATE llm_reservations SET tokens = tokens WHERE key = ? AND created_at = ?"
+"""Locks a settlement's own reservation row first, the order ``reserve`` takes (no deadlock)."""
+_GIVE_BACK = (
+    "UPDATE llm_usage SET tokens = tokens - ?, cost_nanos = cost_nanos - ?, updated_at = ? "
+    "WHERE scope = ? AND EXISTS (SELECT 1 FROM llm_reservations WHERE key = ? AND created_at = ?)"
+)
+"""Gives a reservation's hold back to a scope, only while the reservation is still held: the
+next attempt making the call again already gave back a zombie's hold (``_release``)."""
+_DROP = "DELETE FROM llm_reservations WHERE key = ? AND created_at = ?"
 _REMEMBER = (
     "INSERT INTO llm_reservations (key, scopes, tokens, cost_nanos, created_at) VALUES (?, ?, ?, ?, ?)"
 )
@@ -197,6 +211,7 @@ class BudgetLedger:
             if tokens > _limit_tokens(budget) or cost > _limit_cost(budget):
                 raise self._refused(budget, tokens, cost, 0, 0)
         at = self._stamp(self.clock.now())
+        reservation = replace(reservation, at=at)
         refused: BudgetExceeded | None = None
         try:
             with self._cursor(fence) as cursor:
@@ -244,23 +259,20 @@ class BudgetLedger:
         """The statements of ``settle`` (qmark placeholders), for the caller to write in a
         transaction it makes anyway: the model call's journal entry (``Prepared.also``)."""
         cost = round(cost_usd * NANOS)
-        held = set(reservation.scopes)
-        deltas = [
-            (
-                scope,
-                tokens - (reservation.tokens if scope in held else 0),
-                cost - (reservation.cost_nanos if scope in held else 0),
-            )
-            for scope in sorted(set(scopes) | held)
-        ]
-        deltas = [d for d in deltas if d[1] or d[2]]
-        if not deltas and not held:
+        held = sorted(reservation.scopes)
+        charged = sorted(set(scopes) | set(held)) if tokens or cost else []
+        if not charged and not held:
             return ()
         at = self._stamp(self.clock.now())
         statements: list[tuple[str, tuple[Any, ...]]] = []
-        if held:
-            statements.append((_FORGET, (reservation.key,)))
-        statements.extend((_ADD, (scope, dt, dc, at)) for scope, dt, dc in deltas)
+        if held:  # the hold back, if it is still this call's own (a zombie's may be gone already)
+            mine = (reservation.key, reservation.at)
+            statements.append((_LOCK, mine))
+            statements.extend(
+                (_GIVE_BACK, (reservation.tokens, reservation.cost_nanos, at, scope, *mine)) for scope in held
+            )
+            statements.append((_DROP, mine))
+        statements.extend((_ADD, (scope, tokens, cost, at)) for scope in charged)
         return tuple(statements)
 
     def _release(self, cursor: Any, key: str, at: Any) -> None:
