@@ -248,3 +248,29 @@ def test_no_run_is_failed_while_workers_die_where_it_is_not(cluster: Cluster) ->
         cluster.clock.past_the_lease()
     assert cluster.claim(cluster.worker()) is None
     assert cluster.state(run_id)[0] is RunState.FAILED
+
+
+def test_two_poison_runs_shield_each_other_only_up_to_the_fuse(cluster: Cluster) -> None:
+    """An attacker's two runs that each kill every worker they go live on, at one seq, alone:
+    each one's deaths are the other's "churn" (a worker died where it was not), so the evidence
+    rule never fails either; only the fuse does. What it costs: ``POISON_FUSE`` times the
+    workers one poison run may kill, per run (measured: 30 deaths each, with a budget of 3; the
+    rule before the churn check failed each after 3). This pins that bound: a pair of runs killing
+    workers forever fails it. Tenant-scoping the churn check would not stop an attacker with two
+    tenants, and would give a one-tenant cluster's churn back to the rule."""
+    runs = {cluster.create(0), cluster.create(0)}
+    deaths = dict.fromkeys(runs, 0)
+    while True:
+        claims = [c for c in (cluster.claim(cluster.worker()) for _ in runs) if c is not None]
+        if not claims:
+            break
+        for claim in claims:
+            if claim.run.attempt == 1:
+                cluster.journal(claim, 1)
+            cluster.live(claim)
+            deaths[claim.run.id] += 1
+        cluster.clock.past_the_lease()  # both workers die
+        assert max(deaths.values()) <= POISON_FUSE * 3, deaths
+    for run_id in runs:
+        state, reason = cluster.state(run_id)
+        assert state is RunState.FAILED, (state, reason)
