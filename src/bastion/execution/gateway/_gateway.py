@@ -284,15 +284,10 @@ class GatewaySession:
             self.attempt.on_live()
         reasons = recorded.reasons
         rule_ids = tuple(str(r.get("rule", "")) for r in reasons)
+        response = self.g.journal.resolve(recorded.response)  # once: a large one is a blob read
+        name = str(request["params"].get("name", "")) if kind == "tool" else ""
         if kind == "tool":
-            self.labels.handed(
-                seq,
-                str(request["params"].get("name", "")),
-                recorded.decision,
-                rule_ids,
-                self.g.journal.resolve(recorded.response),
-                recorded.error,
-            )
+            self.labels.handed(seq, name, recorded.decision, rule_ids, response, recorded.error)
             # A call refused at execution (a Secret's destination, an echo) was counted live too.
             executed = any(r.startswith("secret/") for r in rule_ids)
             if recorded.decision in ("allow", "redact") or executed:
@@ -301,7 +296,6 @@ class GatewaySession:
                     grant = rule.removeprefix("grant/")
                     if rule.startswith("grant/") and "/" not in grant:
                         self.calls_by_grant[grant] = self.calls_by_grant.get(grant, 0) + 1
-            name = str(request["params"].get("name", ""))
             self._account(
                 seq,
                 name,
@@ -310,7 +304,7 @@ class GatewaySession:
                 [str(r.get("text", "")) for r in reasons],
                 recorded.error,
             )
-        tool = self._tool(str(request["params"].get("name", ""))) if kind == "tool" else None
+        tool = self._tool(name) if kind == "tool" else None
         if tool is not None and tool.workspace_only and recorded.decision == "allow":
             # Workspace effects are re-created: this attempt started from the initial workspace.
             value, error = self._invoke(seq, tool, request["params"], Decision(effect="allow", reasons=()))
@@ -318,7 +312,6 @@ class GatewaySession:
             return self._answer(value, error)
         span.outcome(recorded.decision, recorded.error)
         self._check_budget(seq)
-        response = self.g.journal.resolve(recorded.response)
         if self.redactor.marked([response, recorded.error]):
             # The live answer held a secret the agent sent itself (a call that carried one would
             # have been refused); the scrubbed copy would show it which value was the secret.
